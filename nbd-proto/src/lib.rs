@@ -1,0 +1,2 @@
+//! NBD protocol.
+#![no_std]
