@@ -1,1 +1,175 @@
-//! Storage backends.
+//! Storage backends for nbdd.
+//!
+//! A [`Backend`] is a block store that knows nothing of the NBD wire: it has a
+//! size, a set of [`Caps`], optional [`BlockSize`] constraints, and the
+//! operations a block device needs. Errors are [`std::io::Error`]; the driver
+//! alone maps them to NBD error numbers.
+//!
+//! Every method takes `&self`: one backend value is shared (behind an `Arc`)
+//! by every connection to the export and, for slow backends, by the driver's
+//! worker threads. Backends that answer from memory report
+//! [`Backend::is_inline`] so the driver calls them on the event-loop thread at
+//! no extra cost; the others are called from a small worker pool so a slow
+//! disk never stalls other connections.
+
+#![forbid(unsafe_code)]
+
+use std::io;
+
+bitflags::bitflags! {
+    /// What a backend can do. The driver turns these into NBD transmission
+    /// flags; a capability that is absent is never advertised.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub struct Caps: u32 {
+        /// The export refuses writes, trims and zeroes (EROFS/EPERM).
+        const READ_ONLY = 1 << 0;
+        /// `flush` makes earlier completed writes durable.
+        const FLUSH = 1 << 1;
+        /// Writes may be asked to be durable before they complete (FUA).
+        const FUA = 1 << 2;
+        /// `trim` may discard data.
+        const TRIM = 1 << 3;
+        /// `write_zeroes` is efficient (not only an emulated write).
+        const WRITE_ZEROES = 1 << 4;
+        /// `write_zeroes` with `fast` set can tell quickly whether it is fast.
+        const FAST_ZERO = 1 << 5;
+        /// `extents` reports real holes / zero ranges.
+        const EXTENTS = 1 << 6;
+        /// `cache` does something useful.
+        const CACHE = 1 << 7;
+        /// All connections see one coherent store (NBD_FLAG_CAN_MULTI_CONN).
+        const MULTI_CONN = 1 << 8;
+        /// The medium behaves like a rotating disk.
+        const ROTATIONAL = 1 << 9;
+        /// `resize` is supported.
+        const RESIZE = 1 << 10;
+    }
+}
+
+bitflags::bitflags! {
+    /// Options for [`Backend::write_zeroes`].
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+    pub struct ZeroFlags: u8 {
+        /// The backend may deallocate the range (punch a hole) as long as it
+        /// reads back as zeroes. Absent: the range must stay allocated
+        /// (`NBD_CMD_FLAG_NO_HOLE`).
+        const MAY_TRIM = 1 << 0;
+        /// Fail at once with `ErrorKind::Unsupported` unless zeroing is faster
+        /// than writing zeroes (`NBD_CMD_FLAG_FAST_ZERO`); leave data untouched then.
+        const FAST = 1 << 1;
+        /// The zeroes must be durable before returning (`NBD_CMD_FLAG_FUA`).
+        const FUA = 1 << 2;
+    }
+}
+
+bitflags::bitflags! {
+    /// State of an extent, with the same bits as NBD's `base:allocation`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+    pub struct ExtentFlags: u32 {
+        /// Not allocated in the backing store (`NBD_STATE_HOLE`).
+        const HOLE = 1 << 0;
+        /// Reads as zeroes (`NBD_STATE_ZERO`).
+        const ZERO = 1 << 1;
+    }
+}
+
+/// One run of bytes with the same allocation state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Extent {
+    /// Length in bytes; never zero in a result.
+    pub len: u64,
+    /// Hole / zero state.
+    pub flags: ExtentFlags,
+}
+
+/// Block-size constraints (NBD_INFO_BLOCK_SIZE).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockSize {
+    /// Smallest addressable unit; a power of two, at most 64 KiB.
+    pub minimum: u32,
+    /// Smallest size that avoids read-modify-write; a power of two >= 512.
+    pub preferred: u32,
+    /// Largest payload accepted in one request.
+    pub maximum: u32,
+}
+
+impl Default for BlockSize {
+    /// The spec's defaults (proto.md "Block size constraints") with the
+    /// 32 MiB maximum payload every server should accept.
+    fn default() -> Self {
+        Self {
+            minimum: 1,
+            preferred: 4096,
+            maximum: 32 * 1024 * 1024,
+        }
+    }
+}
+
+/// A block store. See the crate documentation for the threading contract.
+///
+/// Offsets and lengths passed by the driver are already validated against
+/// [`Backend::size`]; implementations still return `InvalidInput` rather
+/// than panic if they are not.
+pub trait Backend: Send + Sync {
+    /// Current size in bytes.
+    fn size(&self) -> u64;
+    /// What this backend can do.
+    fn caps(&self) -> Caps;
+    /// Block-size constraints; `None` means the protocol defaults.
+    fn block_size(&self) -> Option<BlockSize> {
+        None
+    }
+    /// True when every operation completes quickly in memory, so the driver
+    /// may call it on the event-loop thread.
+    fn is_inline(&self) -> bool {
+        false
+    }
+    /// Fill `buf` from `offset`.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// Write `data` at `offset`; with `fua`, durably.
+    fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> io::Result<()>;
+    /// Make every completed write durable.
+    fn flush(&self) -> io::Result<()> {
+        Ok(())
+    }
+    /// Discard a range (a hint; contents afterwards are unspecified).
+    fn trim(&self, offset: u64, len: u64, fua: bool) -> io::Result<()> {
+        let _ = (offset, len, fua);
+        Ok(())
+    }
+    /// Make a range read as zeroes.
+    fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> io::Result<()>;
+    /// Prefetch a range (a hint).
+    fn cache(&self, offset: u64, len: u64) -> io::Result<()> {
+        let _ = (offset, len);
+        Ok(())
+    }
+    /// Describe `[offset, offset + len)` as consecutive extents starting at
+    /// `offset`, written into `out`; returns how many were written (at least
+    /// one when `len > 0` and `out` is not empty). The extents may cover less
+    /// than `len` but never more than the export.
+    fn extents(&self, offset: u64, len: u64, out: &mut [Extent]) -> io::Result<usize> {
+        // Default: everything is allocated data.
+        let size = self.size();
+        let end = offset.saturating_add(len).min(size);
+        match out.first_mut() {
+            Some(first) if end > offset => {
+                *first = Extent {
+                    len: end - offset,
+                    flags: ExtentFlags::empty(),
+                };
+                Ok(1)
+            }
+            _ => Ok(0),
+        }
+    }
+    /// Change the size (NBD_CMD_RESIZE).
+    fn resize(&self, new_size: u64) -> io::Result<()> {
+        let _ = new_size;
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
+    /// A one-line human description (NBD_INFO_DESCRIPTION / LIST).
+    fn description(&self) -> Option<String> {
+        None
+    }
+}
