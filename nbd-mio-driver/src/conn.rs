@@ -1,0 +1,1 @@
+//! conn (stub, being written).

@@ -1,0 +1,1 @@
+//! dispatch (stub, being written).

@@ -1,0 +1,1 @@
+//! errno (stub, being written).

@@ -1,0 +1,17 @@
+//! nbdd's driver: a single-threaded mio event loop that owns sockets, TLS
+//! and timers, drives `nbd-proto` state machines over many connections and
+//! calls `nbd-backends` for storage. The `nbdd` binary (`main.rs`) parses the
+//! command line and calls [`server::Server`].
+
+// Module owners while the crate is being built in parallel:
+// cli, listen, errno, main.rs: startup; tls: TLS sessions;
+// server, conn, buffer, workers, dispatch: the event loop.
+pub mod buffer;
+pub mod cli;
+pub mod conn;
+pub mod dispatch;
+pub mod errno;
+pub mod listen;
+pub mod server;
+pub mod tls;
+pub mod workers;

@@ -1,0 +1,1 @@
+//! TLS sessions (stub, being written).

@@ -1,0 +1,1 @@
+//! workers (stub, being written).
