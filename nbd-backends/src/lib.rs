@@ -16,6 +16,17 @@
 
 use std::io;
 
+mod memory;
+mod null;
+mod pattern;
+mod size;
+mod util;
+
+pub use memory::{MemoryBackend, PAGE_SIZE};
+pub use null::NullBackend;
+pub use pattern::PatternBackend;
+pub use size::{MAX_SIZE, parse_size};
+
 bitflags::bitflags! {
     /// What a backend can do. The driver turns these into NBD transmission
     /// flags; a capability that is absent is never advertised.

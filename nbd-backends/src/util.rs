@@ -1,0 +1,75 @@
+//! Range checks and error values shared by the backends.
+
+use std::io;
+
+/// `EINVAL`: a read, trim, cache or extents request outside the export
+/// (checklist 67, 68, 72). The driver maps it to `NBD_EINVAL`.
+pub(crate) fn out_of_range() -> io::Error {
+    io::Error::from_raw_os_error(libc::EINVAL)
+}
+
+/// `ENOSPC`: a write or write_zeroes past the end (checklist 69, 72).
+pub(crate) fn no_space() -> io::Error {
+    io::Error::from_raw_os_error(libc::ENOSPC)
+}
+
+/// `EROFS`: a modification of a read-only export (checklist 70, 71); the
+/// driver maps it to `NBD_EPERM`.
+pub(crate) fn read_only() -> io::Error {
+    io::Error::from_raw_os_error(libc::EROFS)
+}
+
+/// End of `[offset, offset + len)` if it lies within `size`; overflow of
+/// `offset + len` is detected, never wrapped (checklist 68).
+pub(crate) fn range_end(offset: u64, len: u64, size: u64) -> Option<u64> {
+    offset.checked_add(len).filter(|&end| end <= size)
+}
+
+/// Check a read-like request; returns its end.
+pub(crate) fn check_read(offset: u64, len: u64, size: u64) -> io::Result<u64> {
+    range_end(offset, len, size).ok_or_else(out_of_range)
+}
+
+/// Check a write-like request; returns its end.
+pub(crate) fn check_write(offset: u64, len: u64, size: u64) -> io::Result<u64> {
+    range_end(offset, len, size).ok_or_else(no_space)
+}
+
+/// Length of a buffer as u64 (lossless on every supported target).
+pub(crate) fn len64(buf: &[u8]) -> u64 {
+    buf.len() as u64
+}
+
+/// True when every byte of `data` is zero. Compares eight bytes at a time,
+/// which the compiler vectorises; for real data it stops at the first word.
+pub(crate) fn is_zero(data: &[u8]) -> bool {
+    let (words, tail) = data.as_chunks::<8>();
+    words.iter().all(|w| u64::from_ne_bytes(*w) == 0) && tail.iter().all(|&b| b == 0)
+}
+
+/// Push an extent into `out[*n..]`, merging it with the previous one when
+/// the flags match. Returns false when `out` is full (the extent is dropped).
+pub(crate) fn push_extent(
+    out: &mut [crate::Extent],
+    n: &mut usize,
+    len: u64,
+    flags: crate::ExtentFlags,
+) -> bool {
+    if len == 0 {
+        return true;
+    }
+    if let Some(prev) = n.checked_sub(1).and_then(|i| out.get_mut(i))
+        && prev.flags == flags
+    {
+        prev.len += len;
+        return true;
+    }
+    match out.get_mut(*n) {
+        Some(slot) => {
+            *slot = crate::Extent { len, flags };
+            *n += 1;
+            true
+        }
+        None => false,
+    }
+}
