@@ -16,12 +16,14 @@
 
 use std::io;
 
+mod file;
 mod memory;
 mod null;
 mod pattern;
 mod size;
 mod util;
 
+pub use file::{FileBackend, open_dir};
 pub use memory::{MemoryBackend, PAGE_SIZE};
 pub use null::NullBackend;
 pub use pattern::PatternBackend;
@@ -162,6 +164,9 @@ pub trait Backend: Send + Sync {
     fn extents(&self, offset: u64, len: u64, out: &mut [Extent]) -> io::Result<usize> {
         // Default: everything is allocated data.
         let size = self.size();
+        if offset > size {
+            return Err(util::out_of_range());
+        }
         let end = offset.saturating_add(len).min(size);
         match out.first_mut() {
             Some(first) if end > offset => {

@@ -118,10 +118,10 @@ impl Store {
             }
             return;
         }
-        if offset % PAGE != 0 {
+        if !offset.is_multiple_of(PAGE) {
             self.zero_in_page(offset / PAGE, (offset % PAGE) as usize, PAGE_SIZE);
         }
-        if end % PAGE != 0 {
+        if !end.is_multiple_of(PAGE) {
             self.zero_in_page(end_full, 0, (end % PAGE) as usize);
         }
         // Remove key by key: O(k log n) and allocation-free, unlike
@@ -266,7 +266,7 @@ impl Backend for MemoryBackend {
             // Drop every page past the new end, and zero the tail of a
             // partial last page so growing again reads zeroes there.
             drop(st.pages.split_off(&new_size.div_ceil(PAGE)));
-            if new_size % PAGE != 0 {
+            if !new_size.is_multiple_of(PAGE) {
                 st.zero_in_page(new_size / PAGE, (new_size % PAGE) as usize, PAGE_SIZE);
             }
         }

@@ -1,0 +1,144 @@
+//! Positional I/O, buffered or `O_DIRECT`.
+//!
+//! `O_DIRECT` requires the file offset, the length and the memory address
+//! to be multiples of the device's logical block size. The driver's buffers
+//! sit after a reply header at arbitrary addresses, and clients may send
+//! unaligned requests, so unaligned I/O goes through a per-thread aligned
+//! bounce buffer: reads cover the aligned span and copy out; writes
+//! read-modify-write the partial first and last blocks. The bounce buffer is
+//! allocated once per worker thread, never per request.
+
+use std::cell::RefCell;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::{PoisonError, RwLock};
+
+/// Alignment used for `O_DIRECT`: 4096 is a multiple of every logical
+/// block size Linux supports for direct I/O (512 or 4096 in practice).
+pub(crate) const ALIGN: u64 = 4096;
+const ALIGN_USIZE: usize = ALIGN as usize;
+/// Size of the per-thread bounce buffer: big requests are done in slices.
+const BOUNCE: usize = 1 << 20;
+
+thread_local! {
+    static BOUNCE_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Run `f` with this thread's aligned bounce buffer of `BOUNCE` bytes.
+fn with_bounce<R>(f: impl FnOnce(&mut [u8]) -> R) -> R {
+    BOUNCE_BUF.with(|cell| {
+        let mut v = cell.borrow_mut();
+        if v.is_empty() {
+            // Over-allocate by one alignment unit and slice at the first
+            // aligned address: aligned memory without unsafe code. The Vec
+            // is never resized afterwards, so the address stays aligned.
+            *v = vec![0; BOUNCE + ALIGN_USIZE];
+        }
+        let skew = v.as_ptr().align_offset(ALIGN_USIZE);
+        f(&mut v[skew..skew + BOUNCE])
+    })
+}
+
+/// pread until `buf` is full; bytes past the end of file read as zeroes
+/// (the file may have been shortened behind our back).
+pub(crate) fn pread_full(file: &File, mut offset: u64, mut buf: &mut [u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        match file.read_at(buf, offset) {
+            Ok(0) => {
+                buf.fill(0);
+                return Ok(());
+            }
+            Ok(n) => {
+                buf = &mut buf[n..];
+                offset += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn aligned(offset: u64, buf: &[u8]) -> bool {
+    offset.is_multiple_of(ALIGN)
+        && (buf.len() as u64).is_multiple_of(ALIGN)
+        && buf.as_ptr().align_offset(ALIGN_USIZE) == 0
+}
+
+/// The file plus how to reach it.
+pub(crate) struct Io {
+    pub(crate) file: File,
+    /// `O_DIRECT` is in effect.
+    pub(crate) direct: bool,
+    /// With `O_DIRECT`, an unaligned write rewrites whole blocks, so it
+    /// takes this lock exclusively; aligned writes take it shared. Without
+    /// it a concurrent write to the other bytes of a shared block could be
+    /// overwritten with the stale copy.
+    rmw: RwLock<()>,
+}
+
+impl Io {
+    pub(crate) fn new(file: File, direct: bool) -> Self {
+        Self {
+            file,
+            direct,
+            rmw: RwLock::new(()),
+        }
+    }
+
+    pub(crate) fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        if !self.direct || aligned(offset, buf) {
+            return pread_full(&self.file, offset, buf);
+        }
+        let end = offset + buf.len() as u64;
+        with_bounce(|bounce| {
+            let mut span = offset - offset % ALIGN;
+            while span < end {
+                let span_end = (span + BOUNCE as u64).min(end.next_multiple_of(ALIGN));
+                let chunk = &mut bounce[..(span_end - span) as usize];
+                pread_full(&self.file, span, chunk)?;
+                let from = span.max(offset);
+                let to = span_end.min(end);
+                buf[(from - offset) as usize..(to - offset) as usize]
+                    .copy_from_slice(&chunk[(from - span) as usize..(to - span) as usize]);
+                span = span_end;
+            }
+            Ok(())
+        })
+    }
+
+    pub(crate) fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        if !self.direct {
+            return self.file.write_all_at(data, offset);
+        }
+        if aligned(offset, data) {
+            let _shared = self.rmw.read().unwrap_or_else(PoisonError::into_inner);
+            return self.file.write_all_at(data, offset);
+        }
+        let _exclusive = self.rmw.write().unwrap_or_else(PoisonError::into_inner);
+        let end = offset + data.len() as u64;
+        with_bounce(|bounce| {
+            let mut span = offset - offset % ALIGN;
+            while span < end {
+                let span_end = (span + BOUNCE as u64).min(end.next_multiple_of(ALIGN));
+                let chunk = &mut bounce[..(span_end - span) as usize];
+                // Only the partial first and last blocks need old contents.
+                if span < offset {
+                    pread_full(&self.file, span, &mut chunk[..ALIGN_USIZE])?;
+                }
+                if span_end > end {
+                    let last = chunk.len() - ALIGN_USIZE;
+                    pread_full(&self.file, span_end - ALIGN, &mut chunk[last..])?;
+                }
+                let from = span.max(offset);
+                let to = span_end.min(end);
+                chunk[(from - span) as usize..(to - span) as usize]
+                    .copy_from_slice(&data[(from - offset) as usize..(to - offset) as usize]);
+                self.file.write_all_at(chunk, span)?;
+                span = span_end;
+            }
+            Ok(())
+        })
+    }
+}
