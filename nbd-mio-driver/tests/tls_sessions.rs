@@ -37,7 +37,11 @@ fn pki() -> &'static Path {
         let _ = std::fs::remove_dir_all(&dir);
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pki/make-pki.sh");
         let out = Command::new("sh").arg(&script).arg(&dir).output().unwrap();
-        assert!(out.status.success(), "make-pki.sh: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "make-pki.sh: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         dir
     })
 }
@@ -56,7 +60,9 @@ fn psk_server() -> TlsServerConfig {
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 // ------------------------------------------------- in-memory client peers
@@ -66,7 +72,7 @@ trait Peer {
     fn feed(&mut self, ciphertext: &[u8]);
     fn take(&mut self) -> Vec<u8>;
     fn read_all(&mut self) -> Vec<u8>;
-    fn write(&mut self, data: &[u8]);
+    fn write(&mut self, data: &[u8]) -> usize;
     fn close(&mut self);
     fn closed_by_peer(&mut self) -> bool;
     fn handshaking(&self) -> bool;
@@ -106,8 +112,9 @@ impl Peer for RustlsClient {
         self.drain();
         std::mem::take(&mut self.received)
     }
-    fn write(&mut self, data: &[u8]) {
-        self.conn.writer().write_all(data).unwrap();
+    fn write(&mut self, data: &[u8]) -> usize {
+        // rustls's own default buffer limit (64 KiB) makes this short.
+        self.conn.writer().write(data).unwrap()
     }
     fn close(&mut self) {
         self.conn.send_close_notify();
@@ -158,7 +165,9 @@ impl OpensslClient {
     fn new(user: &str, key: Vec<u8>, max: Option<SslVersion>) -> Self {
         let mut builder = SslContextBuilder::new(SslMethod::tls_client()).unwrap();
         builder.set_max_proto_version(max).unwrap();
-        builder.set_cipher_list("ECDHE-PSK-CHACHA20-POLY1305").unwrap();
+        builder
+            .set_cipher_list("ECDHE-PSK-CHACHA20-POLY1305")
+            .unwrap();
         let identity = format!("{user}\0").into_bytes();
         builder.set_psk_client_callback(move |_, _, id_out, key_out| {
             id_out[..identity.len()].copy_from_slice(&identity);
@@ -200,11 +209,8 @@ impl Peer for OpensslClient {
         }
         out
     }
-    fn write(&mut self, data: &[u8]) {
-        let mut done = 0;
-        while done < data.len() {
-            done += self.stream.ssl_write(&data[done..]).unwrap();
-        }
+    fn write(&mut self, data: &[u8]) -> usize {
+        self.stream.ssl_write(data).unwrap()
     }
     fn close(&mut self) {
         let _ = self.stream.shutdown();
@@ -251,7 +257,10 @@ impl<P: Peer> Link<P> {
                 self.short_feeds += 1;
             }
             let drained = drain(self.server.as_mut(), &mut self.at_server)?;
-            assert!(n > 0 || drained > 0, "session neither consumed nor produced");
+            assert!(
+                n > 0 || drained > 0,
+                "session neither consumed nor produced"
+            );
             rest = &rest[n..];
             moved = true;
         }
@@ -314,11 +323,18 @@ fn drain(server: &mut dyn TlsSession, into: &mut Vec<u8>) -> io::Result<usize> {
 /// 1 MiB each way, then close_notify each way.
 fn bulk_and_close<P: Peer>(link: &mut Link<P>) {
     let up = pattern(MIB, 1);
-    link.client.write(&up);
+    let mut sent = 0;
+    while sent < up.len() {
+        sent += link.client.write(&up[sent..]);
+        link.pump().unwrap();
+    }
     link.settle().unwrap();
     assert_eq!(link.at_server.len(), up.len());
     assert!(link.at_server == up, "client→server bytes differ");
-    assert!(link.short_feeds > 0, "1 MiB in one feed must hit the buffer limit");
+    assert!(
+        link.short_feeds > 0,
+        "1 MiB in one feed must hit the buffer limit"
+    );
 
     let down = pattern(MIB, 2);
     link.server_send(&down).unwrap();
@@ -368,12 +384,17 @@ fn name(prefix: &Path) -> String {
 
 fn load_certs(path: &Path) -> Vec<CertificateDer<'static>> {
     let mut reader = io::BufReader::new(std::fs::File::open(path).unwrap());
-    rustls_pemfile::certs(&mut reader).map(Result::unwrap).collect()
+    rustls_pemfile::certs(&mut reader)
+        .map(Result::unwrap)
+        .collect()
 }
 
+/// certtool's SEC1 EC keys, re-encoded as PKCS#8 for ring (as the server's
+/// loader does).
 fn load_key(path: &Path) -> PrivateKeyDer<'static> {
-    let mut reader = io::BufReader::new(std::fs::File::open(path).unwrap());
-    rustls_pemfile::private_key(&mut reader).unwrap().unwrap()
+    let pem = std::fs::read(path).unwrap();
+    let pkey = openssl::pkey::PKey::private_key_from_pem(&pem).unwrap();
+    PrivateKeyDer::Pkcs8(pkey.private_key_to_pkcs8().unwrap().into())
 }
 
 fn psk_client(user: &str, key_hex: &str, max: Option<SslVersion>) -> OpensslClient {
@@ -403,7 +424,7 @@ fn x509_rustls_client_tls12_is_accepted() {
         link.client.conn.protocol_version(),
         Some(rustls::ProtocolVersion::TLSv1_2)
     );
-    link.client.write(b"NBDMAGIC");
+    assert_eq!(link.client.write(b"NBDMAGIC"), 8);
     link.settle().unwrap();
     assert_eq!(link.at_server, b"NBDMAGIC");
 }
@@ -442,11 +463,19 @@ fn x509_verify_peer_accepts_a_client_certificate_from_the_ca() {
 #[test]
 fn x509_verify_peer_refuses_a_certificate_from_another_ca() {
     let server = x509_server(true).new_session().unwrap();
-    let client = rustls_client(&[&rustls::version::TLS13], Some(&pki().join("rogue/client")));
+    let client = rustls_client(
+        &[&rustls::version::TLS13],
+        Some(&pki().join("rogue/client")),
+    );
     let mut link = Link::new(server, client);
     let err = link.settle().unwrap_err();
     assert!(err.to_string().contains("TLS"), "{err}");
-    assert!(link.server.feed_ciphertext(b"\x17\x03\x03\x00\x01x").is_err(), "stays failed");
+    assert!(
+        link.server
+            .feed_ciphertext(b"\x17\x03\x03\x00\x01x")
+            .is_err(),
+        "stays failed"
+    );
 }
 
 #[test]
@@ -508,7 +537,11 @@ fn catch_client_panic(link: &mut Link<OpensslClient>) -> String {
         }
         let mut buf = vec![0u8; 16384];
         let n = link.server.take_ciphertext(&mut buf).unwrap();
-        link.client.stream.get_mut().input.extend_from_slice(&buf[..n]);
+        link.client
+            .stream
+            .get_mut()
+            .input
+            .extend_from_slice(&buf[..n]);
         let _ = link.client.stream.connect();
     }
     panic!("server accepted a bad PSK");

@@ -100,9 +100,23 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 }
 
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    rustls_pemfile::private_key(&mut open(path)?)
+    let key = rustls_pemfile::private_key(&mut open(path)?)
         .map_err(|e| format!("{}: bad PEM: {e}", path.display()))?
-        .ok_or_else(|| format!("{}: no PRIVATE KEY found", path.display()))
+        .ok_or_else(|| format!("{}: no PRIVATE KEY found", path.display()))?;
+    match key {
+        // certtool writes EC keys as SEC1 ("BEGIN EC PRIVATE KEY") with the
+        // curve parameters inside, which ring 0.17 refuses ("failed to parse
+        // private key as RSA, ECDSA, or EdDSA"). Re-encode them as PKCS#8
+        // through OpenSSL, already linked for PSK, so certtool's output
+        // works as-is (measured with gnutls-bin 3.7.9).
+        PrivateKeyDer::Sec1(sec1) => {
+            let pkey = openssl::pkey::PKey::private_key_from_der(sec1.secret_sec1_der())
+                .and_then(|pkey| pkey.private_key_to_pkcs8())
+                .map_err(|e| format!("{}: bad EC PRIVATE KEY: {e}", path.display()))?;
+            Ok(PrivateKeyDer::Pkcs8(pkey.into()))
+        }
+        other => Ok(other),
+    }
 }
 
 /// A rustls server connection behind [`TlsSession`].
