@@ -4,14 +4,20 @@
 //! command line and calls [`server::Server`].
 
 // Module owners while the crate is being built in parallel:
-// cli, listen, errno, main.rs: startup; tls: TLS sessions;
+// cli, listen, errno, main.rs, activation, captive, daemon, logging,
+// notify: startup; tls: TLS sessions;
 // server, conn, buffer, workers, dispatch: the event loop.
+pub mod activation;
 pub mod buffer;
+pub mod captive;
 pub mod cli;
 pub mod conn;
+pub mod daemon;
 pub mod dispatch;
 pub mod errno;
 pub mod listen;
+pub mod logging;
+pub mod notify;
 pub mod server;
 pub mod tls;
 pub mod workers;

@@ -1,1 +1,155 @@
-fn main() {}
+//! `nbdd`: parse the command line, prepare listeners and exports, become a
+//! service (fork, pidfile, systemd notification) and run the event loop.
+//! Start-up errors print one line on stderr and exit with status 1.
+
+use std::process::ExitCode;
+use std::sync::mpsc;
+
+use anyhow::{Context as _, bail};
+use nbd_mio_driver::cli::{self, Config, Parsed};
+use nbd_mio_driver::listen::{self, ListenGuard, Listener, Stream};
+use nbd_mio_driver::{activation, captive, daemon, logging, notify};
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("nbdd: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run() -> anyhow::Result<u8> {
+    let args = std::env::args_os()
+        .skip(1)
+        .map(|a| {
+            a.into_string()
+                .map_err(|a| anyhow::anyhow!("argument {a:?} is not UTF-8"))
+        })
+        .collect::<anyhow::Result<Vec<String>>>()?;
+    let mut cfg = match cli::parse(args).map_err(anyhow::Error::msg)? {
+        Parsed::Help => {
+            print!("{}{}", cli::help_text(), backends_help());
+            return Ok(0);
+        }
+        Parsed::Version => {
+            println!("nbdd {}", env!("CARGO_PKG_VERSION"));
+            return Ok(0);
+        }
+        Parsed::Run(cfg) => *cfg,
+    };
+
+    // Inherited sockets first, before this process opens any descriptor
+    // that could be mistaken for fd 3.
+    let activated = match activation::detect().context("socket activation")? {
+        Some(n) => {
+            if cfg.unix.is_some() || cfg.port_given || cfg.ipaddr.is_some() || cfg.single {
+                bail!("socket activation (LISTEN_FDS) cannot be combined with -U, -p, -i or -s");
+            }
+            // A service manager supervises the process it started.
+            cfg.foreground = true;
+            Some(activation::take(n).context("socket activation")?)
+        }
+        None => None,
+    };
+    let single = if cfg.single {
+        Some(Stream::from_stdin().context("-s")?)
+    } else {
+        None
+    };
+
+    // Fork while still single-threaded (see daemon.rs).
+    let daemon = if cfg.foreground {
+        None
+    } else {
+        Some(daemon::daemonize().context("daemonizing")?)
+    };
+    logging::init(cfg.log, cfg.verbose).context("installing the logger")?;
+    if cfg.exit_with_parent {
+        daemon::exit_with_parent().context("--exit-with-parent")?;
+    }
+
+    // TODO(startup): build exports once nbd-backends publishes its registry:
+    // let exports = nbd_backends::registry::build(&cfg.backend, &cfg.backend_args,
+    //     &cfg.export_name, cfg.readonly).map_err(anyhow::Error::msg)?;
+
+    let (listeners, _guard) = match (activated, &single) {
+        (Some(l), _) => (l, ListenGuard::default()),
+        (None, Some(_)) => (Vec::new(), ListenGuard::default()),
+        (None, None) => listen::bind(&cfg).context("cannot listen")?,
+    };
+    for l in &listeners {
+        log::info!("listening on {}", l.describe());
+    }
+    announce(&cfg, &listeners)?;
+    if let Some(d) = daemon {
+        d.ready().context("detaching")?;
+    }
+    if let Err(e) = notify::notify("READY=1") {
+        log::warn!("NOTIFY_SOCKET: {e}");
+    }
+
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let captive = match &cfg.run {
+        Some(command) => {
+            let env = captive::environment(&cfg, &listeners);
+            let tx = stop_tx.clone();
+            // TODO(startup): pass the server's StopHandle instead.
+            Some(captive::spawn(command, &env, move || {
+                let _ = tx.send(());
+            })?)
+        }
+        None => None,
+    };
+
+    // TODO(startup): replace with
+    // Server::new(ServerOptions { listeners, exports, tls, tls_mode: cfg.tls, oldstyle: cfg.oldstyle, .. })?.run()
+    // and let the server own signal handling.
+    wait_for_stop(&stop_tx, &stop_rx)?;
+    drop(listeners);
+    drop(single);
+
+    match captive {
+        Some(c) => Ok(c.wait().context("--run")?),
+        None => Ok(0),
+    }
+}
+
+/// `--print-uri` and the pidfile, once the sockets exist.
+fn announce(cfg: &Config, listeners: &[Listener]) -> anyhow::Result<()> {
+    if cfg.print_uri {
+        use std::io::Write as _;
+        let uri = listen::uri(cfg, listeners);
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{uri}")
+            .and_then(|()| out.flush())
+            .context("--print-uri")?;
+    }
+    if let Some(p) = &cfg.pidfile {
+        daemon::write_pidfile(p).context("-P")?;
+    }
+    Ok(())
+}
+
+/// The backend list for `--help`.
+fn backends_help() -> String {
+    // TODO(startup): list nbd_backends::registry::BACKENDS once published.
+    String::new()
+}
+
+/// Placeholder for the event loop until `server::Server` lands: blocks
+/// until SIGINT, SIGTERM or the captive command's exit.
+fn wait_for_stop(tx: &mpsc::Sender<()>, rx: &mpsc::Receiver<()>) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    let tx = tx.clone();
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            log::info!("signal {sig}: shutting down");
+            let _ = tx.send(());
+        }
+    });
+    let _ = rx.recv();
+    Ok(())
+}
