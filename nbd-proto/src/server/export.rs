@@ -1,0 +1,102 @@
+//! What negotiation needs to know about an export, and what it produces.
+
+use crate::flags::TransmissionFlags;
+use crate::types::HeaderMode;
+
+/// The server's TLS policy for a connection (proto.md "TLS support").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsMode {
+    /// NOTLS: `NBD_OPT_STARTTLS` is refused.
+    #[default]
+    Off,
+    /// SELECTIVETLS with no TLS-only export: TLS is offered, plaintext allowed.
+    On,
+    /// FORCEDTLS: nothing but STARTTLS and ABORT before TLS.
+    Require,
+}
+
+/// Block-size constraints (`NBD_INFO_BLOCK_SIZE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockSizes {
+    /// Minimum block size: a power of two, at most 64 KiB.
+    pub minimum: u32,
+    /// Preferred block size: a power of two, at least `max(minimum, 512)`.
+    pub preferred: u32,
+    /// Maximum payload: at least `preferred`.
+    pub maximum: u32,
+}
+
+impl BlockSizes {
+    /// The spec's defaults with a 32 MiB maximum payload.
+    pub const DEFAULT: Self = Self {
+        minimum: 1,
+        preferred: 4096,
+        maximum: 32 * 1024 * 1024,
+    };
+
+    /// True when the values obey the spec's rules (checklist 28).
+    #[must_use]
+    pub fn is_valid(&self) -> bool {
+        self.minimum.is_power_of_two()
+            && self.minimum <= 65536
+            && self.preferred.is_power_of_two()
+            && self.preferred >= self.minimum.max(512)
+            && self.maximum >= self.preferred
+    }
+}
+
+/// The driver's answer to an export query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExportInfo<'a> {
+    /// Size in bytes.
+    pub size: u64,
+    /// Capability flags of the export: READ_ONLY, SEND_FLUSH, SEND_FUA,
+    /// ROTATIONAL, SEND_TRIM, SEND_WRITE_ZEROES, SEND_FAST_ZERO,
+    /// CAN_MULTI_CONN, SEND_RESIZE, SEND_CACHE. The handshake adds
+    /// HAS_FLAGS and the negotiated ones (SEND_DF, BLOCK_STATUS_PAYLOAD) and
+    /// drops those whose preconditions fail.
+    pub flags: TransmissionFlags,
+    /// Canonical name (`NBD_INFO_NAME`).
+    pub name: &'a str,
+    /// Description (`NBD_INFO_DESCRIPTION`); empty for none.
+    pub description: &'a str,
+    /// Constraints; `None` means the defaults.
+    pub block_sizes: Option<BlockSizes>,
+}
+
+/// The result of a successful negotiation: everything transmission needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Negotiated {
+    /// Header layout for the rest of the connection.
+    pub mode: HeaderMode,
+    /// Export size.
+    pub size: u64,
+    /// Transmission flags exactly as sent to the client.
+    pub flags: TransmissionFlags,
+    /// Constraints as advertised (defaults when none were).
+    pub block_sizes: BlockSizes,
+    /// The client requested `NBD_INFO_BLOCK_SIZE` in GO, so it promised to
+    /// honour the constraints.
+    pub block_sizes_agreed: bool,
+    /// Selected meta contexts: bit `i` set means context ID `i + 1` (the
+    /// index into the driver's offered list) is selected for this export.
+    pub meta_contexts: u64,
+    /// TLS was active.
+    pub tls: bool,
+}
+
+impl Negotiated {
+    /// The result of an oldstyle greeting: simple replies, no options.
+    #[must_use]
+    pub fn oldstyle(size: u64, flags: TransmissionFlags) -> Self {
+        Self {
+            mode: HeaderMode::Simple,
+            size,
+            flags: flags | TransmissionFlags::HAS_FLAGS,
+            block_sizes: BlockSizes::DEFAULT,
+            block_sizes_agreed: false,
+            meta_contexts: 0,
+            tls: false,
+        }
+    }
+}
