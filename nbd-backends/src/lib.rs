@@ -17,9 +17,11 @@
 use std::io;
 
 mod file;
+pub mod filters;
 mod memory;
 mod null;
 mod pattern;
+mod registry;
 mod size;
 mod util;
 
@@ -27,6 +29,7 @@ pub use file::{FileBackend, open_dir};
 pub use memory::{MemoryBackend, PAGE_SIZE};
 pub use null::NullBackend;
 pub use pattern::PatternBackend;
+pub use registry::{BACKENDS, Export, ExportSet, build, build_with_filters};
 pub use size::{MAX_SIZE, parse_size};
 
 bitflags::bitflags! {

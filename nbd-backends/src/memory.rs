@@ -1,7 +1,8 @@
 //! A sparse RAM disk.
 //!
 //! Pages are allocated on the first write that puts non-zero bytes in them
-//! and freed again by trim, write_zeroes and whole-page zero writes, so an
+//! and freed again as soon as they hold only zeroes (after trim,
+//! write_zeroes, a zero write or a shrink), so an
 //! export of any size up to 2^63-1 bytes costs nothing until it is written.
 //!
 //! **Page size: 4 KiB.** It equals the block size clients prefer (and the
@@ -195,7 +196,15 @@ impl Backend for MemoryBackend {
                 Entry::Occupied(e) if n == PAGE_SIZE && is_zero(chunk) => {
                     e.remove();
                 }
-                Entry::Occupied(mut e) => e.get_mut()[in_page..in_page + n].copy_from_slice(chunk),
+                Entry::Occupied(mut e) => {
+                    let page = e.get_mut();
+                    page[in_page..in_page + n].copy_from_slice(chunk);
+                    // Zero data may have cleared the page's last non-zero
+                    // byte. Non-zero data (the common case) skips the scan.
+                    if is_zero(chunk) && is_zero(&page[..]) {
+                        e.remove();
+                    }
+                }
                 Entry::Vacant(v) => {
                     if !is_zero(chunk) {
                         // The only allocation on the write path: the first

@@ -1,0 +1,157 @@
+//! `error`: inject failures (`error=EIO`, `error-rate=10%`), to test how the
+//! driver reports backend errors (checklist 85, 86, 113).
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::{Backend, BlockSize, Caps, Extent, ZeroFlags};
+
+/// Fails each data operation with probability `rate`, with `errno`.
+pub struct ErrorInject {
+    inner: Arc<dyn Backend>,
+    errno: i32,
+    /// Probability scaled to u64: fail when a random u64 is below it.
+    threshold: u64,
+    rng: AtomicU64,
+}
+
+/// Error names accepted by `error=`.
+const ERRNOS: &[(&str, i32)] = &[
+    ("EIO", libc::EIO),
+    ("EPERM", libc::EPERM),
+    ("ENOMEM", libc::ENOMEM),
+    ("EINVAL", libc::EINVAL),
+    ("ENOSPC", libc::ENOSPC),
+    ("EROFS", libc::EROFS),
+    ("EOVERFLOW", libc::EOVERFLOW),
+    ("ENOTSUP", libc::ENOTSUP),
+    ("ESHUTDOWN", libc::ESHUTDOWN),
+];
+
+/// Parse an errno name (`EIO`, case-insensitive).
+///
+/// # Errors
+///
+/// A message naming the bad string and the accepted names.
+pub fn parse_errno(s: &str) -> Result<i32, String> {
+    ERRNOS
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(s))
+        .map(|&(_, e)| e)
+        .ok_or_else(|| {
+            let names: Vec<_> = ERRNOS.iter().map(|e| e.0).collect();
+            format!("invalid error '{s}' (one of {})", names.join(", "))
+        })
+}
+
+/// Parse a rate: `0.1`, `10%`, `1`.
+///
+/// # Errors
+///
+/// A message naming the bad string.
+pub fn parse_rate(s: &str) -> Result<f64, String> {
+    let (num, scale) = match s.strip_suffix('%') {
+        Some(p) => (p, 0.01),
+        None => (s, 1.0),
+    };
+    num.parse::<f64>()
+        .ok()
+        .map(|v| v * scale)
+        .filter(|v| (0.0..=1.0).contains(v))
+        .ok_or_else(|| format!("invalid rate '{s}' (between 0 and 1, or 0% to 100%)"))
+}
+
+impl ErrorInject {
+    /// Fail with `errno` at probability `rate` (0 to 1).
+    pub fn new(inner: Arc<dyn Backend>, errno: i32, rate: f64) -> Self {
+        let threshold = if rate >= 1.0 {
+            u64::MAX
+        } else {
+            (rate * u64::MAX as f64) as u64
+        };
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            | 1;
+        Self {
+            inner,
+            errno,
+            threshold,
+            rng: AtomicU64::new(seed),
+        }
+    }
+
+    /// Decide whether this call fails (xorshift64*: tests need chance,
+    /// not cryptography).
+    fn roll(&self) -> io::Result<()> {
+        if self.threshold == 0 {
+            return Ok(());
+        }
+        let step = |mut x: u64| {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            x
+        };
+        let prev = self
+            .rng
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |x| Some(step(x)))
+            .unwrap_or(1);
+        let r = step(prev).wrapping_mul(0x2545_f491_4f6c_dd1d);
+        if self.threshold == u64::MAX || r < self.threshold {
+            Err(io::Error::from_raw_os_error(self.errno))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Backend for ErrorInject {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn caps(&self) -> Caps {
+        self.inner.caps()
+    }
+    fn block_size(&self) -> Option<BlockSize> {
+        self.inner.block_size()
+    }
+    fn is_inline(&self) -> bool {
+        self.inner.is_inline()
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.roll()?;
+        self.inner.read_at(offset, buf)
+    }
+    fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> io::Result<()> {
+        self.roll()?;
+        self.inner.write_at(offset, data, fua)
+    }
+    fn flush(&self) -> io::Result<()> {
+        self.roll()?;
+        self.inner.flush()
+    }
+    fn trim(&self, offset: u64, len: u64, fua: bool) -> io::Result<()> {
+        self.roll()?;
+        self.inner.trim(offset, len, fua)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> io::Result<()> {
+        self.roll()?;
+        self.inner.write_zeroes(offset, len, flags)
+    }
+    fn cache(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.roll()?;
+        self.inner.cache(offset, len)
+    }
+    fn extents(&self, offset: u64, len: u64, out: &mut [Extent]) -> io::Result<usize> {
+        self.roll()?;
+        self.inner.extents(offset, len, out)
+    }
+    fn resize(&self, new_size: u64) -> io::Result<()> {
+        self.inner.resize(new_size)
+    }
+    fn description(&self) -> Option<String> {
+        self.inner.description()
+    }
+}

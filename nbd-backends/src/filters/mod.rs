@@ -1,0 +1,108 @@
+//! Filters: backends that wrap another backend (`--filter NAME`), stacked
+//! in nbdkit's order (the first named is outermost, nearest the client).
+//!
+//! To add a filter: a module, a row in [`FILTERS`], a [`Spec`] variant
+//! parsed in `parse_stack` and built in `apply`.
+
+mod delay;
+mod error;
+mod offset;
+mod readonly;
+
+use std::sync::Arc;
+
+pub use delay::{Delay, parse_delay};
+pub use error::{ErrorInject, parse_errno, parse_rate};
+pub use offset::Offset;
+pub use readonly::ReadOnly;
+
+use crate::Backend;
+use crate::registry::Params;
+
+/// Filter names, their parameters, and a one-line help, for `nbdd --help`.
+pub const FILTERS: &[(&str, &str, &str)] = &[
+    ("readonly", "", "refuse writes, trims and zeroes with EPERM"),
+    ("offset", "offset= range=", "serve a window of the export"),
+    (
+        "delay",
+        "rdelay= wdelay=",
+        "sleep before reads / writes (10ms, 2s)",
+    ),
+    (
+        "error",
+        "error= error-rate=",
+        "inject errors (error=EIO error-rate=10%)",
+    ),
+];
+
+/// A parsed filter with its parameters.
+pub(crate) enum Spec {
+    ReadOnly,
+    Offset {
+        offset: u64,
+        range: Option<u64>,
+    },
+    Delay {
+        read: std::time::Duration,
+        write: std::time::Duration,
+    },
+    Error {
+        errno: i32,
+        rate: f64,
+    },
+}
+
+/// Parse `names` (outermost first), claiming each filter's keys from `p`.
+pub(crate) fn parse_stack(names: &[String], p: &mut Params<'_>) -> Result<Vec<Spec>, String> {
+    names
+        .iter()
+        .map(|name| {
+            Ok(match name.as_str() {
+                "readonly" => Spec::ReadOnly,
+                "offset" => Spec::Offset {
+                    offset: p.take_size("offset", "offset")?.unwrap_or(0),
+                    range: p.take_size("offset", "range")?,
+                },
+                "delay" => {
+                    let mut d = |k| p.take(k).map_or(Ok(Default::default()), parse_delay);
+                    Spec::Delay {
+                        read: d("rdelay").map_err(|e| format!("delay: rdelay: {e}"))?,
+                        write: d("wdelay").map_err(|e| format!("delay: wdelay: {e}"))?,
+                    }
+                }
+                "error" => Spec::Error {
+                    errno: p
+                        .take("error")
+                        .map_or(Ok(libc::EIO), parse_errno)
+                        .map_err(|e| format!("error: error: {e}"))?,
+                    // nbdkit's default: no errors until a rate is given.
+                    rate: p
+                        .take("error-rate")
+                        .map_or(Ok(0.0), parse_rate)
+                        .map_err(|e| format!("error: error-rate: {e}"))?,
+                },
+                other => {
+                    let known: Vec<_> = FILTERS.iter().map(|f| f.0).collect();
+                    return Err(format!(
+                        "unknown filter '{other}' (known: {})",
+                        known.join(", ")
+                    ));
+                }
+            })
+        })
+        .collect()
+}
+
+/// Wrap `inner` in the filters of `stack`, innermost (last) first.
+pub(crate) fn apply(stack: &[Spec], inner: Arc<dyn Backend>) -> Result<Arc<dyn Backend>, String> {
+    let mut b = inner;
+    for spec in stack.iter().rev() {
+        b = match *spec {
+            Spec::ReadOnly => Arc::new(ReadOnly::new(b)),
+            Spec::Offset { offset, range } => Arc::new(Offset::new(b, offset, range)?),
+            Spec::Delay { read, write } => Arc::new(Delay::new(b, read, write)),
+            Spec::Error { errno, rate } => Arc::new(ErrorInject::new(b, errno, rate)),
+        };
+    }
+    Ok(b)
+}

@@ -1,0 +1,104 @@
+//! `offset`: serve a window of the inner backend (`offset=`, `range=`),
+//! e.g. one partition of a disk image.
+
+use std::io;
+use std::sync::Arc;
+
+use crate::util::{check_read, check_write, len64, out_of_range};
+use crate::{Backend, BlockSize, Caps, Extent, ZeroFlags};
+
+/// `[offset, offset + range)` of the inner backend, seen from 0.
+pub struct Offset {
+    inner: Arc<dyn Backend>,
+    offset: u64,
+    range: u64,
+}
+
+impl Offset {
+    /// The window starting at `offset`, `range` bytes long (default: to
+    /// the end of `inner`).
+    ///
+    /// # Errors
+    ///
+    /// A message when the window does not fit inside `inner`.
+    pub fn new(inner: Arc<dyn Backend>, offset: u64, range: Option<u64>) -> Result<Self, String> {
+        let size = inner.size();
+        let range = match range {
+            Some(r) => r,
+            None => size
+                .checked_sub(offset)
+                .ok_or_else(|| format!("offset: offset {offset} is past the end ({size})"))?,
+        };
+        if offset.checked_add(range).is_none_or(|end| end > size) {
+            return Err(format!(
+                "offset: offset {offset} + range {range} is past the end ({size})"
+            ));
+        }
+        Ok(Self {
+            inner,
+            offset,
+            range,
+        })
+    }
+}
+
+impl Backend for Offset {
+    fn size(&self) -> u64 {
+        self.range
+    }
+    fn caps(&self) -> Caps {
+        // The window has a fixed size.
+        self.inner.caps() - Caps::RESIZE
+    }
+    fn block_size(&self) -> Option<BlockSize> {
+        self.inner.block_size()
+    }
+    fn is_inline(&self) -> bool {
+        self.inner.is_inline()
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        check_read(offset, len64(buf), self.range)?;
+        self.inner.read_at(self.offset + offset, buf)
+    }
+    fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> io::Result<()> {
+        check_write(offset, len64(data), self.range)?;
+        self.inner.write_at(self.offset + offset, data, fua)
+    }
+    fn flush(&self) -> io::Result<()> {
+        self.inner.flush()
+    }
+    fn trim(&self, offset: u64, len: u64, fua: bool) -> io::Result<()> {
+        check_read(offset, len, self.range)?;
+        self.inner.trim(self.offset + offset, len, fua)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> io::Result<()> {
+        check_write(offset, len, self.range)?;
+        self.inner.write_zeroes(self.offset + offset, len, flags)
+    }
+    fn cache(&self, offset: u64, len: u64) -> io::Result<()> {
+        check_read(offset, len, self.range)?;
+        self.inner.cache(self.offset + offset, len)
+    }
+    fn extents(&self, offset: u64, len: u64, out: &mut [Extent]) -> io::Result<usize> {
+        if offset > self.range {
+            return Err(out_of_range());
+        }
+        let len = len.min(self.range - offset);
+        let n = self.inner.extents(self.offset + offset, len, out)?;
+        // The inner backend may describe past the window: clip.
+        let mut left = len;
+        let mut kept = 0;
+        for e in out.iter_mut().take(n) {
+            if left == 0 {
+                break;
+            }
+            e.len = e.len.min(left);
+            left -= e.len;
+            kept += 1;
+        }
+        Ok(kept)
+    }
+    fn description(&self) -> Option<String> {
+        self.inner.description()
+    }
+}
