@@ -110,6 +110,9 @@ pub struct Server {
     pub port: u16,
     stderr_path: PathBuf,
     args: Vec<String>,
+    /// False while starting: an early exit is then reported by `start`, not
+    /// by `Drop`.
+    started: bool,
     // Declared last so it is dropped after the child is reaped.
     dir: TempDir,
 }
@@ -174,9 +177,11 @@ impl Server {
             port,
             stderr_path,
             args: full,
+            started: false,
             dir,
         };
         server.wait_ready()?;
+        server.started = true;
         Ok(server)
     }
 
@@ -266,7 +271,7 @@ impl Drop for Server {
         let died = matches!(self.child.try_wait(), Ok(Some(_)));
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if died && !std::thread::panicking() {
+        if died && self.started && !std::thread::panicking() {
             panic!(
                 "server {:?} exited during the test; stderr:\n{}",
                 self.args,

@@ -1,0 +1,131 @@
+//! The external tools the test suite needs, how to detect each, and the
+//! Debian package that provides it. Missing ones are installed with one
+//! `apt-get update` + `apt-get install` when we are root, or reported with
+//! the exact install line otherwise.
+
+use crate::util::{is_root, on_path, sh, succeeds};
+use std::process::Command;
+
+/// How to tell whether a requirement is met.
+enum Probe {
+    /// An executable on PATH.
+    Tool(&'static str),
+    /// A command that must exit 0.
+    Cmd(&'static [&'static str]),
+}
+
+/// (what, probe, Debian package).
+const NEEDS: &[(&str, Probe, &str)] = &[
+    ("qemu-img", Probe::Tool("qemu-img"), "qemu-utils"),
+    ("qemu-io", Probe::Tool("qemu-io"), "qemu-utils"),
+    ("nbdinfo", Probe::Tool("nbdinfo"), "libnbd-bin"),
+    ("nbdcopy", Probe::Tool("nbdcopy"), "libnbd-bin"),
+    ("nbdsh", Probe::Tool("nbdsh"), "libnbd-bin"),
+    // The Debian interpreter explicitly: a pyenv `python3` on PATH does not
+    // see the Debian-packaged module.
+    (
+        "python3 `import nbd`",
+        Probe::Cmd(&["/usr/bin/python3", "-c", "import nbd"]),
+        "python3-libnbd",
+    ),
+    ("nbdkit", Probe::Tool("nbdkit"), "nbdkit"),
+    ("fio", Probe::Tool("fio"), "fio"),
+    ("certtool", Probe::Tool("certtool"), "gnutls-bin"),
+    ("psktool", Probe::Tool("psktool"), "gnutls-bin"),
+    ("gnutls-cli", Probe::Tool("gnutls-cli"), "gnutls-bin"),
+    ("pkg-config", Probe::Tool("pkg-config"), "pkg-config"),
+    // The openssl crate (TLS backend) builds against the system headers.
+    (
+        "OpenSSL headers",
+        Probe::Cmd(&["pkg-config", "--exists", "openssl"]),
+        "libssl-dev",
+    ),
+];
+
+fn met(p: &Probe) -> bool {
+    match p {
+        Probe::Tool(t) => on_path(t),
+        Probe::Cmd(argv) => succeeds(Command::new(argv[0]).args(&argv[1..])),
+    }
+}
+
+/// The Debian packages whose tools are missing, deduplicated, in order.
+fn missing() -> Vec<&'static str> {
+    let mut pkgs: Vec<&'static str> = Vec::new();
+    for (what, probe, pkg) in NEEDS {
+        if !met(probe) {
+            eprintln!("  missing: {what} (package {pkg})");
+            if !pkgs.contains(pkg) {
+                pkgs.push(pkg);
+            }
+        }
+    }
+    pkgs
+}
+
+/// Ensures every needed tool is present.
+///
+/// # Errors
+/// When something is missing and cannot (or may not) be installed; the
+/// message holds the exact `apt-get install -y ...` line.
+pub fn ensure(install: bool) -> Result<(), String> {
+    eprintln!("== checking interop tools");
+    let pkgs = missing();
+    if pkgs.is_empty() {
+        eprintln!("  all present");
+        return Ok(());
+    }
+    let line = format!("apt-get install -y {}", pkgs.join(" "));
+    if !install {
+        return Err(format!(
+            "missing tools (--no-install given); install them with:\n  {line}"
+        ));
+    }
+    if !is_root() || !on_path("apt-get") {
+        return Err(format!(
+            "missing tools and not root with apt-get; install them with:\n  sudo {line}"
+        ));
+    }
+    let apt = || {
+        let mut c = Command::new("apt-get");
+        // CI has no stdin: never let debconf ask.
+        c.env("DEBIAN_FRONTEND", "noninteractive");
+        c
+    };
+    sh(apt().arg("update"))?;
+    sh(apt()
+        .args(["install", "-y", "--no-install-recommends"])
+        .args(&pkgs))?;
+    let still = missing();
+    if still.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "still missing after apt-get install: {}",
+            still.join(" ")
+        ))
+    }
+}
+
+/// Ensures the rustfmt and clippy components exist (rustup installs them
+/// in seconds; a minimal-profile toolchain lacks them).
+pub fn ensure_components(install: bool) -> Result<(), String> {
+    let has = |sub: &str| succeeds(crate::util::cargo().args([sub, "--version"]));
+    let missing: Vec<&str> = [("fmt", "rustfmt"), ("clippy", "clippy")]
+        .into_iter()
+        .filter(|(sub, _)| !has(sub))
+        .map(|(_, comp)| comp)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if install && on_path("rustup") {
+        return sh(Command::new("rustup")
+            .args(["component", "add"])
+            .args(&missing));
+    }
+    Err(format!(
+        "missing toolchain components; install them with:\n  rustup component add {}",
+        missing.join(" ")
+    ))
+}
