@@ -96,6 +96,20 @@ fn pattern() -> Fixture {
     }
 }
 
+/// The cow filter over the read-only pattern: writable, and every byte
+/// not written still reads as the pattern.
+fn cow_over_pattern() -> Fixture {
+    let inner = Arc::new(PatternBackend::new(SIZE).unwrap());
+    Fixture {
+        backend: Arc::new(nbd_backends::filters::Cow::new(inner).unwrap()),
+        stores: true,
+        trim_zeroes: false,
+        fast_zero: true,
+        initial: PatternBackend::byte_at,
+        _file: None,
+    }
+}
+
 fn file_in(dir: &str, size: u64, cache_none: bool) -> Fixture {
     let tmp = TempFile::new(dir, size);
     let b = FileBackend::open(&tmp.0, false, cache_none).unwrap();
@@ -428,6 +442,7 @@ conformance! {
     file_direct_ => file_direct();
     file_no_fallocate_ => file_no_fallocate();
     file_readonly_ => file_readonly();
+    cow_over_pattern_ => cow_over_pattern();
 }
 
 #[test]

@@ -128,3 +128,37 @@ fn filters_stack_outermost_first() {
     assert_eq!(b.size(), 512 * 1024);
     assert!(b.caps().contains(Caps::READ_ONLY));
 }
+
+#[test]
+fn stats_filter_writes_its_totals_on_drop() {
+    let path = format!("/tmp/nbd-backends-stats-{}", std::process::id());
+    let args = words(&format!("4k statsfile={path}"));
+    let set = build_with_filters("memory", &args, &words("stats"), "", false).unwrap();
+    let b = set.get("").unwrap().backend.clone();
+    b.write_at(0, &[1; 100], false).unwrap();
+    b.read_at(0, &mut [0; 10]).unwrap();
+    b.read_at(0, &mut [0; 10]).unwrap();
+    drop((b, set));
+    let report = std::fs::read_to_string(&path);
+    let _ = std::fs::remove_file(&path);
+    let report = report.unwrap();
+    assert!(report.contains("read: 2 ops, 20 bytes"), "{report}");
+    assert!(report.contains("write: 1 ops, 100 bytes"), "{report}");
+}
+
+#[test]
+fn cow_filter_makes_a_read_only_file_writable_without_touching_it() {
+    let path = format!("/tmp/nbd-backends-cow-{}", std::process::id());
+    std::fs::write(&path, vec![7u8; 10_000]).unwrap();
+    let set = build_with_filters("file", &words(&path), &words("cow"), "", false).unwrap();
+    let b = set.get("").unwrap().backend.clone();
+    b.write_at(4090, &[1; 10], false).unwrap();
+    let mut got = vec![0; 10_000];
+    b.read_at(0, &mut got).unwrap();
+    let on_disk = std::fs::read(&path);
+    let _ = std::fs::remove_file(&path);
+    let mut want = vec![7u8; 10_000];
+    want[4090..4100].fill(1);
+    assert_eq!(got, want);
+    assert_eq!(on_disk.unwrap(), vec![7u8; 10_000], "the file is untouched");
+}

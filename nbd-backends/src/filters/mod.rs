@@ -4,17 +4,21 @@
 //! To add a filter: a module, a row in [`FILTERS`], a [`Spec`] variant
 //! parsed in `parse_stack` and built in `apply`.
 
+mod cow;
 mod delay;
 mod error;
 mod offset;
 mod readonly;
+mod stats;
 
 use std::sync::Arc;
 
+pub use cow::Cow;
 pub use delay::{Delay, parse_delay};
 pub use error::{ErrorInject, parse_errno, parse_rate};
 pub use offset::Offset;
 pub use readonly::ReadOnly;
+pub use stats::Stats;
 
 use crate::Backend;
 use crate::registry::Params;
@@ -50,6 +54,10 @@ pub(crate) enum Spec {
         errno: i32,
         rate: f64,
     },
+    Cow,
+    Stats {
+        file: Option<std::path::PathBuf>,
+    },
 }
 
 /// Parse `names` (outermost first), claiming each filter's keys from `p`.
@@ -81,6 +89,10 @@ pub(crate) fn parse_stack(names: &[String], p: &mut Params<'_>) -> Result<Vec<Sp
                         .map_or(Ok(0.0), parse_rate)
                         .map_err(|e| format!("error: error-rate: {e}"))?,
                 },
+                "cow" => Spec::Cow,
+                "stats" => Spec::Stats {
+                    file: p.take("statsfile").map(Into::into),
+                },
                 other => {
                     let known: Vec<_> = FILTERS.iter().map(|f| f.0).collect();
                     return Err(format!(
@@ -102,6 +114,8 @@ pub(crate) fn apply(stack: &[Spec], inner: Arc<dyn Backend>) -> Result<Arc<dyn B
             Spec::Offset { offset, range } => Arc::new(Offset::new(b, offset, range)?),
             Spec::Delay { read, write } => Arc::new(Delay::new(b, read, write)),
             Spec::Error { errno, rate } => Arc::new(ErrorInject::new(b, errno, rate)),
+            Spec::Cow => Arc::new(Cow::new(b).map_err(|e| format!("cow: {e}"))?),
+            Spec::Stats { ref file } => Arc::new(Stats::new(b, file.clone())),
         };
     }
     Ok(b)
