@@ -1,7 +1,7 @@
 //! Filters: backends that wrap another backend (`--filter NAME`), stacked
 //! in nbdkit's order (the first named is outermost, nearest the client).
 //!
-//! To add a filter: a module, a row in [`FILTERS`], a [`Spec`] variant
+//! To add a filter: a module, a row in [`FILTERS`], a `Spec` variant
 //! parsed in `parse_stack` and built in `apply`.
 
 mod cow;
