@@ -72,7 +72,7 @@ fn decode_hex(hex: &str) -> Result<Vec<u8>, String> {
     if hex.is_empty() {
         return Err("empty key".to_owned());
     }
-    if hex.len() % 2 != 0 {
+    if !hex.len().is_multiple_of(2) {
         return Err("key has an odd number of hex digits".to_owned());
     }
     if hex.len() / 2 > MAX_KEY_LEN {

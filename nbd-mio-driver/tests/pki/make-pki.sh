@@ -28,9 +28,13 @@ done
 dir=$1
 mkdir -p "$dir/rogue"
 cd "$dir"
+# certtool chats on stderr; keep it in a log and show it only on failure.
+log=$PWD/certtool.log
+: > "$log"
+trap 'status=$?; [ $status -eq 0 ] || cat "$log" >&2' EXIT
 
 key() {
-    certtool --generate-privkey --key-type=ecdsa --curve=secp256r1 --no-text --outfile "$1" 2>/dev/null
+    certtool --generate-privkey --key-type=ecdsa --curve=secp256r1 --no-text --outfile "$1" 2>>"$log"
     chmod 600 "$1"
 }
 
@@ -44,7 +48,7 @@ expiration_days = 3650
 INFO
     key "$2/ca-key.pem"
     certtool --generate-self-signed --load-privkey "$2/ca-key.pem" \
-        --template "$2/ca.info" --no-text --outfile "$2/ca-cert.pem" 2>/dev/null
+        --template "$2/ca.info" --no-text --outfile "$2/ca-cert.pem" 2>>"$log"
 }
 
 # leaf PREFIX CADIR TEMPLATE: PREFIX-{cert,key}.pem signed by CADIR's CA.
@@ -52,7 +56,7 @@ leaf() {
     key "$1-key.pem"
     certtool --generate-certificate --load-privkey "$1-key.pem" \
         --load-ca-certificate "$2/ca-cert.pem" --load-ca-privkey "$2/ca-key.pem" \
-        --template "$3" --no-text --outfile "$1-cert.pem" 2>/dev/null
+        --template "$3" --no-text --outfile "$1-cert.pem" 2>>"$log"
 }
 
 ca "nbdd test CA" .
