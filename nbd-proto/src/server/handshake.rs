@@ -117,6 +117,7 @@ enum State {
         option: OptionCode,
         remaining: u32,
         reply: OptReplyType,
+        message: &'static str,
     },
     /// An event was returned; waiting for the driver's answer.
     Answering(OptionCode),
@@ -285,6 +286,7 @@ impl Handshake {
                 option,
                 remaining,
                 reply,
+                message,
             } => {
                 let n = remaining.min(u32::try_from(input.len()).unwrap_or(u32::MAX));
                 let left = remaining - n;
@@ -295,12 +297,13 @@ impl Handshake {
                     } else {
                         State::Options
                     };
-                    self.reply(option, reply, "");
+                    self.reply(option, reply, message);
                 } else {
                     self.state = State::Draining {
                         option,
                         remaining: left,
                         reply,
+                        message,
                     };
                 }
                 Ok((n as usize, None))
@@ -341,10 +344,13 @@ impl Handshake {
         if header.len == 0 {
             self.reply(header.option, reply, message);
         } else {
+            // The message survives the drain, so a refusal reads the same
+            // whether or not the option carried data.
             self.state = State::Draining {
                 option: header.option,
                 remaining: header.len,
                 reply,
+                message,
             };
         }
         (OPTION_HEADER_LEN, None)
@@ -404,6 +410,7 @@ impl Handshake {
                     option,
                     remaining: header.len,
                     reply: OptReplyType::Ack,
+                    message: "",
                 };
                 return Ok((hlen, None));
             }
