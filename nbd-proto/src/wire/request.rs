@@ -30,11 +30,14 @@ impl RequestHeader {
     /// Bytes of payload that follow this header on the wire.
     ///
     /// Compact mode: only `NBD_CMD_WRITE` carries a payload. Extended mode:
-    /// any request with `NBD_CMD_FLAG_PAYLOAD_LEN` does.
+    /// WRITE and any request with `NBD_CMD_FLAG_PAYLOAD_LEN` do.
     #[must_use]
     pub fn payload_len(&self, mode: HeaderMode) -> u64 {
         match mode {
-            HeaderMode::Extended if self.flags.contains(CmdFlags::PAYLOAD_LEN) => self.len,
+            // The extension text says WRITE MUST set PAYLOAD_LEN, but qemu
+            // (8.2 to 10) sends WRITE without it: a WRITE always carries
+            // its payload, as in compact mode.
+            HeaderMode::Extended if self.flags.contains(CmdFlags::PAYLOAD_LEN) || self.command == Command::Write => self.len,
             HeaderMode::Extended => 0,
             _ if self.command == Command::Write => self.len,
             _ => 0,
