@@ -307,12 +307,8 @@ impl Transmission {
                 Ok(())
             }
             Command::Write => {
-                if extended && !payload_len {
-                    return Err((
-                        ErrorCode::Inval,
-                        "WRITE needs PAYLOAD_LEN with extended headers",
-                    ));
-                }
+                // qemu sends extended WRITEs without PAYLOAD_LEN (see
+                // RequestHeader::payload_len): accept both forms.
                 self.writable()?;
                 self.in_bounds(h, ErrorCode::NoSpc)?;
                 self.aligned(h)?;
