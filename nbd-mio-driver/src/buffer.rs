@@ -1,1 +1,143 @@
-//! buffer (stub, being written).
+//! Byte buffers for one connection's input and output.
+//!
+//! A `Buf` is a `Vec<u8>` with a read cursor: bytes are appended at the
+//! tail through [`Buf::spare`] + [`Buf::commit`] and taken from the head
+//! with [`Buf::consume`]. Space is reclaimed by compaction, never by a new
+//! allocation, so a connection in steady state allocates nothing. Growth is
+//! bounded by the caller (a request frame or reply is at most the maximum
+//! payload plus a header), so a hostile peer cannot make it unbounded.
+
+use std::io::{self, Read, Write};
+
+/// A compacting byte buffer. See the module documentation.
+#[derive(Debug, Default)]
+pub struct Buf {
+    data: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl Buf {
+    /// An empty buffer with `capacity` bytes reserved.
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            data: vec![0; capacity],
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// Bytes waiting to be consumed.
+    pub fn filled(&self) -> &[u8] {
+        &self.data[self.start..self.end]
+    }
+
+    /// Number of bytes waiting.
+    pub fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// True when nothing is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    /// Bytes the buffer can hold without growing.
+    pub fn capacity(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Drop `n` bytes from the head.
+    pub fn consume(&mut self, n: usize) {
+        self.start = (self.start + n).min(self.end);
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// A writable slice of at least `min` bytes at the tail: compacts first,
+    /// then grows if still too small. Fill it, then [`Buf::commit`].
+    pub fn spare(&mut self, min: usize) -> &mut [u8] {
+        if self.data.len() - self.end < min {
+            if self.start > 0 {
+                self.data.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            if self.data.len() - self.end < min {
+                let want = (self.end + min).max(self.data.len() * 2);
+                self.data.resize(want, 0);
+            }
+        }
+        &mut self.data[self.end..]
+    }
+
+    /// Mark `n` bytes of the last [`Buf::spare`] slice as filled.
+    pub fn commit(&mut self, n: usize) {
+        self.end = (self.end + n).min(self.data.len());
+    }
+
+    /// Append bytes.
+    pub fn extend(&mut self, b: &[u8]) {
+        self.spare(b.len())[..b.len()].copy_from_slice(b);
+        self.commit(b.len());
+    }
+
+    /// Give memory back after a large request once the buffer is empty
+    /// (a 32 MiB write must not pin 32 MiB per idle connection).
+    pub fn shrink_if_idle(&mut self, keep: usize) {
+        if self.is_empty() && self.data.len() > keep * 4 {
+            self.data = vec![0; keep];
+        }
+    }
+
+    /// Read from `r` until `WouldBlock`, EOF or `limit` bytes are buffered.
+    /// Returns `Ok(true)` on EOF.
+    pub fn read_from(&mut self, r: &mut impl Read, limit: usize) -> io::Result<bool> {
+        while self.len() < limit {
+            let want = (limit - self.len()).clamp(1, 256 * 1024);
+            let spare = self.spare(want.min(64 * 1024));
+            match r.read(spare) {
+                Ok(0) => return Ok(true),
+                Ok(n) => self.commit(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(false)
+    }
+
+    /// Write to `w` until `WouldBlock` or empty.
+    pub fn write_to(&mut self, w: &mut impl Write) -> io::Result<()> {
+        while !self.is_empty() {
+            match w.write(self.filled()) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.consume(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Buf;
+
+    #[test]
+    fn compacts_before_growing() {
+        let mut b = Buf::with_capacity(8);
+        b.extend(b"abcdef");
+        b.consume(4);
+        let cap = b.capacity();
+        b.extend(b"ghijkl");
+        assert_eq!(b.filled(), b"efghijkl");
+        assert_eq!(b.capacity(), cap, "compaction made room without allocating");
+        b.extend(b"m");
+        assert_eq!(b.filled(), b"efghijklm");
+    }
+}

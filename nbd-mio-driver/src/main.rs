@@ -3,11 +3,13 @@
 //! Start-up errors print one line on stderr and exit with status 1.
 
 use std::process::ExitCode;
-use std::sync::mpsc;
+use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use nbd_mio_driver::cli::{self, Config, Parsed};
 use nbd_mio_driver::listen::{self, ListenGuard, Listener, Stream};
+use nbd_mio_driver::server::{Server, ServerOptions};
+use nbd_mio_driver::tls::{TlsMode, TlsServerConfig};
 use nbd_mio_driver::{activation, captive, daemon, logging, notify};
 
 fn main() -> ExitCode {
@@ -70,9 +72,25 @@ fn run() -> anyhow::Result<u8> {
         daemon::exit_with_parent().context("--exit-with-parent")?;
     }
 
-    // TODO(startup): build exports once nbd-backends publishes its registry:
-    // let exports = nbd_backends::registry::build(&cfg.backend, &cfg.backend_args,
-    //     &cfg.export_name, cfg.readonly).map_err(anyhow::Error::msg)?;
+    let exports = nbd_backends::build_with_filters(
+        &cfg.backend,
+        &cfg.backend_args,
+        &cfg.filters,
+        &cfg.export_name,
+        cfg.readonly,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let tls = match cfg.tls {
+        TlsMode::Off => None,
+        _ => Some(Arc::new(
+            TlsServerConfig::load(
+                cfg.tls_certificates.as_deref(),
+                cfg.tls_psk.as_deref(),
+                cfg.tls_verify_peer,
+            )
+            .map_err(anyhow::Error::msg)?,
+        )),
+    };
 
     let (listeners, _guard) = match (activated, &single) {
         (Some(l), _) => (l, ListenGuard::default()),
@@ -90,25 +108,27 @@ fn run() -> anyhow::Result<u8> {
         log::warn!("NOTIFY_SOCKET: {e}");
     }
 
-    let (stop_tx, stop_rx) = mpsc::channel::<()>();
-    let captive = match &cfg.run {
-        Some(command) => {
-            let env = captive::environment(&cfg, &listeners);
-            let tx = stop_tx.clone();
-            // TODO(startup): pass the server's StopHandle instead.
-            Some(captive::spawn(command, &env, move || {
-                let _ = tx.send(());
-            })?)
+    let env = cfg
+        .run
+        .as_ref()
+        .map(|_| captive::environment(&cfg, &listeners));
+    let server = Server::new(ServerOptions {
+        listeners,
+        exports,
+        tls,
+        tls_mode: cfg.tls,
+        oldstyle: cfg.oldstyle,
+        single,
+    })
+    .context("starting the server")?;
+    let captive = match (&cfg.run, env) {
+        (Some(command), Some(env)) => {
+            let stop = server.stop_handle();
+            Some(captive::spawn(command, &env, move || stop.stop())?)
         }
-        None => None,
+        _ => None,
     };
-
-    // TODO(startup): replace with
-    // Server::new(ServerOptions { listeners, exports, tls, tls_mode: cfg.tls, oldstyle: cfg.oldstyle, .. })?.run()
-    // and let the server own signal handling.
-    wait_for_stop(&stop_tx, &stop_rx)?;
-    drop(listeners);
-    drop(single);
+    server.run().context("serving")?;
 
     match captive {
         Some(c) => Ok(c.wait().context("--run")?),
@@ -134,22 +154,9 @@ fn announce(cfg: &Config, listeners: &[Listener]) -> anyhow::Result<()> {
 
 /// The backend list for `--help`.
 fn backends_help() -> String {
-    // TODO(startup): list nbd_backends::registry::BACKENDS once published.
-    String::new()
-}
-
-/// Placeholder for the event loop until `server::Server` lands: blocks
-/// until SIGINT, SIGTERM or the captive command's exit.
-fn wait_for_stop(tx: &mpsc::Sender<()>, rx: &mpsc::Receiver<()>) -> anyhow::Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
-    let tx = tx.clone();
-    std::thread::spawn(move || {
-        if let Some(sig) = signals.forever().next() {
-            log::info!("signal {sig}: shutting down");
-            let _ = tx.send(());
-        }
-    });
-    let _ = rx.recv();
-    Ok(())
+    let mut s = String::from("\nBackends:\n");
+    for (name, magic, help) in nbd_backends::BACKENDS {
+        s.push_str(&format!("  {name:<10} [{magic}=]...  {help}\n"));
+    }
+    s
 }

@@ -1,1 +1,384 @@
-//! server (stub, being written).
+//! The event loop: one thread, many connections.
+//!
+//! Each wake-up reads every readable socket until `WouldBlock`, runs the
+//! protocol over what was read (at most [`conn::BUDGET`] requests per
+//! connection, the rest parked on a ready list so one busy client cannot
+//! starve the others), writes until `WouldBlock`, and re-registers interest
+//! only when it changed. Finished pool jobs arrive through a `mio::Waker`;
+//! SIGINT/SIGTERM start a graceful shutdown.
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use mio::{Events, Interest, Poll, Token, Waker};
+use nbd_backends::ExportSet;
+use nbd_proto::server::{HandshakeConfig, TlsMode as ProtoTlsMode};
+use slab::Slab;
+
+use crate::conn::{Conn, ConnConfig};
+use crate::dispatch::Shared;
+use crate::listen::{Listener, Stream};
+use crate::tls::{TlsMode, TlsServerConfig};
+use crate::workers::Pool;
+
+const WAKER: Token = Token(0);
+const SIGNALS: Token = Token(1);
+const LISTENER_BASE: usize = 2;
+const CONN_BASE: usize = 1024;
+/// A client must finish negotiating within this time (a slowloris guard;
+/// qemu-nbd uses 10 s, nbdkit none).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+/// In-flight work gets this long after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Worker threads for backends that may block.
+const POOL_THREADS: usize = 4;
+
+/// Everything the server needs.
+pub struct ServerOptions {
+    /// Listening sockets (may be empty with `single`).
+    pub listeners: Vec<Listener>,
+    /// Exports.
+    pub exports: ExportSet,
+    /// TLS credentials.
+    pub tls: Option<Arc<TlsServerConfig>>,
+    /// TLS policy.
+    pub tls_mode: TlsMode,
+    /// Serve oldstyle.
+    pub oldstyle: bool,
+    /// Serve exactly this one connection (`-s`), then exit.
+    pub single: Option<Stream>,
+}
+
+/// Ends a running server from another thread.
+#[derive(Clone)]
+pub struct StopHandle {
+    flag: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+}
+
+impl StopHandle {
+    /// Begin a graceful shutdown.
+    pub fn stop(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        let _ = self.waker.wake();
+    }
+}
+
+/// The server.
+pub struct Server {
+    poll: Poll,
+    listeners: Vec<Listener>,
+    conns: Slab<(Conn, Interest)>,
+    cfg: ConnConfig,
+    shared: Shared,
+    stop: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+    signals: signal_hook_mio::v1_0::Signals,
+    next_id: u64,
+    single: bool,
+    ready: VecDeque<usize>,
+}
+
+impl Server {
+    /// Register everything; nothing is served until [`Server::run`].
+    pub fn new(opts: ServerOptions) -> io::Result<Self> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let mut signals = signal_hook_mio::v1_0::Signals::new([
+            signal_hook::consts::SIGINT,
+            signal_hook::consts::SIGTERM,
+        ])?;
+        poll.registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        let mut listeners = opts.listeners;
+        for (i, l) in listeners.iter_mut().enumerate() {
+            let token = Token(LISTENER_BASE + i);
+            match l {
+                Listener::Tcp(l) => poll.registry().register(l, token, Interest::READABLE)?,
+                Listener::Unix(l) => poll.registry().register(l, token, Interest::READABLE)?,
+            }
+        }
+        let needs_pool = opts.exports.list().any(|e| !e.backend.is_inline());
+        let pool = if needs_pool {
+            Some(Pool::new(POOL_THREADS, Arc::clone(&waker))?)
+        } else {
+            None
+        };
+        let tls = match opts.tls_mode {
+            TlsMode::Off => ProtoTlsMode::Off,
+            TlsMode::On => ProtoTlsMode::On,
+            TlsMode::Require => ProtoTlsMode::Require,
+        };
+        let cfg = ConnConfig {
+            exports: Arc::new(opts.exports),
+            handshake: HandshakeConfig {
+                tls,
+                ..HandshakeConfig::default()
+            },
+            tls: opts.tls,
+            oldstyle: opts.oldstyle,
+        };
+        let mut server = Self {
+            poll,
+            listeners,
+            conns: Slab::new(),
+            cfg,
+            shared: Shared::new(pool),
+            stop: Arc::new(AtomicBool::new(false)),
+            waker,
+            signals,
+            next_id: 0,
+            single: opts.single.is_some(),
+            ready: VecDeque::new(),
+        };
+        if let Some(stream) = opts.single {
+            server.add_conn(stream, "stdin".to_owned())?;
+        }
+        Ok(server)
+    }
+
+    /// A handle that stops the server from another thread.
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle {
+            flag: Arc::clone(&self.stop),
+            waker: Arc::clone(&self.waker),
+        }
+    }
+
+    fn add_conn(&mut self, mut stream: Stream, peer: String) -> io::Result<()> {
+        let entry = self.conns.vacant_entry();
+        let token = Token(CONN_BASE + entry.key());
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        match &mut stream {
+            Stream::Tcp(s) => self.poll.registry().register(s, token, interest)?,
+            Stream::Unix(s) => self.poll.registry().register(s, token, interest)?,
+        }
+        self.next_id += 1;
+        log::info!("{peer}: connected");
+        let conn = Conn::new(
+            self.next_id,
+            peer,
+            stream,
+            &self.cfg,
+            Some(Instant::now() + HANDSHAKE_TIMEOUT),
+        );
+        let key = entry.key();
+        entry.insert((conn, interest));
+        self.ready.push_back(key);
+        Ok(())
+    }
+
+    fn accept(&mut self, i: usize) {
+        loop {
+            let Some(l) = self.listeners.get(i) else {
+                return;
+            };
+            match l.accept() {
+                Ok((stream, peer)) => {
+                    if let Err(e) = self.add_conn(stream, peer) {
+                        log::warn!("cannot register a connection: {e}");
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    // EMFILE and friends: log and retry on the next event
+                    // rather than spin.
+                    log::warn!("accept: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Serve until a signal, [`StopHandle::stop`], or (with `-s`) the client
+    /// leaving; then finish in-flight work, flush every export and return.
+    pub fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        let mut stopping: Option<Instant> = None;
+        loop {
+            let timeout = if !self.ready.is_empty() {
+                Some(Duration::ZERO)
+            } else if stopping.is_some()
+                || self.conns.iter().any(|(_, (c, _))| c.deadline.is_some())
+            {
+                Some(Duration::from_millis(500))
+            } else {
+                None
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            for ev in &events {
+                match ev.token() {
+                    WAKER => {}
+                    SIGNALS => {
+                        for sig in self.signals.pending() {
+                            log::info!("signal {sig}: shutting down");
+                            self.stop.store(true, Ordering::SeqCst);
+                        }
+                    }
+                    Token(t) if t >= CONN_BASE => {
+                        let key = t - CONN_BASE;
+                        if let Some((c, _)) = self.conns.get_mut(key) {
+                            if ev.is_readable() || ev.is_read_closed() {
+                                if let Err(e) = c.on_readable() {
+                                    log::info!("{}: {e}", c.peer);
+                                    self.close(key);
+                                    continue;
+                                }
+                            }
+                            self.ready.push_back(key);
+                        }
+                    }
+                    Token(t) => self.accept(t - LISTENER_BASE),
+                }
+            }
+            self.collect_jobs();
+            if self.stop.load(Ordering::SeqCst) && stopping.is_none() {
+                stopping = Some(Instant::now() + SHUTDOWN_GRACE);
+                self.listeners.clear();
+                for (_, (c, _)) in &mut self.conns {
+                    c.begin_shutdown();
+                }
+            }
+            self.service_ready();
+            self.expire(stopping);
+            if stopping.is_some() && self.conns.is_empty() {
+                break;
+            }
+            if self.single && self.conns.is_empty() {
+                break;
+            }
+        }
+        for e in self.cfg.exports.list() {
+            if let Err(err) = e.backend.flush() {
+                log::warn!("flushing export '{}': {err}", e.name);
+            }
+        }
+        Ok(())
+    }
+
+    fn collect_jobs(&mut self) {
+        let Some(pool) = &self.shared.pool else {
+            return;
+        };
+        let mut done = Vec::new();
+        while let Some(job) = pool.try_finished() {
+            done.push(job);
+        }
+        for mut job in done {
+            if let Some((c, _)) = self.conns.get_mut(job.token) {
+                if c.id == job.conn_id {
+                    c.on_job_done(&mut job, &mut self.shared);
+                    self.ready.push_back(job.token);
+                }
+            }
+            self.shared.free_jobs.push(job);
+        }
+    }
+
+    fn service_ready(&mut self) {
+        let mut rounds = self.ready.len();
+        while rounds > 0 {
+            rounds -= 1;
+            let Some(key) = self.ready.pop_front() else {
+                break;
+            };
+            let Some((c, _)) = self.conns.get_mut(key) else {
+                continue;
+            };
+            let status = match c.process(&self.cfg, &mut self.shared, key) {
+                Ok(s) => s,
+                Err(e) => {
+                    log::info!("{}: {e}", c.peer);
+                    self.close(key);
+                    continue;
+                }
+            };
+            if let Err(e) = c.on_writable() {
+                if e.kind() != io::ErrorKind::BrokenPipe
+                    && e.kind() != io::ErrorKind::ConnectionReset
+                {
+                    log::info!("{}: write: {e}", c.peer);
+                }
+                self.close(key);
+                continue;
+            }
+            if status.more && !self.ready.contains(&key) {
+                self.ready.push_back(key);
+            }
+            if c.finished() || (status.closing && !c.wants_write()) {
+                self.close(key);
+                continue;
+            }
+            self.update_interest(key);
+        }
+    }
+
+    fn update_interest(&mut self, key: usize) {
+        let Some((c, current)) = self.conns.get_mut(key) else {
+            return;
+        };
+        let want = match (c.wants_read(), c.wants_write()) {
+            (_, true) if c.wants_read() => Interest::READABLE | Interest::WRITABLE,
+            (_, true) => Interest::WRITABLE,
+            // Always keep READABLE so a peer close is noticed.
+            _ => Interest::READABLE,
+        };
+        if want != *current {
+            let token = Token(CONN_BASE + key);
+            let r = match &mut c.stream {
+                Stream::Tcp(s) => self.poll.registry().reregister(s, token, want),
+                Stream::Unix(s) => self.poll.registry().reregister(s, token, want),
+            };
+            if r.is_ok() {
+                *current = want;
+            }
+        }
+    }
+
+    fn expire(&mut self, stopping: Option<Instant>) {
+        let now = Instant::now();
+        let force = stopping.is_some_and(|d| now >= d);
+        let expired: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, (c, _))| force || c.deadline.is_some_and(|d| now >= d))
+            .map(|(k, _)| k)
+            .collect();
+        for key in expired {
+            if let Some((c, _)) = self.conns.get(key) {
+                log::info!(
+                    "{}: {}",
+                    c.peer,
+                    if force {
+                        "closed at shutdown"
+                    } else {
+                        "negotiation timed out"
+                    }
+                );
+            }
+            self.close(key);
+        }
+    }
+
+    fn close(&mut self, key: usize) {
+        if !self.conns.contains(key) {
+            return;
+        }
+        let (mut c, _) = self.conns.remove(key);
+        c.close_tls();
+        let _ = match &mut c.stream {
+            Stream::Tcp(s) => self.poll.registry().deregister(s),
+            Stream::Unix(s) => self.poll.registry().deregister(s),
+        };
+        let _ = c.stream.shutdown();
+        log::info!("{}: disconnected", c.peer);
+    }
+}

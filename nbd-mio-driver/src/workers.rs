@@ -1,1 +1,156 @@
-//! workers (stub, being written).
+//! A small pool of threads for backends that may block (file I/O, remote
+//! servers), so a slow disk never stalls other connections on the event
+//! loop. Jobs carry their own buffers, which come back with the result and
+//! are recycled by the loop; a finished job wakes the loop through a
+//! `mio::Waker`.
+
+use std::io;
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use nbd_backends::{Backend, Extent, ZeroFlags};
+use nbd_proto::wire::reply::ReplyTo;
+
+/// What a job does.
+#[derive(Debug, Clone, Copy)]
+pub enum Op {
+    /// Read `len` bytes into the job buffer.
+    Read { offset: u64, len: usize },
+    /// Write the job buffer.
+    Write { offset: u64, fua: bool },
+    /// Flush.
+    Flush,
+    /// Trim.
+    Trim { offset: u64, len: u64, fua: bool },
+    /// Write zeroes.
+    Zero {
+        offset: u64,
+        len: u64,
+        flags: ZeroFlags,
+    },
+    /// Cache.
+    Cache { offset: u64, len: u64 },
+    /// Extents into the job's extent list.
+    Extents { offset: u64, len: u64 },
+    /// Resize.
+    Resize { size: u64 },
+}
+
+/// One unit of work and, once done, its result.
+pub struct Job {
+    /// The connection's unique id (slab slots are reused; ids are not).
+    pub conn_id: u64,
+    /// Slab key of the connection.
+    pub token: usize,
+    /// Where the reply goes.
+    pub to: ReplyTo,
+    /// Request flags the reply needs (REQ_ONE, DF).
+    pub flags: nbd_proto::CmdFlags,
+    /// The backend.
+    pub backend: Arc<dyn Backend>,
+    /// The operation.
+    pub op: Op,
+    /// Data buffer (write payload in, read data out).
+    pub buf: Vec<u8>,
+    /// Extents out.
+    pub extents: Vec<Extent>,
+    /// Result.
+    pub result: io::Result<()>,
+}
+
+impl Job {
+    fn run(&mut self) {
+        let b = &*self.backend;
+        self.result = match self.op {
+            Op::Read { offset, len } => {
+                self.buf.resize(len, 0);
+                b.read_at(offset, &mut self.buf[..len])
+            }
+            Op::Write { offset, fua } => b.write_at(offset, &self.buf, fua),
+            Op::Flush => b.flush(),
+            Op::Trim { offset, len, fua } => b.trim(offset, len, fua),
+            Op::Zero { offset, len, flags } => b.write_zeroes(offset, len, flags),
+            Op::Cache { offset, len } => b.cache(offset, len),
+            Op::Extents { offset, len } => {
+                let cap = self.extents.capacity().max(1);
+                self.extents.resize(cap, Extent::default());
+                match b.extents(offset, len, &mut self.extents) {
+                    Ok(n) => {
+                        self.extents.truncate(n);
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Op::Resize { size } => b.resize(size),
+        };
+    }
+}
+
+/// The pool: submit jobs, collect finished ones.
+pub struct Pool {
+    tx: Option<Sender<Box<Job>>>,
+    done: Receiver<Box<Job>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Pool {
+    /// Start `n` worker threads; each finished job calls `wake`.
+    pub fn new(n: usize, wake: Arc<mio::Waker>) -> io::Result<Self> {
+        let (tx, rx) = channel::<Box<Job>>();
+        let (done_tx, done) = channel::<Box<Job>>();
+        let rx = Arc::new(Mutex::new(rx));
+        let mut threads = Vec::with_capacity(n);
+        for i in 0..n {
+            let rx = Arc::clone(&rx);
+            let done_tx = done_tx.clone();
+            let wake = Arc::clone(&wake);
+            let t = std::thread::Builder::new()
+                .name(format!("nbdd-io-{i}"))
+                .spawn(move || {
+                    loop {
+                        // Hold the lock only to take a job, never while running it.
+                        let job = rx
+                            .lock()
+                            .map_err(|_| ())
+                            .and_then(|r| r.recv().map_err(|_| ()));
+                        let Ok(mut job) = job else { return };
+                        job.run();
+                        if done_tx.send(job).is_err() {
+                            return;
+                        }
+                        let _ = wake.wake();
+                    }
+                })?;
+            threads.push(t);
+        }
+        Ok(Self {
+            tx: Some(tx),
+            done,
+            threads,
+        })
+    }
+
+    /// Queue a job.
+    pub fn submit(&self, job: Box<Job>) {
+        if let Some(tx) = &self.tx {
+            // Workers only exit when the pool is dropped.
+            let _ = tx.send(job);
+        }
+    }
+
+    /// A finished job, if any.
+    pub fn try_finished(&self) -> Option<Box<Job>> {
+        self.done.try_recv().ok()
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.tx = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
