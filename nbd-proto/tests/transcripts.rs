@@ -558,10 +558,7 @@ fn checklist_43_set_base_allocation_selects_id_1() {
 #[test]
 fn checklist_44_set_zero_queries_selects_nothing() {
     let mut d = structured();
-    assert_eq!(
-        d.feed(&opt(10, &meta_data("disk", &[]))),
-        rep(10, ACK, b"")
-    );
+    assert_eq!(d.feed(&opt(10, &meta_data("disk", &[]))), rep(10, ACK, b""));
     d.feed(&opt(7, &info_data("disk", &[])));
     assert_eq!(d.hs.negotiated().unwrap().meta_contexts, 0);
 }
@@ -584,7 +581,11 @@ fn checklist_47_ids_unique_and_duplicates_once() {
         10,
         &meta_data(
             "disk",
-            &["qemu:allocation-depth", "base:allocation", "base:allocation"],
+            &[
+                "qemu:allocation-depth",
+                "base:allocation",
+                "base:allocation",
+            ],
         ),
     ));
     assert_eq!(

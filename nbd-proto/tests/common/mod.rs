@@ -261,7 +261,9 @@ impl Driver {
                     }
                     HandshakeEvent::MetaContexts(q) => {
                         let offered = self.offered.clone();
-                        self.hs.answer_meta_contexts(&q, &offered, &mut out).unwrap()
+                        self.hs
+                            .answer_meta_contexts(&q, &offered, &mut out)
+                            .unwrap()
                     }
                     HandshakeEvent::StartTls => {
                         self.seen.starttls += 1;
