@@ -1,6 +1,6 @@
 //! Error types: one small `Copy` enum per layer.
 
-use crate::types::{Command, ErrorCode};
+use crate::types::{Command, ErrorCode, OptReplyType, OptionCode};
 
 /// An output slice was too small; `required` bytes are needed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -64,6 +64,10 @@ pub enum ProtocolError {
     /// A reply from the server did not match any request (client side).
     #[error("unexpected reply for {0:?}")]
     UnexpectedReply(Command),
+    /// The server refused an option the client cannot do without
+    /// (client side: STARTTLS when TLS is required, GO, EXPORT_NAME).
+    #[error("option {0:?} refused with {1:?}")]
+    OptionRefused(OptionCode, OptReplyType),
     /// The server answered with an error the client cannot continue from.
     #[error("server error {0:?}")]
     Server(ErrorCode),

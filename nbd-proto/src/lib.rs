@@ -21,6 +21,7 @@
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
+pub mod client;
 pub mod error;
 pub mod flags;
 pub mod magic;

@@ -37,7 +37,11 @@ impl RequestHeader {
             // The extension text says WRITE MUST set PAYLOAD_LEN, but qemu
             // (8.2 to 10) sends WRITE without it: a WRITE always carries
             // its payload, as in compact mode.
-            HeaderMode::Extended if self.flags.contains(CmdFlags::PAYLOAD_LEN) || self.command == Command::Write => self.len,
+            HeaderMode::Extended
+                if self.flags.contains(CmdFlags::PAYLOAD_LEN) || self.command == Command::Write =>
+            {
+                self.len
+            }
             HeaderMode::Extended => 0,
             _ if self.command == Command::Write => self.len,
             _ => 0,
