@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use nbd_mio_driver::cli::{self, Config, Parsed};
-use nbd_mio_driver::listen::{self, ListenGuard, Listener, Stream};
+use nbd_mio_driver::listen::{self, ListenGuard, Stream};
 use nbd_mio_driver::server::{Server, ServerOptions};
 use nbd_mio_driver::tls::{TlsMode, TlsServerConfig};
 use nbd_mio_driver::{activation, captive, daemon, logging, notify};
@@ -100,14 +100,9 @@ fn run() -> anyhow::Result<u8> {
     for l in &listeners {
         log::info!("listening on {}", l.describe());
     }
-    announce(&cfg, &listeners)?;
-    if let Some(d) = daemon {
-        d.ready().context("detaching")?;
-    }
-    if let Err(e) = notify::notify("READY=1") {
-        log::warn!("NOTIFY_SOCKET: {e}");
-    }
-
+    // Everything that needs the listeners is computed before the server
+    // takes them.
+    let uri = listen::uri(&cfg, &listeners);
     let env = cfg
         .run
         .as_ref()
@@ -121,6 +116,17 @@ fn run() -> anyhow::Result<u8> {
         single,
     })
     .context("starting the server")?;
+    // Announce readiness only now: the server has installed its signal
+    // handlers, so a supervisor that reacts to the URI, the pidfile or
+    // READY=1 with SIGTERM gets a graceful shutdown, not the default
+    // "terminate" action.
+    announce(&cfg, &uri)?;
+    if let Some(d) = daemon {
+        d.ready().context("detaching")?;
+    }
+    if let Err(e) = notify::notify("READY=1") {
+        log::warn!("NOTIFY_SOCKET: {e}");
+    }
     let captive = match (&cfg.run, env) {
         (Some(command), Some(env)) => {
             let stop = server.stop_handle();
@@ -136,11 +142,10 @@ fn run() -> anyhow::Result<u8> {
     }
 }
 
-/// `--print-uri` and the pidfile, once the sockets exist.
-fn announce(cfg: &Config, listeners: &[Listener]) -> anyhow::Result<()> {
+/// `--print-uri` and the pidfile, once the server is ready to serve.
+fn announce(cfg: &Config, uri: &str) -> anyhow::Result<()> {
     if cfg.print_uri {
         use std::io::Write as _;
-        let uri = listen::uri(cfg, listeners);
         let mut out = std::io::stdout().lock();
         writeln!(out, "{uri}")
             .and_then(|()| out.flush())
