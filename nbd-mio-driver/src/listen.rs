@@ -336,7 +336,14 @@ pub fn bind(cfg: &Config) -> io::Result<(Vec<Listener>, ListenGuard)> {
                 .to_socket_addrs()
                 .map_err(|e| annotate(e, host))?
                 .collect();
-            v.dedup();
+            // /etc/hosts may list an address twice; binding it again would
+            // fail with EADDRINUSE.
+            let mut seen = Vec::new();
+            v.retain(|a| {
+                let fresh = !seen.contains(a);
+                seen.push(*a);
+                fresh
+            });
             v
         }
         None => vec![
@@ -514,6 +521,41 @@ mod tests {
         cfg.ipaddr = None;
         assert!(uri(&cfg, &ls).starts_with("nbds://localhost:"));
         assert_eq!(uri(&cfg, &[]), "");
+    }
+
+    /// Every address a name resolves to is bound, all on the one port the
+    /// kernel picked for the first, so the URI's port reaches each.
+    #[test]
+    fn ephemeral_port_is_shared_across_addresses() {
+        let cfg = Config {
+            ipaddr: Some("localhost".into()),
+            port: 0,
+            ..Config::default()
+        };
+        let (ls, _guard) = bind(&cfg).unwrap();
+        assert!(!ls.is_empty());
+        let port = ls[0].tcp_port().unwrap();
+        assert_ne!(port, 0);
+        for l in &ls {
+            assert_eq!(l.tcp_port(), Some(port), "{}", l.describe());
+        }
+    }
+
+    #[test]
+    fn private_socket_and_directory_are_removed_by_the_guard() {
+        let cfg = Config {
+            unix: Some(UnixPath::Private),
+            ..Config::default()
+        };
+        let (ls, guard) = bind(&cfg).unwrap();
+        let path = ls[0].unix_path().unwrap();
+        let dir = guard.private_dir().unwrap().to_path_buf();
+        assert_eq!(path.parent(), Some(dir.as_path()));
+        let mode = std::fs::metadata(&dir).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o700, "private directory is owner-only");
+        assert!(std::os::unix::net::UnixStream::connect(&path).is_ok());
+        drop(guard);
+        assert!(!path.exists() && !dir.exists());
     }
 
     #[test]
