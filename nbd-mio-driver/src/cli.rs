@@ -297,7 +297,7 @@ const OPTIONS: &[Opt] = &[
         "threads",
         Some('t'),
         Some("N"),
-        "accepted and ignored: nbdd serves every connection from one event-loop thread; file I/O uses its own pool",
+        "ignored: one event-loop thread serves all clients; file I/O has its own pool",
     ),
     opt("help", None, None, "print this help and exit"),
     opt("version", Some('V'), None, "print the version and exit"),
@@ -323,7 +323,9 @@ pub fn help_text() -> String {
     }
     s.push_str(
         "\n--run sets $uri, $nbd, $port, $unixsocket, $exportname and $tls for CMD;\n\
-         without -p or -i it listens on a private Unix socket.\n",
+         without -p or -i it listens on a private Unix socket.\n\
+         Started by systemd with sockets (LISTEN_PID/LISTEN_FDS), nbdd serves them\n\
+         in the foreground; with NOTIFY_SOCKET it reports READY=1 once serving.\n",
     );
     s
 }
