@@ -21,9 +21,15 @@
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
+// The `Arbitrary` derive (fuzzing only) expands to `::std` paths.
+#[cfg(all(feature = "arbitrary", not(test)))]
+extern crate std;
+
 pub mod client;
 pub mod error;
 pub mod flags;
+#[cfg(any(fuzzing, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod magic;
 pub mod server;
 pub mod types;

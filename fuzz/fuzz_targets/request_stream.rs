@@ -1,0 +1,5 @@
+//! cargo-fuzz target `request_stream`: see `nbd_proto::fuzzing::request_stream` (the stable
+//! test `nbd-proto/tests/fuzz_replay.rs` replays seeds through it too).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| nbd_proto::fuzzing::request_stream(data));

@@ -1,0 +1,305 @@
+//! Fuzz harnesses, shared by the cargo-fuzz targets in `fuzz/` and the
+//! stable replay test `tests/fuzz_replay.rs`, so a crasher found by
+//! libFuzzer is replayed through exactly the same code on stable.
+//!
+//! Each harness takes arbitrary bytes, drives one part of the crate the way
+//! a driver would, and panics only when an invariant breaks (consumed more
+//! than given, an in-flight count gone wrong, a round trip that differs).
+//! Not part of the stable API: enabled by the `fuzzing` feature.
+#![allow(clippy::panic, clippy::indexing_slicing, missing_docs)]
+
+use crate::client::{ClientConfig, ClientHandshake, ReplyDecoder};
+use crate::flags::{CmdFlags, TransmissionFlags};
+use crate::server::{
+    BlockSizes, ExportInfo, Handshake, HandshakeConfig, HandshakeEvent, Incoming, Negotiated,
+    TlsMode, Transmission, TransmissionConfig,
+};
+use crate::types::{ChunkType, Cookie, HeaderMode, InfoType, OptReplyType};
+use crate::wire::handshake::{Greeting, OptionHeader, OptionReplyHeader};
+use crate::wire::option::{Info, InfoRequest, MetaContextRequest, OptReply};
+use crate::wire::reply::{BlockStatusExtent, ChunkHeader, ChunkPayload, ReplyTo, SimpleReply};
+use crate::wire::request::{Request, RequestHeader};
+
+fn mode_of(b: u8) -> HeaderMode {
+    match b % 3 {
+        0 => HeaderMode::Simple,
+        1 => HeaderMode::Structured,
+        _ => HeaderMode::Extended,
+    }
+}
+
+/// Split `data` into a control byte and the rest.
+fn split(data: &[u8]) -> (u8, &[u8]) {
+    match data.split_first() {
+        Some((c, rest)) => (*c, rest),
+        None => (0, &[]),
+    }
+}
+
+/// Run a transmission state machine over `input`, fed in pieces whose
+/// sizes come from `ctl`, answering every request like a driver would.
+fn drive_transmission(tx: &mut Transmission, input: &[u8], ctl: u8) {
+    let mut out = [0u8; 512];
+    let mut pos = 0usize;
+    let mut end = 0usize;
+    let step = usize::from(ctl % 64) + 1;
+    let mut accepted = 0usize;
+    let mut answered = 0usize;
+    loop {
+        let window = &input[pos..end];
+        let (n, inc) = match tx.handle_request(window) {
+            Ok(r) => r,
+            Err(_) => return,
+        };
+        assert!(n <= window.len(), "consumed more than given");
+        pos += n;
+        match inc {
+            Some(Incoming::Command(req)) => {
+                accepted += 1;
+                let h = req.header;
+                assert_eq!(req.data.len() as u64, h.payload_len(tx.mode()));
+                let to = ReplyTo {
+                    cookie: h.cookie,
+                    offset: h.offset,
+                };
+                let r = match h.command {
+                    crate::Command::Read => {
+                        tx.encode_read_prefix(to, h.offset, 0, h.len % 2 == 0, &mut out)
+                    }
+                    crate::Command::BlockStatus if tx.mode() != HeaderMode::Simple => {
+                        let e = [BlockStatusExtent {
+                            len: h.len.max(1),
+                            flags: 0,
+                        }];
+                        tx.encode_block_status(to, 1, &e, true, &mut out)
+                    }
+                    _ => tx.reply_ok(to, &mut out),
+                };
+                assert!(r.is_ok());
+                if h.command == crate::Command::Read && h.len % 2 != 0 {
+                    assert!(tx.encode_done(to, &mut out).is_ok());
+                }
+                answered += 1;
+            }
+            Some(Incoming::Reject {
+                to, error, message, ..
+            }) => {
+                accepted += 1;
+                assert!(tx.reply_error(to, error, message, &mut out).is_ok());
+                answered += 1;
+            }
+            Some(Incoming::Disconnect) => assert!(!tx.wants_read()),
+            None if n == 0 => {
+                if end == input.len() {
+                    break;
+                }
+                end = (end + step).min(input.len());
+            }
+            None => {}
+        }
+        assert_eq!(tx.in_flight(), accepted - answered);
+    }
+}
+
+/// Harness `request_stream`: the first byte picks the mode, flags and
+/// limits; the rest is a client byte stream in transmission.
+pub fn request_stream(data: &[u8]) {
+    let (ctl, rest) = split(data);
+    let (ctl2, rest) = split(rest);
+    let mut neg = Negotiated::oldstyle(
+        1 << 20,
+        TransmissionFlags::from_bits_retain(u16::from(ctl2) << 2),
+    );
+    neg.mode = mode_of(ctl);
+    neg.meta_contexts = u64::from(ctl >> 6);
+    if ctl & 0x08 != 0 {
+        neg.block_sizes = BlockSizes {
+            minimum: 512,
+            preferred: 4096,
+            maximum: 65536,
+        };
+        neg.block_sizes_agreed = true;
+    }
+    let mut tx = Transmission::new(neg, TransmissionConfig::default());
+    drive_transmission(&mut tx, rest, ctl >> 2);
+}
+
+/// Harness `option_payload`: every decoder on the same bytes; what decodes
+/// must re-encode to the same bytes.
+pub fn option_payload(data: &[u8]) {
+    let mut out = [0u8; 8192];
+    if let Ok(r) = InfoRequest::decode(data) {
+        let mut reqs = [InfoType::Export; 64];
+        let mut n = 0;
+        for (slot, t) in reqs.iter_mut().zip(r.requests()) {
+            *slot = t;
+            n += 1;
+        }
+        if r.requests().count() <= 64 {
+            let len = InfoRequest::encode(crate::OptionCode::Go, r.name, &reqs[..n], &mut out);
+            assert_eq!(len.ok().map(|l| &out[16..l]), Some(data));
+        }
+    }
+    if let Ok(m) = MetaContextRequest::decode(data) {
+        assert_eq!(m.queries().count() as u64, u64::from(m.query_count()));
+    }
+    if let Ok(i) = Info::decode(data) {
+        let n = i.encode(crate::OptionCode::Info, &mut out).ok();
+        assert_eq!(n.map(|n| &out[22..n]), data.get(2..));
+    }
+    let (ctl, rest) = split(data);
+    let reply = OptReplyType::from(u32::from(ctl) | (u32::from(ctl & 0x80) << 24));
+    let _ = OptReply::decode(reply, rest);
+    let ty = ChunkType::from(u16::from(ctl) | (u16::from(ctl & 0x80) << 8));
+    if let Ok(ChunkPayload::BlockStatus { extents, .. }) = ChunkPayload::decode(ty, rest) {
+        assert!(extents.count() <= rest.len() / 8);
+    }
+    let _ = Greeting::decode(data);
+    let _ = OptionHeader::decode(data);
+    let _ = OptionReplyHeader::decode(data);
+    let _ = SimpleReply::decode(data);
+    for mode in [HeaderMode::Structured, HeaderMode::Extended] {
+        if let Ok(Some((h, n))) = ChunkHeader::decode(data, mode) {
+            assert!(n <= data.len());
+            assert_eq!(h.encode(mode, &mut out), Ok(n));
+            assert_eq!(&out[..n], &data[..n]);
+        }
+    }
+    for mode in [HeaderMode::Simple, HeaderMode::Extended] {
+        if let Ok(Some((r, n))) = Request::decode(data, mode) {
+            assert!(n <= data.len());
+            assert_eq!(r.encode(mode, &mut out), Ok(n));
+            assert_eq!(&out[..n], &data[..n]);
+        }
+        let _ = RequestHeader::decode(data, mode);
+    }
+}
+
+fn lookup(name: &str) -> Result<ExportInfo<'_>, OptReplyType> {
+    let info = ExportInfo {
+        size: 1 << 20,
+        flags: TransmissionFlags::SEND_FLUSH
+            | TransmissionFlags::SEND_FUA
+            | TransmissionFlags::SEND_TRIM,
+        name,
+        description: "fuzz",
+        block_sizes: None,
+    };
+    match name.len() {
+        0 => Ok(info),
+        1 => Ok(ExportInfo {
+            block_sizes: Some(BlockSizes {
+                minimum: 512,
+                preferred: 4096,
+                maximum: 65536,
+            }),
+            ..info
+        }),
+        _ => Err(OptReplyType::ErrUnknown),
+    }
+}
+
+/// Harness `server_handshake`: the first byte picks the configuration; the
+/// rest is what a client sends, from the client flags on. Continues into
+/// transmission when negotiation succeeds.
+pub fn server_handshake(data: &[u8]) {
+    let (ctl, input) = split(data);
+    let cfg = HandshakeConfig {
+        tls: match ctl % 3 {
+            0 => TlsMode::Off,
+            1 => TlsMode::On,
+            _ => TlsMode::Require,
+        },
+        no_zeroes: ctl & 0x04 != 0,
+        structured_replies: ctl & 0x08 != 0,
+        extended_headers: ctl & 0x10 != 0,
+        max_option_len: 4096,
+        max_drain_len: 1 << 20,
+        max_options: 64,
+    };
+    let mut hs = Handshake::new(cfg);
+    let mut out = [0u8; 16384];
+    let mut pos = 0usize;
+    loop {
+        while hs.poll_transmit(&mut out) > 0 {}
+        if hs.is_closed() {
+            return;
+        }
+        if let Some(neg) = hs.negotiated() {
+            let mut tx = Transmission::new(neg, TransmissionConfig::default());
+            drive_transmission(&mut tx, &input[pos..], ctl);
+            return;
+        }
+        let window = &input[pos..];
+        let Ok((n, ev)) = hs.handle_input(window) else {
+            return;
+        };
+        assert!(n <= window.len());
+        pos += n;
+        let progressed = n > 0 || ev.is_some();
+        match ev {
+            Some(HandshakeEvent::Export(q)) => {
+                let ans = lookup(q.name());
+                assert!(hs.answer_export(&q, ans, &mut out).is_ok());
+            }
+            Some(HandshakeEvent::List) => {
+                assert!(hs.answer_list_entry("", "fuzz", &mut out).is_ok());
+                assert!(hs.finish_list(&mut out).is_ok());
+            }
+            Some(HandshakeEvent::MetaContexts(q)) => {
+                let offered = ["base:allocation", "qemu:dirty-bitmap:a"];
+                assert!(hs.answer_meta_contexts(&q, &offered, &mut out).is_ok());
+            }
+            Some(HandshakeEvent::StartTls) => hs.handle_tls_established(),
+            _ => {}
+        }
+        if !progressed {
+            return;
+        }
+    }
+}
+
+/// Harness `client_replies`: the first byte picks the mode; the rest is
+/// fed to the client handshake as server bytes, and separately to the
+/// reply decoder as a transmission-phase stream.
+pub fn client_replies(data: &[u8]) {
+    let (ctl, input) = split(data);
+    let cfg = ClientConfig {
+        export: "e",
+        tls: ctl & 0x04 != 0,
+        list: ctl & 0x08 != 0,
+        structured_replies: ctl & 0x10 != 0,
+        extended_headers: ctl & 0x20 != 0,
+        base_allocation: ctl & 0x40 != 0,
+        no_zeroes: ctl & 0x80 != 0,
+        max_reply_len: 8192,
+    };
+    let mut c = ClientHandshake::new(cfg);
+    let mut out = [0u8; crate::client::CLIENT_TRANSMIT_MAX];
+    let mut pos = 0usize;
+    loop {
+        assert!(c.poll_transmit(&mut out).is_ok());
+        let window = &input[pos..];
+        let Ok((n, ev)) = c.handle_input(window) else {
+            break;
+        };
+        assert!(n <= window.len());
+        pos += n;
+        if matches!(ev, Some(crate::client::ClientEvent::StartTls)) {
+            c.handle_tls_established();
+        }
+        if n == 0 && ev.is_none() && !c.wants_write() {
+            break;
+        }
+    }
+    let dec = ReplyDecoder::new(mode_of(ctl), 1 << 16);
+    let read_len = |c: Cookie| (c.0 % 3 == 0).then_some((c.0 >> 8) % 4096);
+    let mut pos = 0usize;
+    while let Ok(Some((r, n))) = dec.decode(&input[pos..], read_len) {
+        assert!(n > 0 && n <= input.len() - pos);
+        assert_eq!(dec.needed(&input[pos..], read_len), n);
+        let _ = (r.cookie(), r.is_final(), r.error());
+        pos += n;
+    }
+    let _ = CmdFlags::all();
+}
