@@ -1,0 +1,175 @@
+//! Zero heap allocations across decode -> validate -> encode of a long
+//! stream of mixed requests, and across a whole negotiation. nbd-proto is
+//! `no_std` without `alloc`, so the compiler already forbids allocation in
+//! the crate; this test proves the documented driver loop (caller buffers,
+//! borrowed views) needs none either. Counting is per thread
+//! (allocation-counter's global allocator, in this test's own binary), and
+//! the counter is checked to be live so a zero cannot pass vacuously.
+
+use nbd_proto::server::{
+    ExportInfo, Handshake, HandshakeConfig, HandshakeEvent, Incoming, Transmission,
+    TransmissionConfig,
+};
+use nbd_proto::wire::reply::{BlockStatusExtent, ReplyTo};
+use nbd_proto::wire::request::{Request, RequestHeader};
+use nbd_proto::{CmdFlags, Command, Cookie, HeaderMode, TransmissionFlags as TF};
+
+fn count(f: impl FnOnce()) -> u64 {
+    allocation_counter::measure(f).count_total
+}
+
+fn header(command: Command, cookie: u64, offset: u64, len: u64) -> RequestHeader {
+    RequestHeader {
+        flags: CmdFlags::empty(),
+        command,
+        cookie: Cookie(cookie),
+        offset,
+        len,
+    }
+}
+
+/// Negotiate structured replies + base:allocation + GO, all in caller buffers.
+fn negotiate(client: &[u8], out: &mut [u8]) -> Option<nbd_proto::server::Negotiated> {
+    let mut hs = Handshake::new(HandshakeConfig::default());
+    let mut pos = 0;
+    loop {
+        while hs.poll_transmit(out) > 0 {}
+        if let Some(n) = hs.negotiated() {
+            return Some(n);
+        }
+        let (n, ev) = hs.handle_input(&client[pos..]).ok()?;
+        pos += n;
+        match ev {
+            Some(HandshakeEvent::Export(q)) => {
+                let info = ExportInfo {
+                    size: 1 << 30,
+                    flags: TF::SEND_FLUSH | TF::SEND_FUA | TF::SEND_TRIM,
+                    name: "d",
+                    description: "",
+                    block_sizes: None,
+                };
+                hs.answer_export(&q, Ok(info), out).ok()?;
+            }
+            Some(HandshakeEvent::MetaContexts(q)) => {
+                hs.answer_meta_contexts(&q, &["base:allocation"], out)
+                    .ok()?;
+            }
+            Some(_) => return None,
+            None if n == 0 => return None,
+            None => {}
+        }
+    }
+}
+
+fn client_bytes() -> Vec<u8> {
+    use nbd_proto::wire::option::{InfoRequest, MetaContextRequest, encode_option};
+    use nbd_proto::{OptionCode, wire::handshake::encode_client_flags};
+    let mut v = vec![0u8; 4096];
+    let mut p = encode_client_flags(nbd_proto::ClientFlags::all(), &mut v).unwrap();
+    p += encode_option(OptionCode::StructuredReply, &[], &mut v[p..]).unwrap();
+    p += MetaContextRequest::encode(
+        OptionCode::SetMetaContext,
+        "",
+        &["base:allocation"],
+        &mut v[p..],
+    )
+    .unwrap();
+    p += InfoRequest::encode(OptionCode::Go, "", &[], &mut v[p..]).unwrap();
+    v.truncate(p);
+    v
+}
+
+/// 10 000 requests: reads, writes with payloads, trims, flushes, block
+/// status, and rejected ones (out of range, unknown command).
+fn request_stream(mode: HeaderMode) -> Vec<u8> {
+    let mut v = Vec::new();
+    let payload = [7u8; 4096];
+    let mut frame = [0u8; 32 + 4096];
+    for i in 0..10_000u64 {
+        let off = (i * 4096) % (1 << 29);
+        let h = match i % 7 {
+            0 => header(Command::Write, i, off, 4096),
+            1 => header(Command::Read, i, off, 4096),
+            2 => header(Command::Trim, i, off, 65536),
+            3 => header(Command::Flush, i, 0, 0),
+            4 => header(Command::BlockStatus, i, off, 1 << 20),
+            5 => header(Command::Read, i, 1 << 31, 512),
+            _ => header(Command::Unknown(77), i, 0, 0),
+        };
+        let data: &[u8] = if h.command == Command::Write {
+            &payload
+        } else {
+            &[]
+        };
+        let n = Request { header: h, data }
+            .encode(mode, &mut frame)
+            .unwrap();
+        v.extend_from_slice(&frame[..n]);
+    }
+    v
+}
+
+#[test]
+fn counter_is_installed() {
+    assert!(count(|| drop(std::hint::black_box(Box::new(1u8)))) >= 1);
+}
+
+#[test]
+fn decode_validate_encode_allocates_nothing() {
+    assert!(
+        count(|| drop(std::hint::black_box(Box::new(1u8)))) >= 1,
+        "counter not installed"
+    );
+    let client = client_bytes();
+    let stream = request_stream(HeaderMode::Structured);
+    let mut out = vec![0u8; 64 * 1024];
+    let mut handled = 0u64;
+    let allocs = count(|| {
+        let neg = negotiate(&client, &mut out).expect("negotiation");
+        let mut tx = Transmission::new(neg, TransmissionConfig::default());
+        let mut pos = 0;
+        loop {
+            let (n, inc) = tx.handle_request(&stream[pos..]).expect("valid stream");
+            pos += n;
+            match inc {
+                Some(Incoming::Command(Request { header: h, .. })) => {
+                    let to = ReplyTo {
+                        cookie: h.cookie,
+                        offset: h.offset,
+                    };
+                    match h.command {
+                        Command::Read => {
+                            let p = tx.read_prefix_len();
+                            tx.encode_read_prefix(to, h.offset, h.len as usize, true, &mut out)
+                                .unwrap();
+                            assert_eq!(p, 28);
+                        }
+                        Command::BlockStatus => {
+                            let e = [BlockStatusExtent {
+                                len: h.len,
+                                flags: 3,
+                            }];
+                            tx.encode_block_status(to, 1, &e, true, &mut out).unwrap();
+                        }
+                        _ => {
+                            tx.reply_ok(to, &mut out).unwrap();
+                        }
+                    }
+                    handled += 1;
+                }
+                Some(Incoming::Reject {
+                    to, error, message, ..
+                }) => {
+                    tx.reply_error(to, error, message, &mut out).unwrap();
+                    handled += 1;
+                }
+                Some(Incoming::Disconnect) => break,
+                None if n == 0 => break,
+                None => {}
+            }
+        }
+        assert_eq!(tx.in_flight(), 0);
+    });
+    assert_eq!(handled, 10_000, "the stream was not fully processed");
+    assert_eq!(allocs, 0);
+}
