@@ -47,9 +47,8 @@ fn drive_transmission(tx: &mut Transmission, input: &[u8], ctl: u8) {
     let mut answered = 0usize;
     loop {
         let window = &input[pos..end];
-        let (n, inc) = match tx.handle_request(window) {
-            Ok(r) => r,
-            Err(_) => return,
+        let Ok((n, inc)) = tx.handle_request(window) else {
+            return;
         };
         assert!(n <= window.len(), "consumed more than given");
         pos += n;
@@ -293,7 +292,7 @@ pub fn client_replies(data: &[u8]) {
         }
     }
     let dec = ReplyDecoder::new(mode_of(ctl), 1 << 16);
-    let read_len = |c: Cookie| (c.0 % 3 == 0).then_some((c.0 >> 8) % 4096);
+    let read_len = |c: Cookie| c.0.is_multiple_of(3).then_some((c.0 >> 8) % 4096);
     let mut pos = 0usize;
     while let Ok(Some((r, n))) = dec.decode(&input[pos..], read_len) {
         assert!(n > 0 && n <= input.len() - pos);

@@ -249,7 +249,10 @@ impl Transmission {
 
     fn aligned(&self, h: &RequestHeader) -> Check {
         let min = u64::from(self.neg.block_sizes.minimum);
-        if self.neg.block_sizes_agreed && min > 1 && (h.offset % min != 0 || h.len % min != 0) {
+        if self.neg.block_sizes_agreed
+            && min > 1
+            && (!h.offset.is_multiple_of(min) || !h.len.is_multiple_of(min))
+        {
             return Err((
                 ErrorCode::Inval,
                 "request not aligned to the minimum block size",
@@ -357,7 +360,7 @@ impl Transmission {
             self.flag_allowed(TransmissionFlags::BLOCK_STATUS_PAYLOAD)?;
             // The payload is u64 effect length + u32 IDs; it must be whole
             // before it can be checked, and is small (at most 64 IDs).
-            if h.len < 8 || (h.len - 8) % 4 != 0 || h.len > 8 + 4 * 64 {
+            if h.len < 8 || !(h.len - 8).is_multiple_of(4) || h.len > 8 + 4 * 64 {
                 return Err((ErrorCode::Inval, "bad BLOCK_STATUS payload"));
             }
             let Some(p) = payload.get(..h.len as usize) else {

@@ -359,7 +359,7 @@ pub fn encode_block_status(
         _ => chunk(mode, to, ChunkType::BlockStatus, done, payload, out, |w| {
             w.u32(id);
             for e in extents {
-                w.u32(u32::try_from(e.len).unwrap_or(u32::MAX & !511));
+                w.u32(u32::try_from(e.len).unwrap_or(!511));
                 w.u32(e.flags as u32);
             }
         }),
