@@ -357,14 +357,60 @@ fn run_ok_ctx(cmd: &mut Command, server_stderr: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// How long one client command may run. A server that stops answering
+/// must fail the test, not hang CI until its global time cap.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(180);
+
 /// Runs `cmd` to completion with no stdin, capturing its output.
 ///
 /// # Panics
-/// If it cannot be started.
+/// If it cannot be started, or runs longer than 180 s (it is then killed
+/// and the panic shows what it printed so far).
 pub fn run(cmd: &mut Command) -> Output {
-    cmd.stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    // Drain both pipes on threads so a chatty child cannot block on a full
+    // pipe while we wait for it.
+    let drain = |r: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out_t = drain(child.stdout.take().map(|r| Box::new(r) as _));
+    let err_t = drain(child.stderr.take().map(|r| Box::new(r) as _));
+    let deadline = Instant::now() + CLIENT_TIMEOUT;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let stdout = out_t.join().unwrap_or_default();
+                let stderr = err_t.join().unwrap_or_default();
+                panic!(
+                    "{cmd:?} did not finish within {CLIENT_TIMEOUT:?} (server hung?); killed.\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                    String::from_utf8_lossy(&stdout),
+                    String::from_utf8_lossy(&stderr)
+                );
+            }
+        }
+    };
+    let stdout = out_t.join().unwrap_or_default();
+    let stderr = err_t.join().unwrap_or_default();
+    Output {
+        status,
+        stdout,
+        stderr,
+    }
 }
 
 /// Writes `len` bytes of deterministic pseudo-random data (xorshift64*,
