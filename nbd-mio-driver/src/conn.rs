@@ -81,6 +81,11 @@ pub struct Conn {
     /// Jobs on the pool.
     pub queued: usize,
     eof: bool,
+    /// The last read saw `WouldBlock` (or EOF). mio is edge-triggered: when
+    /// a read stopped at the buffer limit instead, no new event will come
+    /// for the bytes still in the socket, so the server must read again
+    /// once there is room.
+    drained: bool,
     closing: bool,
     shutting_down: bool,
     /// The negotiation must end by then.
@@ -166,6 +171,7 @@ impl Conn {
             chosen: None,
             queued: 0,
             eof: false,
+            drained: true,
             closing: false,
             shutting_down: false,
             deadline: if cfg.oldstyle { None } else { deadline },
@@ -185,6 +191,18 @@ impl Conn {
                 t.wants_read() && self.wbuf.len() < OUTPUT_HIGH_WATER && self.queued < MAX_QUEUED
             }
         }
+    }
+
+    /// True when bytes may be waiting in the socket that no event will
+    /// announce (see `drained`) and there is room to take them now.
+    pub fn should_read_again(&self) -> bool {
+        !self.drained && self.wants_read()
+    }
+
+    /// True when processing more input now would not overfill the output
+    /// (otherwise the next writable event resumes it).
+    pub fn has_output_room(&self) -> bool {
+        self.wbuf.len() < OUTPUT_HIGH_WATER
     }
 
     /// True when output is waiting.
@@ -212,11 +230,16 @@ impl Conn {
     /// Read what the socket has (through TLS if active).
     pub fn on_readable(&mut self) -> io::Result<()> {
         let limit = self.read_limit();
+        self.drained = false;
         match &mut self.tls {
             None => {
+                let before = self.rbuf.len();
                 if self.rbuf.read_from(&mut self.stream, limit)? {
                     self.eof = true;
                 }
+                // read_from stops at WouldBlock, EOF or the limit; only the
+                // limit leaves bytes in the socket.
+                self.drained = self.eof || self.rbuf.len() < limit || self.rbuf.len() == before;
             }
             Some(tls) => {
                 let mut raw = [0u8; 16 * 1024];
@@ -224,10 +247,14 @@ impl Conn {
                     match self.stream.read(&mut raw) {
                         Ok(0) => {
                             self.eof = true;
+                            self.drained = true;
                             break;
                         }
                         Ok(n) => feed_all(tls.as_mut(), &raw[..n], &mut self.rbuf)?,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            self.drained = true;
+                            break;
+                        }
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                         Err(e) => return Err(e),
                     }
@@ -393,7 +420,8 @@ impl Conn {
         };
         for _ in 0..BUDGET {
             if self.wbuf.len() >= OUTPUT_HIGH_WATER || self.queued >= MAX_QUEUED {
-                return Ok(false);
+                // Back-pressure: resume once output drains or jobs finish.
+                return Ok(!self.rbuf.is_empty());
             }
             let (consumed, incoming) = t.handle_request(self.rbuf.filled()).map_err(proto_err)?;
             match incoming {

@@ -310,7 +310,16 @@ impl Server {
                 self.close(key);
                 continue;
             }
-            if status.more && !self.ready.contains(&key) {
+            let mut more = status.more;
+            if c.should_read_again() {
+                if let Err(e) = c.on_readable() {
+                    log::info!("{}: {e}", c.peer);
+                    self.close(key);
+                    continue;
+                }
+                more = true;
+            }
+            if more && c.has_output_room() && !self.ready.contains(&key) {
                 self.ready.push_back(key);
             }
             if c.finished() || (status.closing && !c.wants_write()) {
