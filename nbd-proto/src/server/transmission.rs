@@ -321,9 +321,11 @@ impl Transmission {
                 Ok(())
             }
             Command::Flush => self.flag_allowed(TransmissionFlags::SEND_FLUSH),
+            // Read-only is checked first: on a read-only export TRIM and
+            // WRITE_ZEROES are EPERM even when not advertised (checklist 71).
             Command::Trim => {
-                self.flag_allowed(TransmissionFlags::SEND_TRIM)?;
                 self.writable()?;
+                self.flag_allowed(TransmissionFlags::SEND_TRIM)?;
                 self.in_bounds(h, ErrorCode::Inval)?;
                 self.aligned(h)
             }
@@ -334,11 +336,11 @@ impl Transmission {
                 self.aligned(h)
             }
             Command::WriteZeroes => {
+                self.writable()?;
                 self.flag_allowed(TransmissionFlags::SEND_WRITE_ZEROES)?;
                 if f.contains(CmdFlags::FAST_ZERO) {
                     self.flag_allowed(TransmissionFlags::SEND_FAST_ZERO)?;
                 }
-                self.writable()?;
                 self.in_bounds(h, ErrorCode::NoSpc)?;
                 self.aligned(h)
             }
