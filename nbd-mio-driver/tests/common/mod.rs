@@ -359,12 +359,12 @@ fn run_ok_ctx(cmd: &mut Command, server_stderr: &str) -> String {
 
 /// How long one client command may run. A server that stops answering
 /// must fail the test, not hang CI until its global time cap.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(180);
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Runs `cmd` to completion with no stdin, capturing its output.
 ///
 /// # Panics
-/// If it cannot be started, or runs longer than 180 s (it is then killed
+/// If it cannot be started, or runs longer than 60 s (it is then killed
 /// and the panic shows what it printed so far).
 pub fn run(cmd: &mut Command) -> Output {
     let mut child = cmd
