@@ -9,6 +9,18 @@
 
 use std::io::{self, Read, Write};
 
+/// Why [`Buf::read_from`] stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadEnd {
+    /// The peer closed its side.
+    Eof,
+    /// The socket is empty for now; an event will announce more.
+    WouldBlock,
+    /// The buffer reached the limit; bytes may remain in the socket and,
+    /// with edge-triggered polling, no event will announce them.
+    Limit,
+}
+
 /// A compacting byte buffer. See the module documentation.
 #[derive(Debug, Default)]
 pub struct Buf {
@@ -92,21 +104,21 @@ impl Buf {
         }
     }
 
-    /// Read from `r` until `WouldBlock`, EOF or `limit` bytes are buffered.
-    /// Returns `Ok(true)` on EOF.
-    pub fn read_from(&mut self, r: &mut impl Read, limit: usize) -> io::Result<bool> {
+    /// Read from `r` until `WouldBlock`, EOF or `limit` bytes are buffered,
+    /// and say which of the three stopped it.
+    pub fn read_from(&mut self, r: &mut impl Read, limit: usize) -> io::Result<ReadEnd> {
         while self.len() < limit {
             let want = (limit - self.len()).clamp(1, 256 * 1024);
             let spare = self.spare(want.min(64 * 1024));
             match r.read(spare) {
-                Ok(0) => return Ok(true),
+                Ok(0) => return Ok(ReadEnd::Eof),
                 Ok(n) => self.commit(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(ReadEnd::WouldBlock),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
-        Ok(false)
+        Ok(ReadEnd::Limit)
     }
 
     /// Write to `w` until `WouldBlock` or empty.

@@ -14,7 +14,7 @@ use nbd_proto::server::{
 use nbd_proto::wire::handshake::Greeting;
 use nbd_proto::{OptReplyType, TransmissionFlags};
 
-use crate::buffer::Buf;
+use crate::buffer::{Buf, ReadEnd};
 use crate::dispatch::{self, Executed, Shared};
 use crate::listen::Stream;
 use crate::tls::{TlsServerConfig, TlsSession};
@@ -233,13 +233,15 @@ impl Conn {
         self.drained = false;
         match &mut self.tls {
             None => {
-                let before = self.rbuf.len();
-                if self.rbuf.read_from(&mut self.stream, limit)? {
-                    self.eof = true;
+                match self.rbuf.read_from(&mut self.stream, limit)? {
+                    ReadEnd::Eof => {
+                        self.eof = true;
+                        self.drained = true;
+                    }
+                    ReadEnd::WouldBlock => self.drained = true,
+                    // Bytes may remain in the socket (see `drained`).
+                    ReadEnd::Limit => {}
                 }
-                // read_from stops at WouldBlock, EOF or the limit; only the
-                // limit leaves bytes in the socket.
-                self.drained = self.eof || self.rbuf.len() < limit || self.rbuf.len() == before;
             }
             Some(tls) => {
                 let mut raw = [0u8; 16 * 1024];
