@@ -169,35 +169,35 @@ pub fn execute(
             return Executed::Done;
         }
     };
-    if !backend.is_inline() {
-        if let Some(pool) = &shared.pool {
-            let mut job = shared.free_jobs.pop().unwrap_or_else(|| {
-                Box::new(Job {
-                    conn_id: 0,
-                    token: 0,
-                    to,
-                    flags: h.flags,
-                    backend: Arc::clone(backend),
-                    op,
-                    buf: Vec::new(),
-                    extents: Vec::with_capacity(MAX_EXTENTS),
-                    result: Ok(()),
-                })
-            });
-            job.conn_id = conn.0;
-            job.token = conn.1;
-            job.to = to;
-            job.flags = h.flags;
-            job.backend = Arc::clone(backend);
-            job.op = op;
-            job.buf.clear();
-            if let Op::Write { .. } = op {
-                job.buf.extend_from_slice(req.data);
-            }
-            job.result = Ok(());
-            pool.submit(job);
-            return Executed::Queued;
+    if !backend.is_inline()
+        && let Some(pool) = &shared.pool
+    {
+        let mut job = shared.free_jobs.pop().unwrap_or_else(|| {
+            Box::new(Job {
+                conn_id: 0,
+                token: 0,
+                to,
+                flags: h.flags,
+                backend: Arc::clone(backend),
+                op,
+                buf: Vec::new(),
+                extents: Vec::with_capacity(MAX_EXTENTS),
+                result: Ok(()),
+            })
+        });
+        job.conn_id = conn.0;
+        job.token = conn.1;
+        job.to = to;
+        job.flags = h.flags;
+        job.backend = Arc::clone(backend);
+        job.op = op;
+        job.buf.clear();
+        if let Op::Write { .. } = op {
+            job.buf.extend_from_slice(req.data);
         }
+        job.result = Ok(());
+        pool.submit(job);
+        return Executed::Queued;
     }
     match op {
         Op::Read { offset, len } => read_inline(t, out, backend, to, h.flags, offset, len, shared),
@@ -319,12 +319,12 @@ fn read_inline(
         }
         pos += piece;
     }
-    if pos < end {
-        if let Err(e) = read_piece(t, out, &**backend, to, pos, (end - pos) as usize, false) {
-            let code = wire_error(&e);
-            reply_error(t, out, to, code, code.message());
-            return;
-        }
+    if pos < end
+        && let Err(e) = read_piece(t, out, &**backend, to, pos, (end - pos) as usize, false)
+    {
+        let code = wire_error(&e);
+        reply_error(t, out, to, code, code.message());
+        return;
     }
     let n = t.encode_done(to, out.spare(64)).unwrap_or(0);
     out.commit(n);

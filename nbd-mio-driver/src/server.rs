@@ -226,12 +226,12 @@ impl Server {
                     Token(t) if t >= CONN_BASE => {
                         let key = t - CONN_BASE;
                         if let Some((c, _)) = self.conns.get_mut(key) {
-                            if ev.is_readable() || ev.is_read_closed() {
-                                if let Err(e) = c.on_readable() {
-                                    log::info!("{}: {e}", c.peer);
-                                    self.close(key);
-                                    continue;
-                                }
+                            if (ev.is_readable() || ev.is_read_closed())
+                                && let Err(e) = c.on_readable()
+                            {
+                                log::info!("{}: {e}", c.peer);
+                                self.close(key);
+                                continue;
                             }
                             self.ready.push_back(key);
                         }
@@ -273,11 +273,11 @@ impl Server {
             done.push(job);
         }
         for mut job in done {
-            if let Some((c, _)) = self.conns.get_mut(job.token) {
-                if c.id == job.conn_id {
-                    c.on_job_done(&mut job, &mut self.shared);
-                    self.ready.push_back(job.token);
-                }
+            if let Some((c, _)) = self.conns.get_mut(job.token)
+                && c.id == job.conn_id
+            {
+                c.on_job_done(&mut job, &mut self.shared);
+                self.ready.push_back(job.token);
             }
             self.shared.free_jobs.push(job);
         }
