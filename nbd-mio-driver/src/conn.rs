@@ -428,6 +428,17 @@ impl Conn {
             let (consumed, incoming) = t.handle_request(self.rbuf.filled()).map_err(proto_err)?;
             match incoming {
                 Some(Incoming::Command(req)) => {
+                    // `-v -v`: one line per request. The level check comes
+                    // first, so nothing is formatted (or allocated) otherwise.
+                    log::debug!(
+                        "{}: {:?} cookie={:#x} offset={} len={} flags={:?}",
+                        self.peer,
+                        req.header.command,
+                        req.header.cookie.0,
+                        req.header.offset,
+                        req.header.len,
+                        req.header.flags
+                    );
                     if self.shutting_down {
                         let to = nbd_proto::wire::reply::ReplyTo {
                             cookie: req.header.cookie,
@@ -453,8 +464,16 @@ impl Conn {
                     }
                 }
                 Some(Incoming::Reject {
-                    to, error, message, ..
+                    to,
+                    command,
+                    error,
+                    message,
                 }) => {
+                    log::debug!(
+                        "{}: {command:?} cookie={:#x} rejected: {error:?} ({message})",
+                        self.peer,
+                        to.cookie.0
+                    );
                     dispatch::reply_error(t, &mut self.wbuf, to, error, message);
                 }
                 Some(Incoming::Disconnect) => {}
