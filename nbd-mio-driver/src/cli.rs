@@ -462,9 +462,6 @@ fn finish(mut cfg: Config, log: Option<LogTarget>) -> Result<Config, String> {
     if cfg.vsock && cfg.unix.is_some() {
         return Err("--vsock cannot be combined with -U".to_owned());
     }
-    if cfg.vsock {
-        return Err("--vsock is not supported by this build".to_owned());
-    }
     if cfg.run.is_some() {
         // Captive mode stays in front so it can wait for the command, and
         // (as nbdkit since 1.36) prefers a private socket unless told
@@ -609,7 +606,7 @@ mod tests {
             (&["--readonly=yes", "memory"], "--readonly"),
             (&["-U", "/s", "-p", "1", "memory"], "-U"),
             (&["-s", "--run", "x", "memory"], "-s"),
-            (&["--vsock", "memory"], "--vsock"),
+            (&["--vsock", "-U", "/s", "memory"], "--vsock"),
             (&[], "no backend"),
         ];
         for (args, needle) in cases {

@@ -20,4 +20,5 @@ pub mod logging;
 pub mod notify;
 pub mod server;
 pub mod tls;
+pub mod vsock;
 pub mod workers;

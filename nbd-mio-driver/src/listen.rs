@@ -28,6 +28,8 @@ pub enum Listener {
     Tcp(mio::net::TcpListener),
     /// A Unix-domain stream socket.
     Unix(mio::net::UnixListener),
+    /// An `AF_VSOCK` socket (`--vsock`), see `vsock.rs`.
+    Vsock(std::os::fd::OwnedFd),
 }
 
 /// An accepted connection: `Read`, `Write` (also through `&Stream`) and a
@@ -65,6 +67,7 @@ impl Listener {
                 );
                 Ok((Stream::Unix(s), peer))
             }
+            Self::Vsock(fd) => Ok((Stream::Unix(crate::vsock::accept(fd)?), "vsock".to_owned())),
         }
     }
 
@@ -73,7 +76,7 @@ impl Listener {
     pub fn tcp_port(&self) -> Option<u16> {
         match self {
             Self::Tcp(l) => l.local_addr().ok().map(|a| a.port()),
-            Self::Unix(_) => None,
+            Self::Unix(_) | Self::Vsock(_) => None,
         }
     }
 
@@ -81,7 +84,7 @@ impl Listener {
     #[must_use]
     pub fn unix_path(&self) -> Option<PathBuf> {
         match self {
-            Self::Tcp(_) => None,
+            Self::Tcp(_) | Self::Vsock(_) => None,
             Self::Unix(l) => l.local_addr().ok()?.as_pathname().map(Path::to_path_buf),
         }
     }
@@ -96,6 +99,16 @@ impl Listener {
             Self::Unix(_) => self
                 .unix_path()
                 .map_or_else(|| "unix".to_owned(), |p| p.display().to_string()),
+            Self::Vsock(fd) => format!("vsock port {}", crate::vsock::local_port(fd).unwrap_or(0)),
+        }
+    }
+
+    /// The port of a vsock listener.
+    #[must_use]
+    pub fn vsock_port(&self) -> Option<u32> {
+        match self {
+            Self::Vsock(fd) => crate::vsock::local_port(fd),
+            _ => None,
         }
     }
 
@@ -135,18 +148,27 @@ impl Source for Listener {
         match self {
             Self::Tcp(l) => l.register(r, t, i),
             Self::Unix(l) => l.register(r, t, i),
+            Self::Vsock(fd) => {
+                mio::unix::SourceFd(&std::os::fd::AsRawFd::as_raw_fd(fd)).register(r, t, i)
+            }
         }
     }
     fn reregister(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
         match self {
             Self::Tcp(l) => l.reregister(r, t, i),
             Self::Unix(l) => l.reregister(r, t, i),
+            Self::Vsock(fd) => {
+                mio::unix::SourceFd(&std::os::fd::AsRawFd::as_raw_fd(fd)).reregister(r, t, i)
+            }
         }
     }
     fn deregister(&mut self, r: &Registry) -> io::Result<()> {
         match self {
             Self::Tcp(l) => l.deregister(r),
             Self::Unix(l) => l.deregister(r),
+            Self::Vsock(fd) => {
+                mio::unix::SourceFd(&std::os::fd::AsRawFd::as_raw_fd(fd)).deregister(r)
+            }
         }
     }
 }
@@ -330,6 +352,11 @@ pub fn bind(cfg: &Config) -> io::Result<(Vec<Listener>, ListenGuard)> {
         guard.socket = Some((path, m.dev(), m.ino()));
         return Ok((vec![Listener::Unix(l)], guard));
     }
+    if cfg.vsock {
+        let fd = crate::vsock::bind(u32::from(cfg.port))
+            .map_err(|e| annotate(e, &format!("vsock port {}", cfg.port)))?;
+        return Ok((vec![Listener::Vsock(fd)], guard));
+    }
     let addrs: Vec<SocketAddr> = match &cfg.ipaddr {
         Some(host) => {
             let mut v: Vec<SocketAddr> = (host.as_str(), cfg.port)
@@ -471,6 +498,11 @@ pub fn uri(cfg: &Config, listeners: &[Listener]) -> String {
     if let Some(path) = listeners.iter().find_map(Listener::unix_path) {
         let socket = encode(&path.to_string_lossy(), b"/");
         return format!("nbd{s}+unix:///{export}?socket={socket}");
+    }
+    if let Some(port) = listeners.iter().find_map(Listener::vsock_port) {
+        // libnbd's form; the CID is the host's own as the kernel reports it.
+        let cid = crate::vsock::local_cid().unwrap_or(2);
+        return format!("nbd{s}+vsock://{cid}:{port}/{export}");
     }
     let Some(port) = listeners.iter().find_map(Listener::tcp_port) else {
         return String::new();

@@ -96,10 +96,7 @@ impl Server {
         let mut listeners = opts.listeners;
         for (i, l) in listeners.iter_mut().enumerate() {
             let token = Token(LISTENER_BASE + i);
-            match l {
-                Listener::Tcp(l) => poll.registry().register(l, token, Interest::READABLE)?,
-                Listener::Unix(l) => poll.registry().register(l, token, Interest::READABLE)?,
-            }
+            poll.registry().register(l, token, Interest::READABLE)?;
         }
         let needs_pool = opts.exports.list().any(|e| !e.backend.is_inline());
         let pool = if needs_pool {
