@@ -188,7 +188,7 @@ const OPTIONS: &[Opt] = &[
         "vsock",
         None,
         None,
-        "listen on AF_VSOCK (not supported yet)",
+        "listen on AF_VSOCK port -p (for virtual machines)",
     ),
     opt(
         "single",
