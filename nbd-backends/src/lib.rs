@@ -29,7 +29,10 @@ pub use file::{FileBackend, open_dir};
 pub use memory::{MemoryBackend, PAGE_SIZE};
 pub use null::NullBackend;
 pub use pattern::PatternBackend;
-pub use registry::{BACKENDS, Export, ExportSet, build, build_with_filters};
+pub use registry::{
+    BACKENDS, Export, ExportSet, ExtBackend, ExtOpen, build, build_with_filters,
+    build_with_filters_ext,
+};
 pub use size::{MAX_SIZE, parse_size};
 
 bitflags::bitflags! {

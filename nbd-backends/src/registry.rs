@@ -210,20 +210,83 @@ pub fn build_with_filters(
     export_name: &str,
     readonly: bool,
 ) -> Result<ExportSet, String> {
-    let Some(&(_, magic, _)) = BACKENDS.iter().find(|b| b.0 == backend) else {
-        let known: Vec<_> = BACKENDS.iter().map(|b| b.0).collect();
-        return Err(format!(
-            "unknown backend '{backend}' (known: {})",
-            known.join(", ")
-        ));
+    build_with_filters_ext(backend, args, filter_names, export_name, readonly, &[])
+}
+
+/// Opens an [`ExtBackend`] from its parameters (each `(key, value)` is one
+/// of its `keys`, the magic word already rewritten to its key) and `-r`.
+pub type ExtOpen =
+    fn(params: &[(String, String)], readonly: bool) -> Result<Arc<dyn Backend>, String>;
+
+/// A backend defined outside this crate, registered by name for one
+/// [`build_with_filters_ext`] call. The `nbd` proxy is one: it is built on
+/// nbd-proto's client, which this crate must not depend on.
+#[derive(Clone, Copy)]
+pub struct ExtBackend {
+    /// Command-line name (`nbd`).
+    pub name: &'static str,
+    /// The key a first word without '=' stands for (`uri`).
+    pub magic: &'static str,
+    /// Every key it accepts; others are reported as unknown.
+    pub keys: &'static [&'static str],
+    /// One-line help, as in [`BACKENDS`].
+    pub help: &'static str,
+    /// The constructor.
+    pub open: ExtOpen,
+}
+
+/// [`build_with_filters`], also knowing the backends in `extra` (looked up
+/// after the built-in ones). Filters stack on an extra backend exactly as
+/// on a built-in one.
+///
+/// # Errors
+///
+/// As [`build_with_filters`]; an extra backend's own message otherwise.
+pub fn build_with_filters_ext(
+    backend: &str,
+    args: &[String],
+    filter_names: &[String],
+    export_name: &str,
+    readonly: bool,
+    extra: &[ExtBackend],
+) -> Result<ExportSet, String> {
+    let ext = extra.iter().find(|b| b.name == backend);
+    let magic = match (BACKENDS.iter().find(|b| b.0 == backend), ext) {
+        (Some(&(_, magic, _)), _) => magic,
+        (None, Some(e)) => e.magic,
+        (None, None) => {
+            let known: Vec<_> = BACKENDS
+                .iter()
+                .map(|b| b.0)
+                .chain(extra.iter().map(|e| e.name))
+                .collect();
+            return Err(format!(
+                "unknown backend '{backend}' (known: {})",
+                known.join(", ")
+            ));
+        }
     };
     let mut params = Params::parse(backend, magic, args)?;
     // Filters claim their keys first, so backend keys are checked against
     // what is left.
     let stack = filters::parse_stack(filter_names, &mut params)?;
-    let keys = backend_keys(backend);
-    params.check_known(keys)?;
-    let exports = make_backend(backend, &mut params, readonly, keys)?;
+    let exports = match ext {
+        Some(e) if !BACKENDS.iter().any(|b| b.0 == backend) => {
+            params.check_known(e.keys)?;
+            let kv: Vec<(String, String)> = e
+                .keys
+                .iter()
+                .filter_map(|&k| params.take(k).map(|v| (k.to_owned(), v.to_owned())))
+                .collect();
+            let b = (e.open)(&kv, readonly)?;
+            vec![(None, b.description(), b)]
+        }
+        _ => {
+            let keys = backend_keys(backend);
+            params.check_known(keys)?;
+            make_backend(backend, &mut params, readonly, keys)?
+        }
+    };
     params.finish()?;
     let mut set = Vec::with_capacity(exports.len());
     for (name, description, inner) in exports {
@@ -361,6 +424,42 @@ mod tests {
         for e in [err("memory", "abc"), err("file", "dir=/nonexistent")] {
             assert!(!e.contains('\n'), "one line: {e}");
         }
+    }
+
+    fn ext_open(kv: &[(String, String)], readonly: bool) -> Result<Arc<dyn Backend>, String> {
+        assert!(readonly);
+        match kv {
+            [(k, v)] if k == "uri" => {
+                Ok(Arc::new(MemoryBackend::new(v.len() as u64 * 512).unwrap()))
+            }
+            _ => Err(format!("ext: got {kv:?}")),
+        }
+    }
+
+    #[test]
+    fn extra_backends_take_magic_keys_and_filters() {
+        let ext = [ExtBackend {
+            name: "ext",
+            magic: "uri",
+            keys: &["uri", "other"],
+            help: "test",
+            open: ext_open,
+        }];
+        let filters = ["offset".to_owned()];
+        let set =
+            build_with_filters_ext("ext", &words("abcd offset=512"), &filters, "e", true, &ext)
+                .unwrap();
+        let b = &set.get("e").unwrap().backend;
+        assert_eq!(b.size(), 3 * 512, "offset filter applied");
+        assert!(b.caps().contains(crate::Caps::READ_ONLY));
+        let err = build_with_filters_ext("ext", &words("uri=x bad=1"), &[], "", true, &ext)
+            .err()
+            .unwrap();
+        assert_eq!(err, "unknown parameter 'bad' for backend ext");
+        let err = build_with_filters_ext("nope", &[], &[], "", true, &ext)
+            .err()
+            .unwrap();
+        assert!(err.ends_with("pattern, ext)"), "{err}");
     }
 
     #[test]

@@ -110,6 +110,35 @@ fn cow_over_pattern() -> Fixture {
     }
 }
 
+/// The log filter over memory, logging to a temporary file.
+fn log_over_memory() -> Fixture {
+    let tmp = TempFile::new("/tmp", 0);
+    let inner = Arc::new(MemoryBackend::new(SIZE).unwrap());
+    let log = nbd_backends::filters::Log::new(inner, Some(&tmp.0), false).unwrap();
+    Fixture {
+        backend: Arc::new(log),
+        _file: Some(tmp),
+        ..memory()
+    }
+}
+
+/// Partition 2 of a memory disk with an MBR (checks the window arithmetic).
+fn partition_of_memory() -> Fixture {
+    let disk = Arc::new(MemoryBackend::new(4 << 20).unwrap());
+    let mut entry = [0u8; 16];
+    entry[4] = 0x83;
+    entry[8..12].copy_from_slice(&2048u32.to_le_bytes());
+    entry[12..16].copy_from_slice(&2049u32.to_le_bytes());
+    disk.write_at(446 + 16, &entry, false).unwrap();
+    disk.write_at(510, &[0x55, 0xaa], false).unwrap();
+    let p = nbd_backends::filters::partition::open(disk, 2).unwrap();
+    assert_eq!(p.size(), 2049 * 512);
+    Fixture {
+        backend: Arc::new(p),
+        ..memory()
+    }
+}
+
 fn file_in(dir: &str, size: u64, cache_none: bool) -> Fixture {
     let tmp = TempFile::new(dir, size);
     let b = FileBackend::open(&tmp.0, false, cache_none).unwrap();
@@ -443,6 +472,8 @@ conformance! {
     file_no_fallocate_ => file_no_fallocate();
     file_readonly_ => file_readonly();
     cow_over_pattern_ => cow_over_pattern();
+    log_over_memory_ => log_over_memory();
+    partition_of_memory_ => partition_of_memory();
 }
 
 #[test]

@@ -25,6 +25,8 @@ fn fio_randrw(uri: &str) -> Output {
         "--time_based",
         "--verify=crc32c",
         "--verify_fatal=1",
+        // Otherwise fio leaves `local-e2e-0-verify.state` in the crate dir.
+        "--verify_state_save=0",
         "--output-format=json",
     ]))
 }

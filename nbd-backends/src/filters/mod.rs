@@ -7,7 +7,9 @@
 mod cow;
 mod delay;
 mod error;
+mod log;
 mod offset;
+pub mod partition;
 mod readonly;
 mod stats;
 
@@ -16,6 +18,7 @@ use std::sync::Arc;
 pub use cow::Cow;
 pub use delay::{Delay, parse_delay};
 pub use error::{ErrorInject, parse_errno, parse_rate};
+pub use log::Log;
 pub use offset::Offset;
 pub use readonly::ReadOnly;
 pub use stats::Stats;
@@ -37,6 +40,26 @@ pub const FILTERS: &[(&str, &str, &str)] = &[
         "error= error-rate=",
         "inject errors (error=EIO error-rate=10%)",
     ),
+    (
+        "cow",
+        "",
+        "writes go to a private RAM overlay; the base is never modified",
+    ),
+    (
+        "stats",
+        "statsfile=",
+        "count requests and bytes, printed at exit",
+    ),
+    (
+        "log",
+        "logfile= logappend=",
+        "one line per request (time, id, op, offset, count, flags, result)",
+    ),
+    (
+        "partition",
+        "partition=",
+        "serve partition N of an MBR or GPT disk",
+    ),
 ];
 
 /// A parsed filter with its parameters.
@@ -57,6 +80,13 @@ pub(crate) enum Spec {
     Cow,
     Stats {
         file: Option<std::path::PathBuf>,
+    },
+    Log {
+        file: Option<std::path::PathBuf>,
+        append: bool,
+    },
+    Partition {
+        n: u32,
     },
 }
 
@@ -93,6 +123,24 @@ pub(crate) fn parse_stack(names: &[String], p: &mut Params<'_>) -> Result<Vec<Sp
                 "stats" => Spec::Stats {
                     file: p.take("statsfile").map(Into::into),
                 },
+                "log" => Spec::Log {
+                    file: p.take("logfile").map(Into::into),
+                    append: match p.take("logappend") {
+                        None | Some("false" | "0" | "no" | "off") => false,
+                        Some("true" | "1" | "yes" | "on") => true,
+                        Some(v) => {
+                            return Err(format!("log: logappend: expected a boolean, got '{v}'"));
+                        }
+                    },
+                },
+                "partition" => Spec::Partition {
+                    n: match p.take("partition") {
+                        None => return Err("partition: missing parameter partition=N".into()),
+                        Some(v) => v.parse().map_err(|_| {
+                            format!("partition: partition: expected a number from 1, got '{v}'")
+                        })?,
+                    },
+                },
                 other => {
                     let known: Vec<_> = FILTERS.iter().map(|f| f.0).collect();
                     return Err(format!(
@@ -116,6 +164,13 @@ pub(crate) fn apply(stack: &[Spec], inner: Arc<dyn Backend>) -> Result<Arc<dyn B
             Spec::Error { errno, rate } => Arc::new(ErrorInject::new(b, errno, rate)),
             Spec::Cow => Arc::new(Cow::new(b).map_err(|e| format!("cow: {e}"))?),
             Spec::Stats { ref file } => Arc::new(Stats::new(b, file.clone())),
+            Spec::Log { ref file, append } => Arc::new(
+                Log::new(b, file.as_deref(), append).map_err(|e| match file {
+                    Some(f) => format!("log: logfile: {}: {e}", f.display()),
+                    None => format!("log: {e}"),
+                })?,
+            ),
+            Spec::Partition { n } => Arc::new(partition::open(b, n)?),
         };
     }
     Ok(b)
