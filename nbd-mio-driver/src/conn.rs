@@ -321,6 +321,13 @@ impl Conn {
         if let Phase::Transmission { .. } = self.phase {
             self.deadline = None;
             status.more = self.process_requests(shared, token)?;
+            // Checklist 112: once shutting down, a connection with nothing
+            // in flight, nothing buffered and a drained socket is done; close
+            // it as soon as its replies are out rather than at the end of
+            // the shutdown grace period.
+            if self.shutting_down && self.queued == 0 && self.rbuf.is_empty() && self.drained {
+                self.closing = true;
+            }
         }
         if self.eof && self.rbuf.is_empty() {
             // The client went away (or closed after DISC): finish what is

@@ -169,6 +169,15 @@ pub fn execute(
             return Executed::Done;
         }
     };
+    if let Op::Read { len: 0, .. } = op
+        && t.mode() != HeaderMode::Simple
+    {
+        // An OFFSET_DATA chunk carries at least one byte (checklist 98):
+        // an empty READ is answered with a lone NONE chunk instead.
+        let n = t.encode_done(to, out.spare(64)).unwrap_or(0);
+        out.commit(n);
+        return Executed::Done;
+    }
     if !backend.is_inline()
         && let Some(pool) = &shared.pool
     {

@@ -240,8 +240,10 @@ impl Server {
             if self.stop.load(Ordering::SeqCst) && stopping.is_none() {
                 stopping = Some(Instant::now() + SHUTDOWN_GRACE);
                 self.listeners.clear();
-                for (_, (c, _)) in &mut self.conns {
+                for (key, (c, _)) in &mut self.conns {
                     c.begin_shutdown();
+                    // Let idle connections notice the shutdown and close.
+                    self.ready.push_back(key);
                 }
             }
             self.service_ready();

@@ -434,3 +434,4 @@ pub fn sha256(path: &Path) -> String {
     let out = run_ok(Command::new("sha256sum").arg(path));
     out.split_whitespace().next().unwrap_or_default().to_owned()
 }
+pub mod raw;
