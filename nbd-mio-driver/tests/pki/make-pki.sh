@@ -10,7 +10,10 @@
 #   rogue/ca-cert.pem rogue/ca-key.pem      an unrelated CA
 #   rogue/client-cert.pem rogue/client-key.pem   CN=mallory, signed by it
 #   keys.psk                                psktool file with user alice
-# Keys are ECDSA P-256: fast to generate, accepted by rustls and GnuTLS.
+# The CA keys are ECDSA P-256 (fast to generate). Server and client keys are
+# RSA 2048 with key usage "digital signature, key encipherment": qemu refuses a
+# certificate whose (critical) key usage lacks key encipherment, and certtool
+# only sets that bit on RSA keys.
 # Nothing here is secret: never use these files outside tests.
 set -eu
 
@@ -33,8 +36,13 @@ log=$PWD/certtool.log
 : > "$log"
 trap 'status=$?; [ $status -eq 0 ] || cat "$log" >&2' EXIT
 
+# key FILE [rsa]: a private key, ECDSA P-256 unless "rsa" is given.
 key() {
-    certtool --generate-privkey --key-type=ecdsa --curve=secp256r1 --no-text --outfile "$1" 2>>"$log"
+    if [ "${2:-}" = rsa ]; then
+        certtool --generate-privkey --key-type=rsa --bits=2048 --no-text --outfile "$1" 2>>"$log"
+    else
+        certtool --generate-privkey --key-type=ecdsa --curve=secp256r1 --no-text --outfile "$1" 2>>"$log"
+    fi
     chmod 600 "$1"
 }
 
@@ -53,7 +61,7 @@ INFO
 
 # leaf PREFIX CADIR TEMPLATE: PREFIX-{cert,key}.pem signed by CADIR's CA.
 leaf() {
-    key "$1-key.pem"
+    key "$1-key.pem" rsa
     certtool --generate-certificate --load-privkey "$1-key.pem" \
         --load-ca-certificate "$2/ca-cert.pem" --load-ca-privkey "$2/ca-key.pem" \
         --template "$3" --no-text --outfile "$1-cert.pem" 2>>"$log"
@@ -69,6 +77,7 @@ dns_name = localhost
 ip_address = 127.0.0.1
 tls_www_server
 signing_key
+encryption_key
 expiration_days = 3650
 INFO
 leaf server . server.info
@@ -78,6 +87,7 @@ organization = nbdd test
 cn = alice
 tls_www_client
 signing_key
+encryption_key
 expiration_days = 3650
 INFO
 leaf client . client.info
