@@ -27,6 +27,9 @@ const OUTPUT_HIGH_WATER: usize = 4 * 1024 * 1024;
 const MAX_QUEUED: usize = 64;
 /// Most requests handled per connection per wake-up, for fairness.
 pub const BUDGET: usize = 64;
+/// Most ciphertext queued for the socket before encryption pauses (a few
+/// TLS records; the rest of the output waits as plaintext in `wbuf`).
+const TLS_OUT_LIMIT: usize = 256 * 1024;
 /// Initial buffer sizes.
 const BUF_INITIAL: usize = 128 * 1024;
 /// Room kept free in the output for one handshake answer (replies to INFO
@@ -284,16 +287,23 @@ impl Conn {
     /// Write queued output until the socket would block.
     pub fn on_writable(&mut self) -> io::Result<()> {
         if let Some(tls) = &mut self.tls {
-            while !self.wbuf.is_empty() {
+            // Encrypt only while little ciphertext waits for the socket:
+            // output the peer is not reading must stay in `wbuf`, where
+            // OUTPUT_HIGH_WATER stops reading new requests. Encrypting all
+            // of it at once let a client that never reads make us buffer
+            // without bound (256 MiB for 256 pipelined 1 MiB READs).
+            loop {
+                drain_ciphertext(tls.as_mut(), &mut self.tls_out)?;
+                self.tls_out.write_to(&mut self.stream)?;
+                if self.wbuf.is_empty() || self.tls_out.len() >= TLS_OUT_LIMIT {
+                    break;
+                }
                 let n = tls.write_plaintext(self.wbuf.filled())?;
                 if n == 0 {
                     break;
                 }
                 self.wbuf.consume(n);
-                drain_ciphertext(tls.as_mut(), &mut self.tls_out)?;
             }
-            drain_ciphertext(tls.as_mut(), &mut self.tls_out)?;
-            self.tls_out.write_to(&mut self.stream)?;
         } else {
             // Bytes queued before TLS started (the STARTTLS ACK) go first.
             self.tls_out.write_to(&mut self.stream)?;

@@ -439,6 +439,34 @@ fn raw_failed_handshake_closes() {
     nbdinfo_ok(&mut server, &pki.x509_client());
 }
 
+/// A TLS client that sends many READs and never reads the replies must
+/// not make the server buffer them all: ciphertext waiting for the socket
+/// counts toward back-pressure like plaintext does. 256 READs of 1 MiB
+/// would be 256 MiB of replies; the server may hold a few MiB.
+#[test]
+fn tls_client_that_does_not_read_is_bounded() {
+    let pki = Pki::new();
+    let server = start(&pki, Transport::Unix, "require", false, &[]);
+    let pid = tls::server_pid(&server);
+    let c = RawClient::connect(&server);
+    let mut c = c.start_tls(&pki.x509_client(), false).expect("handshake");
+    let r = c.option(OPT_GO, &[0, 0, 0, 0, 0, 0]);
+    assert_eq!(r.last().map(|r| r.kind), Some(REP_ACK), "GO: {r:?}");
+    let before = tls::rss_kib(pid);
+    let mut reqs = Vec::new();
+    for cookie in 0..256u64 {
+        reqs.extend(request(0, cookie, (cookie % 64) << 20, 1 << 20, &[]));
+    }
+    c.send_without_reading(&reqs);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let after = tls::rss_kib(pid);
+    assert!(
+        after < before + 64 * 1024,
+        "server RSS grew from {before} KiB to {after} KiB for a client that does not read"
+    );
+    drop(c);
+}
+
 /// A compact request (28 bytes) plus payload.
 fn request(kind: u16, cookie: u64, offset: u64, len: u32, payload: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(28 + payload.len());

@@ -366,6 +366,21 @@ impl RawClient {
         }
     }
 
+    /// Sends `data` without ever reading from the socket (rustls'
+    /// `complete_io` may read; a client that never reads is the point of
+    /// back-pressure tests).
+    pub fn send_without_reading(&mut self, data: &[u8]) {
+        match &mut self.wire {
+            Wire::Plain(s) => s.write_all(data).expect("send"),
+            Wire::Tls(s) => {
+                s.conn.writer().write_all(data).expect("encrypt");
+                while s.conn.wants_write() {
+                    s.conn.write_tls(&mut s.sock).expect("send ciphertext");
+                }
+            }
+        }
+    }
+
     /// Writes raw bytes (through TLS when active).
     pub fn send_raw(&mut self, data: &[u8]) {
         self.write_all(data).expect("send");
@@ -437,4 +452,35 @@ fn load_certs(path: &Path) -> Vec<CertificateDer<'static>> {
     rustls_pemfile::certs(&mut reader)
         .map(|c| c.expect("PEM certificate"))
         .collect()
+}
+
+/// The pid of the server process listening on `server.socket` (found in
+/// /proc by its command line), for memory checks.
+pub fn server_pid(server: &Server) -> u32 {
+    let needle = server.socket.display().to_string();
+    for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        if cmdline
+            .split(|&b| b == 0)
+            .any(|arg| arg == needle.as_bytes())
+        {
+            return pid;
+        }
+    }
+    panic!("no process has {needle} on its command line");
+}
+
+/// Resident memory of `pid` in KiB (VmRSS).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
 }
