@@ -147,6 +147,7 @@ pub struct Raw {
     pub flags: TransmissionFlags,
     input: Vec<u8>,
     reads: HashMap<u64, u64>,
+    corked: Option<Vec<u8>>,
 }
 
 impl Raw {
@@ -181,12 +182,29 @@ impl Raw {
             flags: TransmissionFlags::empty(),
             input: Vec::new(),
             reads: HashMap::new(),
+            corked: None,
         }
     }
 
-    /// Write `bytes` (all of them).
+    /// Write `bytes` (all of them), or queue them while corked.
     pub fn send(&mut self, bytes: &[u8]) {
-        self.sock.write_all(bytes).expect("send to server");
+        match &mut self.corked {
+            Some(q) => q.extend_from_slice(bytes),
+            None => self.sock.write_all(bytes).expect("send to server"),
+        }
+    }
+
+    /// Queue what is sent from now on, until [`Raw::uncork`].
+    pub fn cork(&mut self) {
+        self.corked.get_or_insert_with(Vec::new);
+    }
+
+    /// Send everything queued since [`Raw::cork`] in one write, so the
+    /// server finds all of it in one read.
+    pub fn uncork(&mut self) {
+        if let Some(q) = self.corked.take() {
+            self.send(&q);
+        }
     }
 
     /// Write `bytes`, ignoring failure: for bytes sent after a message the
