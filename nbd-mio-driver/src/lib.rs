@@ -18,6 +18,7 @@ pub mod errno;
 pub mod listen;
 pub mod logging;
 pub mod notify;
+pub mod proxy;
 pub mod server;
 pub mod tls;
 pub mod vsock;

@@ -72,12 +72,13 @@ fn run() -> anyhow::Result<u8> {
         daemon::exit_with_parent().context("--exit-with-parent")?;
     }
 
-    let exports = nbd_backends::build_with_filters(
+    let exports = nbd_backends::build_with_filters_ext(
         &cfg.backend,
         &cfg.backend_args,
         &cfg.filters,
         &cfg.export_name,
         cfg.readonly,
+        &[nbd_mio_driver::proxy::BACKEND],
     )
     .map_err(anyhow::Error::msg)?;
     let tls = match cfg.tls {
