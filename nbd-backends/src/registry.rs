@@ -270,6 +270,9 @@ pub fn build_with_filters_ext(
     // Filters claim their keys first, so backend keys are checked against
     // what is left.
     let stack = filters::parse_stack(filter_names, &mut params)?;
+    // Below a cow layer nothing is ever written, so the backend is opened
+    // read-only (as nbdkit does): a base file without write permission works.
+    let open_ro = readonly || stack.iter().any(|s| matches!(s, filters::Spec::Cow));
     let exports = match ext {
         Some(e) if !BACKENDS.iter().any(|b| b.0 == backend) => {
             params.check_known(e.keys)?;
@@ -278,13 +281,13 @@ pub fn build_with_filters_ext(
                 .iter()
                 .filter_map(|&k| params.take(k).map(|v| (k.to_owned(), v.to_owned())))
                 .collect();
-            let b = (e.open)(&kv, readonly)?;
+            let b = (e.open)(&kv, open_ro)?;
             vec![(None, b.description(), b)]
         }
         _ => {
             let keys = backend_keys(backend);
             params.check_known(keys)?;
-            make_backend(backend, &mut params, readonly, keys)?
+            make_backend(backend, &mut params, open_ro, keys)?
         }
     };
     params.finish()?;
@@ -460,6 +463,29 @@ mod tests {
             .err()
             .unwrap();
         assert!(err.ends_with("pattern, ext)"), "{err}");
+    }
+
+    #[test]
+    fn cow_opens_the_base_read_only() {
+        let path = std::env::temp_dir().join(format!("nbd-reg-cow-{}", std::process::id()));
+        std::fs::write(&path, [7u8; 4096]).unwrap();
+        let args = vec![path.display().to_string()];
+        let plain = build("file", &args, "", false).unwrap();
+        let cow = build_with_filters("file", &args, &["cow".to_owned()], "", false).unwrap();
+        let _ = std::fs::remove_file(&path);
+        let (plain, cow) = (
+            &plain.get("").unwrap().backend,
+            &cow.get("").unwrap().backend,
+        );
+        assert!(!plain.caps().contains(crate::Caps::READ_ONLY));
+        assert!(
+            !cow.caps().contains(crate::Caps::READ_ONLY),
+            "cow is writable"
+        );
+        cow.write_at(0, &[1], false).unwrap();
+        let mut b = [0u8; 2];
+        plain.read_at(0, &mut b).unwrap();
+        assert_eq!(b, [7, 7], "the base is untouched");
     }
 
     #[test]

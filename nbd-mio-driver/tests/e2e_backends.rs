@@ -1,0 +1,387 @@
+//! End-to-end tests of the backends and filters from the command line,
+//! with real clients: `file` under qemu-img, `cow` over a read-only base,
+//! the `nbd` proxy in front of nbdkit and of nbdd, `partition` on images
+//! labelled by sfdisk, and the `log` filter.
+//!
+//! Run against the reference: `NBDD_TEST_SERVER=nbdkit cargo test -p
+//! nbd-mio-driver --test e2e_backends`.
+
+mod common;
+
+use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{
+    Flavor, Server, TempDir, Transport, python_nbd, random_file, require_tool, run, run_ok, sha256,
+};
+
+const MIB: usize = 1 << 20;
+
+fn nbdcopy() -> Command {
+    Command::new(require_tool("nbdcopy", "libnbd-bin"))
+}
+
+fn nbdinfo() -> Command {
+    Command::new(require_tool("nbdinfo", "libnbd-bin"))
+}
+
+/// `nbdinfo --size URI`.
+fn export_size(uri: &str) -> u64 {
+    let out = run_ok(nbdinfo().args(["--size", uri]));
+    out.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("nbdinfo --size: {out}"))
+}
+
+/// Copy the whole export to `path`.
+fn copy_out(uri: &str, path: &Path) {
+    run_ok(nbdcopy().args([uri, &path.display().to_string()]));
+}
+
+/// The first `len` bytes of a file.
+fn prefix(path: &Path, len: usize) -> Vec<u8> {
+    let mut v = std::fs::read(path).unwrap();
+    assert!(
+        v.len() >= len,
+        "{} is only {} bytes",
+        path.display(),
+        v.len()
+    );
+    v.truncate(len);
+    v
+}
+
+/// An upstream server for the proxy, started by hand on a Unix socket
+/// (nbdkit or our own nbdd), killed on drop.
+struct Upstream {
+    child: Child,
+    socket: PathBuf,
+    _dir: TempDir,
+}
+
+impl Upstream {
+    fn start(program: &Path, args: &[&str]) -> Self {
+        let dir = TempDir::new("upstream");
+        let socket = dir.path().join("up.sock");
+        let mut child = Command::new(program)
+            .arg("-f")
+            .arg("-U")
+            .arg(&socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while UnixStream::connect(&socket).is_err() {
+            if let Ok(Some(s)) = child.try_wait() {
+                panic!("upstream {} {args:?} exited: {s}", program.display());
+            }
+            assert!(Instant::now() < deadline, "upstream did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self {
+            child,
+            socket,
+            _dir: dir,
+        }
+    }
+
+    fn nbdkit(args: &[&str]) -> Self {
+        Self::start(&require_tool("nbdkit", "nbdkit"), args)
+    }
+
+    fn nbdd(args: &[&str]) -> Self {
+        Self::start(Path::new(env!("CARGO_BIN_EXE_nbdd")), args)
+    }
+
+    fn uri(&self) -> String {
+        format!("nbd+unix:///?socket={}", self.socket.display())
+    }
+
+    /// A proxy (the server under test) in front of this upstream.
+    fn proxy(&self) -> Server {
+        Server::start(Transport::Unix, &["nbd", &format!("uri={}", self.uri())])
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `qemu-img convert` a random 16 MiB image into a `file` export and back
+/// out; all three copies agree.
+#[test]
+fn qemu_img_convert_through_file() {
+    let qemu_img = require_tool("qemu-img", "qemu-utils");
+    let tmp = TempDir::new("convert");
+    let (input, disk, output) = (
+        tmp.path().join("in.img"),
+        tmp.path().join("disk.img"),
+        tmp.path().join("out.img"),
+    );
+    random_file(&input, 16 * MIB, 11);
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(16 * MIB as u64)
+        .unwrap();
+    let mut server = Server::start(Transport::Unix, &["file", &disk.display().to_string()]);
+    let opts = server.qemu_image_opts("");
+    run_ok(
+        Command::new(&qemu_img)
+            .args(["convert", "-n", "-f", "raw", "--target-image-opts"])
+            .arg(&input)
+            .arg(&opts),
+    );
+    run_ok(
+        Command::new(&qemu_img)
+            .args(["convert", "-O", "raw", "--image-opts", &opts])
+            .arg(&output),
+    );
+    server.assert_alive();
+    let want = sha256(&input);
+    assert_eq!(sha256(&output), want, "read back through nbdd");
+    assert_eq!(sha256(&disk), want, "written to the file");
+}
+
+/// `cow` over a read-only base: writes succeed and read back, and the base
+/// file is bit-for-bit unchanged afterwards.
+#[test]
+fn cow_over_read_only_base() {
+    let tmp = TempDir::new("cow");
+    let (base, data, output) = (
+        tmp.path().join("base.img"),
+        tmp.path().join("data.img"),
+        tmp.path().join("out.img"),
+    );
+    random_file(&base, 4 * MIB, 21);
+    random_file(&data, 4 * MIB, 22);
+    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let before = sha256(&base);
+    let mut server = Server::start(
+        Transport::Unix,
+        &["--filter=cow", "file", &base.display().to_string()],
+    );
+    let uri = server.uri();
+    run_ok(nbdcopy().arg(&data).arg(&uri));
+    copy_out(&uri, &output);
+    server.assert_alive();
+    assert_eq!(
+        sha256(&output),
+        sha256(&data),
+        "writes read back through cow"
+    );
+    drop(server);
+    assert_eq!(sha256(&base), before, "the base file is unchanged");
+}
+
+/// nbdcopy through the proxy both ways, checked against the upstream
+/// directly; `nbdinfo --map` through the proxy shows the upstream's holes.
+fn proxy_copies_and_maps(up: &Upstream) {
+    let mut proxy = up.proxy();
+    let tmp = TempDir::new("proxy");
+    let (input, output, direct) = (
+        tmp.path().join("in.img"),
+        tmp.path().join("out.img"),
+        tmp.path().join("direct.img"),
+    );
+    random_file(&input, 16 * MIB, 31);
+    let uri = proxy.uri();
+    assert_eq!(export_size(&uri), 32 * MIB as u64);
+    run_ok(nbdcopy().arg(&input).arg(&uri));
+    copy_out(&uri, &output);
+    copy_out(&up.uri(), &direct);
+    let want = std::fs::read(&input).unwrap();
+    assert!(
+        prefix(&output, 16 * MIB) == want,
+        "read back through the proxy"
+    );
+    assert!(prefix(&direct, 16 * MIB) == want, "written to the upstream");
+    let map = run_ok(nbdinfo().args(["--map", &uri]));
+    let hole = map.lines().any(|l| {
+        let f: Vec<_> = l.split_whitespace().collect();
+        f.first() == Some(&"16777216") && f.get(2) == Some(&"3") && l.contains("hole,zero")
+    });
+    assert!(
+        hole,
+        "the unwritten second half is a hole through the proxy:\n{map}"
+    );
+    proxy.assert_alive();
+}
+
+#[test]
+fn proxy_in_front_of_nbdkit() {
+    proxy_copies_and_maps(&Upstream::nbdkit(&["memory", "32M"]));
+}
+
+#[test]
+fn proxy_in_front_of_nbdd() {
+    proxy_copies_and_maps(&Upstream::nbdd(&["memory", "32M"]));
+}
+
+/// A write through the proxy, with libnbd's client-side checks off so the
+/// request really reaches the server; prints the errno name or "ok".
+fn write_errno(uri: &str) -> String {
+    let script = "import nbd, sys\n\
+        h = nbd.NBD()\n\
+        h.set_strict_mode(0)\n\
+        h.connect_uri(sys.argv[1])\n\
+        try:\n    h.pwrite(b'x' * 512, 0)\n    print('ok')\n\
+        except nbd.Error as e:\n    print(e.errno)\n";
+    run_ok(python_nbd().args(["-c", script, uri]))
+        .trim()
+        .to_owned()
+}
+
+/// Upstream errors pass through: EPERM from a read-only upstream, ENOSPC
+/// injected by nbdkit's error filter.
+#[test]
+fn proxy_passes_upstream_errors() {
+    let ro = Upstream::nbdkit(&["-r", "memory", "1M"]);
+    let mut proxy = ro.proxy();
+    assert_eq!(write_errno(&proxy.uri()), "EPERM");
+    proxy.assert_alive();
+    let full = Upstream::nbdkit(&[
+        "--filter=error",
+        "memory",
+        "1M",
+        "error=ENOSPC",
+        "error-pwrite-rate=100%",
+    ]);
+    let mut proxy = full.proxy();
+    assert_eq!(write_errno(&proxy.uri()), "ENOSPC");
+    proxy.assert_alive();
+}
+
+/// Partitions of a 64 MiB image labelled by sfdisk (sectors of 512 bytes).
+const P2_START: u64 = 22528;
+const P2_SECTORS: u64 = 40960;
+
+fn label(disk: &Path, kind: &str) {
+    let sfdisk = require_tool("sfdisk", "fdisk");
+    std::fs::File::create(disk)
+        .unwrap()
+        .set_len(64 * MIB as u64)
+        .unwrap();
+    let script = format!(
+        "label: {kind}\nstart=2048, size=20480, type=L\nstart={P2_START}, size={P2_SECTORS}, type=L\n"
+    );
+    let mut child = Command::new(sfdisk)
+        .arg("--no-reread")
+        .arg("--no-tell-kernel")
+        .arg(disk)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "sfdisk failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn partition_serves_partition_2(kind: &str) {
+    let tmp = TempDir::new("part");
+    let (disk, data, output) = (
+        tmp.path().join("disk.img"),
+        tmp.path().join("p2.img"),
+        tmp.path().join("out.img"),
+    );
+    label(&disk, kind);
+    let len = (P2_SECTORS * 512) as usize;
+    random_file(&data, len, 41);
+    {
+        use std::os::unix::fs::FileExt as _;
+        let f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+        f.write_all_at(&std::fs::read(&data).unwrap(), P2_START * 512)
+            .unwrap();
+    }
+    let mut server = Server::start(
+        Transport::Unix,
+        &[
+            "--filter=partition",
+            "file",
+            &disk.display().to_string(),
+            "partition=2",
+        ],
+    );
+    assert_eq!(export_size(&server.uri()), len as u64);
+    copy_out(&server.uri(), &output);
+    server.assert_alive();
+    assert_eq!(sha256(&output), sha256(&data), "partition 2's content");
+    // Partition 3 does not exist: the server refuses to start, saying why.
+    if common::flavor() == Flavor::Nbdd {
+        let out = run(Command::new(env!("CARGO_BIN_EXE_nbdd"))
+            .args(["-f", "-U"])
+            .arg(tmp.path().join("never.sock"))
+            .args(["--filter=partition", "file"])
+            .arg(&disk)
+            .arg("partition=3"));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("partition=3"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn partition_of_an_mbr_disk() {
+    partition_serves_partition_2("dos");
+}
+
+#[test]
+fn partition_of_a_gpt_disk() {
+    partition_serves_partition_2("gpt");
+}
+
+/// The log filter writes a line for each request, with its offset.
+#[test]
+fn log_filter_records_requests() {
+    let tmp = TempDir::new("log");
+    let (logfile, data) = (tmp.path().join("nbd.log"), tmp.path().join("data.img"));
+    random_file(&data, MIB, 51);
+    let mut server = Server::start(
+        Transport::Unix,
+        &[
+            "--filter=log",
+            "memory",
+            "1M",
+            &format!("logfile={}", logfile.display()),
+        ],
+    );
+    run_ok(nbdcopy().arg(&data).arg(server.uri()));
+    copy_out(&server.uri(), &tmp.path().join("out.img"));
+    server.assert_alive();
+    let log = std::fs::read_to_string(&logfile).unwrap();
+    let writes = log
+        .lines()
+        .filter(|l| l.contains("Write") && l.contains("offset=0x"))
+        .count();
+    let reads = log
+        .lines()
+        .filter(|l| l.contains("Read") && l.contains("offset=0x"))
+        .count();
+    assert!(
+        writes >= 1 && reads >= 1,
+        "writes {writes}, reads {reads}:\n{log}"
+    );
+    assert!(log.contains("offset=0x0 "), "{log}");
+}
