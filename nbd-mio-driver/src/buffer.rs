@@ -96,10 +96,11 @@ impl Buf {
         self.commit(b.len());
     }
 
-    /// Give memory back after a large request once the buffer is empty
-    /// (a 32 MiB write must not pin 32 MiB per idle connection).
-    pub fn shrink_if_idle(&mut self, keep: usize) {
-        if self.is_empty() && self.data.len() > keep * 4 {
+    /// Give memory back after a large request once the buffer is empty and
+    /// holds more than `limit` bytes (a 32 MiB write must not pin 32 MiB per
+    /// idle connection, but bursts up to `limit` reuse the same memory).
+    pub fn shrink_if_idle(&mut self, keep: usize, limit: usize) {
+        if self.is_empty() && self.data.len() > limit {
             self.data = vec![0; keep];
         }
     }

@@ -312,7 +312,7 @@ impl Conn {
             }
         }
         if self.wbuf.is_empty() {
-            self.wbuf.shrink_if_idle(BUF_INITIAL);
+            self.wbuf.shrink_if_idle(BUF_INITIAL, OUTPUT_HIGH_WATER * 2);
         }
         Ok(())
     }
