@@ -346,6 +346,8 @@ impl Conn {
                 self.closing = true;
             }
         }
+        // A large WRITE grew the input buffer; give it back once idle.
+        self.rbuf.shrink_if_idle(BUF_INITIAL, OUTPUT_HIGH_WATER * 2);
         status.closing = self.closing;
         Ok(status)
     }
