@@ -334,3 +334,52 @@ fn checklist_110_disc_after_three_pipelined_writes() {
     let mut d = Raw::negotiate(&s, HeaderMode::Simple);
     assert_eq!(d.read(8192, 4096), pattern(4096, 2));
 }
+
+/// The RESIZE extension (digest 6.3): SEND_RESIZE is advertised for a
+/// writable memory export; growing makes the new range usable, shrinking
+/// makes the cut-off range fail, and a read-only export refuses it.
+#[test]
+fn resize_extension_grows_and_shrinks() {
+    let s = memory(&[]);
+    let mut c = Raw::negotiate(&s, HeaderMode::Structured);
+    let grown = 2 * SIZE;
+    assert_eq!(
+        c.call(Command::Read, CmdFlags::empty(), SIZE, 4096),
+        Some(ErrorCode::Inval),
+        "beyond the old size"
+    );
+    assert_eq!(
+        c.call(Command::Resize, CmdFlags::empty(), grown, 0),
+        None,
+        "grow"
+    );
+    c.write(grown - 4096, &pattern(4096, 9));
+    assert_eq!(
+        c.read(grown - 4096, 4096),
+        pattern(4096, 9),
+        "the new range holds data"
+    );
+    assert_eq!(
+        c.call(Command::Resize, CmdFlags::empty(), SIZE / 2, 0),
+        None,
+        "shrink"
+    );
+    assert!(
+        c.call(Command::Read, CmdFlags::empty(), SIZE / 2, 4096)
+            .is_some(),
+        "cut-off range fails after a shrink"
+    );
+    assert_eq!(
+        c.call(Command::Read, CmdFlags::empty(), 0, 4096),
+        None,
+        "the kept range still reads"
+    );
+
+    let ro = memory(&["-r"]);
+    let mut c = Raw::negotiate(&ro, HeaderMode::Structured);
+    assert_eq!(
+        c.call(Command::Resize, CmdFlags::empty(), grown, 0),
+        Some(ErrorCode::Perm),
+        "read-only: forbidden by configuration"
+    );
+}

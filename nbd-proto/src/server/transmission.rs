@@ -345,9 +345,11 @@ impl Transmission {
                 self.aligned(h)
             }
             Command::BlockStatus => self.validate_block_status(h, payload),
+            // RESIZE on a read-only export is forbidden by configuration:
+            // EPERM, as the extension text suggests.
             Command::Resize => {
-                self.flag_allowed(TransmissionFlags::SEND_RESIZE)?;
-                self.writable()
+                self.writable()?;
+                self.flag_allowed(TransmissionFlags::SEND_RESIZE)
             }
             Command::Disc => Ok(()),
             Command::Unknown(_) => Err((ErrorCode::Inval, "unknown command")),
