@@ -385,3 +385,30 @@ fn log_filter_records_requests() {
     );
     assert!(log.contains("offset=0x0 "), "{log}");
 }
+
+/// Several requests are in flight upstream at once: eight 200 ms reads
+/// issued together through the proxy finish far sooner than 8 × 200 ms
+/// (the driver runs the proxy on its 4 worker threads, which share the
+/// one upstream connection).
+#[test]
+fn proxy_keeps_requests_in_flight() {
+    let up = Upstream::nbdkit(&["--filter=delay", "memory", "1M", "rdelay=200ms"]);
+    let mut proxy = up.proxy();
+    let script = "import nbd, sys, time\n\
+        h = nbd.NBD()\n\
+        h.connect_uri(sys.argv[1])\n\
+        t = time.monotonic()\n\
+        for i in range(8):\n    h.aio_pread(nbd.Buffer(4096), i * 4096)\n\
+        while h.aio_in_flight() > 0:\n    h.poll(-1)\n\
+        print(time.monotonic() - t)\n";
+    let secs: f64 = run_ok(python_nbd().args(["-c", script, &proxy.uri()]))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(secs >= 0.2, "the delay filter is in effect ({secs} s)");
+    assert!(
+        secs < 1.0,
+        "8 reads of 200 ms took {secs} s: serialised upstream"
+    );
+    proxy.assert_alive();
+}
