@@ -159,3 +159,37 @@ fn daemon_serves_after_the_parent_returns() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The one-liner of the service issue: `nbdd memory SIZE --run 'qemu-img
+/// convert -n SRC $uri'` uploads an image, and a second `--run` in the same
+/// command compares it while the server still holds the data.
+#[test]
+fn run_with_qemu_img_convert_and_compare() {
+    need("/usr/bin/qemu-img", "qemu-utils");
+    let dir = std::env::temp_dir().join(format!("nbdd-run-qemu-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = dir.join("src.raw");
+    // A deterministic, non-zero 4 MiB image.
+    let data: Vec<u8> = (0..4u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 | 1)
+        .collect();
+    std::fs::write(&src, &data).unwrap();
+    let script = format!(
+        r#"qemu-img convert -n -f raw -O raw {s} "$uri" && qemu-img compare -f raw -F raw {s} "$uri""#,
+        s = src.display()
+    );
+    let out = run(Command::new("timeout").args(["60", NBDD, "memory", "4M", "--run", &script]));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success(),
+        "status {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        stdout(&out),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout(&out).contains("Images are identical"),
+        "{}",
+        stdout(&out)
+    );
+}
