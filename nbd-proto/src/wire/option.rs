@@ -15,6 +15,17 @@ use crate::flags::TransmissionFlags;
 use crate::magic::OPTION_REPLY_MAGIC;
 use crate::types::{InfoType, OptReplyType, OptionCode};
 
+/// Split off a u32-length-prefixed field (an export name, a query, a
+/// LIST name), checking the length against the data before use.
+fn length_prefixed<'a>(
+    data: &'a [u8],
+    what: &'static str,
+) -> Result<(&'a [u8], &'a [u8]), DecodeError> {
+    let (rest, len) = be_u32().parse_complete(data).map_err(nom_err(what))?;
+    let len = usize::try_from(len).map_err(|_| DecodeError::BadLength(what))?;
+    take(len).parse_complete(rest).map_err(nom_err(what))
+}
+
 /// The data of `NBD_OPT_INFO` / `NBD_OPT_GO`: an export name and a list of
 /// requested info types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,9 +44,7 @@ impl<'a> InfoRequest<'a> {
     /// (the server answers `NBD_REP_ERR_INVALID`), `BadString` for a bad name.
     pub fn decode(data: &'a [u8]) -> Result<Self, DecodeError> {
         let what = "NBD_OPT_INFO/GO";
-        let (rest, name_len) = be_u32().parse_complete(data).map_err(nom_err(what))?;
-        let name_len = usize::try_from(name_len).map_err(|_| DecodeError::BadLength(what))?;
-        let (rest, name) = take(name_len).parse_complete(rest).map_err(nom_err(what))?;
+        let (rest, name) = length_prefixed(data, what)?;
         let (rest, count) = be_u16().parse_complete(rest).map_err(nom_err(what))?;
         let (rest, raw) = take(usize::from(count) * 2)
             .parse_complete(rest)
@@ -107,16 +116,12 @@ impl<'a> MetaContextRequest<'a> {
     /// case), `BadString` for a name or query that is not a valid string.
     pub fn decode(data: &'a [u8]) -> Result<Self, DecodeError> {
         let what = "meta context option";
-        let (rest, name_len) = be_u32().parse_complete(data).map_err(nom_err(what))?;
-        let name_len = usize::try_from(name_len).map_err(|_| DecodeError::BadLength(what))?;
-        let (rest, name) = take(name_len).parse_complete(rest).map_err(nom_err(what))?;
+        let (rest, name) = length_prefixed(data, what)?;
         let (raw, count) = be_u32().parse_complete(rest).map_err(nom_err(what))?;
         // Walk every query once now so the iterator below can be infallible.
         let mut cur = raw;
         for _ in 0..count {
-            let (r, qlen) = be_u32().parse_complete(cur).map_err(nom_err(what))?;
-            let qlen = usize::try_from(qlen).map_err(|_| DecodeError::BadLength(what))?;
-            let (r, q) = take(qlen).parse_complete(r).map_err(nom_err(what))?;
+            let (r, q) = length_prefixed(cur, what)?;
             check_str(q, "meta context query")?;
             cur = r;
         }
@@ -413,9 +418,7 @@ impl<'a> OptReply<'a> {
             }
             OptReplyType::Server => {
                 let what = "NBD_REP_SERVER";
-                let (rest, len) = be_u32().parse_complete(data).map_err(nom_err(what))?;
-                let len = usize::try_from(len).map_err(|_| DecodeError::BadLength(what))?;
-                let (rest, name) = take(len).parse_complete(rest).map_err(nom_err(what))?;
+                let (rest, name) = length_prefixed(data, what)?;
                 Self::Server {
                     name: check_str(name, what)?,
                     description: check_str(rest, what)?,
