@@ -489,6 +489,45 @@ mod tests {
     }
 
     #[test]
+    fn error_filter_per_operation_and_trigger_file() {
+        let trigger = std::env::temp_dir().join(format!("nbd-err-trigger-{}", std::process::id()));
+        let _ = std::fs::remove_file(&trigger);
+        let args = words(&format!(
+            "1M error-pwrite=ENOSPC error-pwrite-rate=100% error-pread-rate=1 error-pread-file={}",
+            trigger.display()
+        ));
+        let set = build_with_filters("memory", &args, &["error".to_owned()], "", false).unwrap();
+        let b = &set.get("").unwrap().backend;
+        let e = b.write_at(0, &[1], false).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
+        let mut buf = [0u8; 1];
+        b.read_at(0, &mut buf).unwrap();
+        b.flush().unwrap();
+        std::fs::write(&trigger, b"").unwrap();
+        let e = b.read_at(0, &mut buf).unwrap_err();
+        let _ = std::fs::remove_file(&trigger);
+        assert_eq!(
+            e.raw_os_error(),
+            Some(libc::EIO),
+            "error-pread defaults to error="
+        );
+        b.read_at(0, &mut buf).unwrap();
+        let err = build_with_filters(
+            "memory",
+            &words("1M error-trim=EFOO"),
+            &["error".to_owned()],
+            "",
+            false,
+        )
+        .err()
+        .unwrap();
+        assert!(
+            err.starts_with("error: error-trim: invalid error 'EFOO'"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn every_listed_backend_builds() {
         for &(name, magic, help) in BACKENDS {
             assert!(!help.is_empty() && !magic.is_empty());

@@ -1,18 +1,40 @@
 //! `error`: inject failures (`error=EIO`, `error-rate=10%`), to test how the
-//! driver reports backend errors (checklist 85, 86, 113).
+//! driver reports backend errors (checklist 85, 86, 113). As in nbdkit,
+//! each operation can have its own settings (`error-pread=`,
+//! `error-pwrite-rate=`, ...), and `error-file=PATH` (or
+//! `error-OP-file=`) injects errors only while `PATH` exists, so a test can
+//! switch failures on and off at run time.
 
 use std::io;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::{Backend, BlockSize, Caps, Extent, ZeroFlags};
 
+/// Operation names in the per-operation keys (`error-OP=`), in the order
+/// of [`ErrorInject::with_rules`]' array.
+pub const OPS: [&str; 7] = [
+    "pread", "pwrite", "trim", "zero", "flush", "cache", "extents",
+];
+
+/// How one operation fails.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    /// The error number injected.
+    pub errno: i32,
+    /// Probability, 0 to 1.
+    pub rate: f64,
+    /// Inject only while this file exists.
+    pub file: Option<PathBuf>,
+}
+
 /// Fails each data operation with probability `rate`, with `errno`.
 pub struct ErrorInject {
     inner: Arc<dyn Backend>,
-    errno: i32,
-    /// Probability scaled to u64: fail when a random u64 is below it.
-    threshold: u64,
+    /// `(errno, threshold, trigger file)` per operation, indexed like
+    /// [`OPS`]; the threshold is the probability scaled to u64.
+    rules: [(i32, u64, Option<PathBuf>); 7],
     rng: AtomicU64,
 }
 
@@ -65,10 +87,22 @@ pub fn parse_rate(s: &str) -> Result<f64, String> {
 impl ErrorInject {
     /// Fail with `errno` at probability `rate` (0 to 1).
     pub fn new(inner: Arc<dyn Backend>, errno: i32, rate: f64) -> Self {
-        let threshold = if rate >= 1.0 {
-            u64::MAX
-        } else {
-            (rate * u64::MAX as f64) as u64
+        let rule = Rule {
+            errno,
+            rate,
+            file: None,
+        };
+        Self::with_rules(inner, std::array::from_fn(|_| rule.clone()))
+    }
+
+    /// One rule per operation, indexed like [`OPS`].
+    pub fn with_rules(inner: Arc<dyn Backend>, rules: [Rule; 7]) -> Self {
+        let threshold = |rate: f64| {
+            if rate >= 1.0 {
+                u64::MAX
+            } else {
+                (rate * u64::MAX as f64) as u64
+            }
         };
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -76,16 +110,19 @@ impl ErrorInject {
             | 1;
         Self {
             inner,
-            errno,
-            threshold,
+            rules: rules.map(|r| (r.errno, threshold(r.rate), r.file)),
             rng: AtomicU64::new(seed),
         }
     }
 
     /// Decide whether this call fails (xorshift64*: tests need chance,
     /// not cryptography).
-    fn roll(&self) -> io::Result<()> {
-        if self.threshold == 0 {
+    fn roll(&self, op: usize) -> io::Result<()> {
+        let Some((errno, threshold, file)) = self.rules.get(op) else {
+            return Ok(());
+        };
+        let (errno, threshold) = (*errno, *threshold);
+        if threshold == 0 || file.as_ref().is_some_and(|f| !f.exists()) {
             return Ok(());
         }
         let step = |mut x: u64| {
@@ -99,8 +136,8 @@ impl ErrorInject {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |x| Some(step(x)))
             .unwrap_or(1);
         let r = step(prev).wrapping_mul(0x2545_f491_4f6c_dd1d);
-        if self.threshold == u64::MAX || r < self.threshold {
-            Err(io::Error::from_raw_os_error(self.errno))
+        if threshold == u64::MAX || r < threshold {
+            Err(io::Error::from_raw_os_error(errno))
         } else {
             Ok(())
         }
@@ -121,31 +158,31 @@ impl Backend for ErrorInject {
         self.inner.is_inline()
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.roll()?;
+        self.roll(0)?;
         self.inner.read_at(offset, buf)
     }
     fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> io::Result<()> {
-        self.roll()?;
+        self.roll(1)?;
         self.inner.write_at(offset, data, fua)
     }
     fn flush(&self) -> io::Result<()> {
-        self.roll()?;
+        self.roll(4)?;
         self.inner.flush()
     }
     fn trim(&self, offset: u64, len: u64, fua: bool) -> io::Result<()> {
-        self.roll()?;
+        self.roll(2)?;
         self.inner.trim(offset, len, fua)
     }
     fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> io::Result<()> {
-        self.roll()?;
+        self.roll(3)?;
         self.inner.write_zeroes(offset, len, flags)
     }
     fn cache(&self, offset: u64, len: u64) -> io::Result<()> {
-        self.roll()?;
+        self.roll(5)?;
         self.inner.cache(offset, len)
     }
     fn extents(&self, offset: u64, len: u64, out: &mut [Extent]) -> io::Result<usize> {
-        self.roll()?;
+        self.roll(6)?;
         self.inner.extents(offset, len, out)
     }
     fn resize(&self, new_size: u64) -> io::Result<()> {

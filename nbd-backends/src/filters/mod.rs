@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 pub use cow::Cow;
 pub use delay::{Delay, parse_delay};
-pub use error::{ErrorInject, parse_errno, parse_rate};
+pub use error::{ErrorInject, Rule as ErrorRule, parse_errno, parse_rate};
 pub use log::Log;
 pub use offset::Offset;
 pub use readonly::ReadOnly;
@@ -37,8 +37,8 @@ pub const FILTERS: &[(&str, &str, &str)] = &[
     ),
     (
         "error",
-        "error= error-rate=",
-        "inject errors (error=EIO error-rate=10%)",
+        "error= error-rate= error-file= error-OP[-rate|-file]=",
+        "inject errors (error=EIO error-rate=10%; OP: pread pwrite trim zero flush cache extents)",
     ),
     (
         "cow",
@@ -74,8 +74,8 @@ pub(crate) enum Spec {
         write: std::time::Duration,
     },
     Error {
-        errno: i32,
-        rate: f64,
+        // Boxed: seven rules would make every other variant as large.
+        rules: Box<[error::Rule; 7]>,
     },
     Cow,
     Stats {
@@ -109,15 +109,7 @@ pub(crate) fn parse_stack(names: &[String], p: &mut Params<'_>) -> Result<Vec<Sp
                     }
                 }
                 "error" => Spec::Error {
-                    errno: p
-                        .take("error")
-                        .map_or(Ok(libc::EIO), parse_errno)
-                        .map_err(|e| format!("error: error: {e}"))?,
-                    // nbdkit's default: no errors until a rate is given.
-                    rate: p
-                        .take("error-rate")
-                        .map_or(Ok(0.0), parse_rate)
-                        .map_err(|e| format!("error: error-rate: {e}"))?,
+                    rules: Box::new(error_rules(p)?),
                 },
                 "cow" => Spec::Cow,
                 "stats" => Spec::Stats {
@@ -153,6 +145,35 @@ pub(crate) fn parse_stack(names: &[String], p: &mut Params<'_>) -> Result<Vec<Sp
         .collect()
 }
 
+/// The error filter's rules: `error=`, `error-rate=`, `error-file=` for
+/// every operation, overridden per operation by `error-OP=`,
+/// `error-OP-rate=`, `error-OP-file=` (nbdkit's spellings).
+fn error_rules(p: &mut Params<'_>) -> Result<[error::Rule; 7], String> {
+    let mut one = |prefix: &str, default: Option<&error::Rule>| {
+        let errno = match p.take(prefix) {
+            Some(v) => parse_errno(v).map_err(|e| format!("error: {prefix}: {e}"))?,
+            None => default.map_or(libc::EIO, |d| d.errno),
+        };
+        let key = format!("{prefix}-rate");
+        let rate = match p.take(&key) {
+            Some(v) => parse_rate(v).map_err(|e| format!("error: {key}: {e}"))?,
+            // nbdkit's default: no errors until a rate is given.
+            None => default.map_or(0.0, |d| d.rate),
+        };
+        let file = p
+            .take(&format!("{prefix}-file"))
+            .map(Into::into)
+            .or_else(|| default.and_then(|d| d.file.clone()));
+        Ok::<_, String>(error::Rule { errno, rate, file })
+    };
+    let all = one("error", None)?;
+    let mut rules: [error::Rule; 7] = std::array::from_fn(|_| all.clone());
+    for (rule, op) in rules.iter_mut().zip(error::OPS) {
+        *rule = one(&format!("error-{op}"), Some(&all))?;
+    }
+    Ok(rules)
+}
+
 /// Wrap `inner` in the filters of `stack`, innermost (last) first.
 pub(crate) fn apply(stack: &[Spec], inner: Arc<dyn Backend>) -> Result<Arc<dyn Backend>, String> {
     let mut b = inner;
@@ -161,7 +182,7 @@ pub(crate) fn apply(stack: &[Spec], inner: Arc<dyn Backend>) -> Result<Arc<dyn B
             Spec::ReadOnly => Arc::new(ReadOnly::new(b)),
             Spec::Offset { offset, range } => Arc::new(Offset::new(b, offset, range)?),
             Spec::Delay { read, write } => Arc::new(Delay::new(b, read, write)),
-            Spec::Error { errno, rate } => Arc::new(ErrorInject::new(b, errno, rate)),
+            Spec::Error { ref rules } => Arc::new(ErrorInject::with_rules(b, (**rules).clone())),
             Spec::Cow => Arc::new(Cow::new(b).map_err(|e| format!("cow: {e}"))?),
             Spec::Stats { ref file } => Arc::new(Stats::new(b, file.clone())),
             Spec::Log { ref file, append } => Arc::new(
