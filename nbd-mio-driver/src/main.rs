@@ -160,9 +160,18 @@ fn announce(cfg: &Config, uri: &str) -> anyhow::Result<()> {
 
 /// The backend list for `--help`.
 fn backends_help() -> String {
-    let mut s = String::from("\nBackends:\n");
-    for (name, magic, help) in nbd_backends::BACKENDS {
-        s.push_str(&format!("  {name:<10} [{magic}=]...  {help}\n"));
+    let mut s = String::from("\nBackends (the first bare word fills the key in brackets):\n");
+    let proxy = nbd_mio_driver::proxy::BACKEND;
+    let all = nbd_backends::BACKENDS
+        .iter()
+        .copied()
+        .chain([(proxy.name, proxy.magic, proxy.help)]);
+    for (name, magic, help) in all {
+        s.push_str(&format!("  {name:<10} [{magic}]  {help}\n"));
+    }
+    s.push_str("\nFilters (--filter=NAME, parameters as KEY=VALUE):\n");
+    for (name, params, help) in nbd_backends::filters::FILTERS {
+        s.push_str(&format!("  {name:<10} {params}\n             {help}\n"));
     }
     s
 }
