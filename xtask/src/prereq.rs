@@ -33,6 +33,15 @@ const NEEDS: &[(&str, Probe, &str)] = &[
     ("certtool", Probe::Tool("certtool"), "gnutls-bin"),
     ("psktool", Probe::Tool("psktool"), "gnutls-bin"),
     ("gnutls-cli", Probe::Tool("gnutls-cli"), "gnutls-bin"),
+    // Partition-filter tests label disk images with sfdisk.
+    ("sfdisk", Probe::Tool("sfdisk"), "fdisk"),
+    // Service tests: socket activation and the sample unit files.
+    (
+        "systemd-socket-activate",
+        Probe::Tool("systemd-socket-activate"),
+        "systemd",
+    ),
+    ("systemd-analyze", Probe::Tool("systemd-analyze"), "systemd"),
     ("pkg-config", Probe::Tool("pkg-config"), "pkg-config"),
     // The openssl crate (TLS backend) builds against the system headers.
     (
