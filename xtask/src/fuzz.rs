@@ -91,14 +91,19 @@ pub fn run(o: &Options) -> Result<(), String> {
         // toolchain's own cargo that `$CARGO` points at.
         let mut proxy = Command::new("cargo");
         proxy.current_dir(root()).env_remove("RUSTUP_TOOLCHAIN");
-        sh(proxy.args([
-            "+nightly",
-            "fuzz",
-            "run",
-            t,
-            "--",
-            &format!("-max_total_time={}", o.secs),
-        ]))?;
+        // New inputs go to corpus/<t> (ignored by git); the committed
+        // spec-vector seeds are read but never written to.
+        let corpus = format!("corpus/{t}");
+        std::fs::create_dir_all(root().join("fuzz").join(&corpus))
+            .map_err(|e| format!("{corpus}: {e}"))?;
+        let seeds = format!("seeds/{t}");
+        let mut args = vec!["+nightly", "fuzz", "run", t.as_str(), corpus.as_str()];
+        if root().join("fuzz").join(&seeds).is_dir() {
+            args.push(seeds.as_str());
+        }
+        let max_time = format!("-max_total_time={}", o.secs);
+        args.extend(["--", max_time.as_str()]);
+        sh(proxy.current_dir(root().join("fuzz")).args(&args))?;
     }
     Ok(())
 }

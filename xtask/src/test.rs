@@ -86,10 +86,16 @@ pub fn run(o: &Options) -> Result<(), String> {
         sh(&mut c)
     });
     if root().join("fuzz/Cargo.toml").is_file() {
-        // The fuzz corpora are replayed on stable by an ordinary test in
-        // nbd-proto, which `cargo test --workspace` has just run; the fuzz
-        // crate itself needs nightly and lives outside the workspace.
-        eprintln!("== fuzz corpus replay: covered by `cargo test --workspace`");
+        // The committed seeds are replayed on stable by an ordinary test in
+        // nbd-proto (part of `cargo test --workspace`). A short libFuzzer
+        // run per target on top catches what the seeds do not reach; long
+        // campaigns are `cargo xtask fuzz --secs N` by hand.
+        step("fuzz smoke (10 s per target)", &mut || {
+            crate::fuzz::run(&crate::fuzz::Options {
+                target: None,
+                secs: 10,
+            })
+        });
     }
 
     eprintln!("\n== summary ({:.0} s)", started.elapsed().as_secs_f64());
