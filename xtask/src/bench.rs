@@ -1,6 +1,8 @@
 //! `cargo xtask bench`: criterion benches of the codec, then fio against
 //! nbdd and nbdkit side by side (same machine, same run, memory backend,
-//! Unix socket, iodepth 16, 10 s per workload), with a markdown report.
+//! Unix socket, iodepth 16, 10 s per workload), then the same over TLS
+//! (X.509 with fio, 5 s per workload; PSK with nbdcopy, because fio's nbd
+//! engine does not let libnbd read a `tls-psk-file`), with a markdown report.
 
 use crate::util::{cargo, on_path, root, sh, show, target_dir};
 use std::fmt::Write as _;
@@ -19,6 +21,38 @@ const WORKLOADS: &[(&str, &str, &str)] = &[
 /// The region fio works on; pre-filled so reads hit real data, not holes.
 const WORKING_SET: &str = "256M";
 const SECS: u32 = 10;
+/// Seconds per fio workload over TLS (kept short: the TLS run is extra).
+const TLS_SECS: u32 = 5;
+/// Bytes nbdcopy moves each way in the PSK run.
+const PSK_COPY_BYTES: usize = 256 << 20;
+
+/// How clients reach the server.
+enum Security<'a> {
+    /// No TLS.
+    Plain,
+    /// `--tls=require` with the certificates in this directory (the
+    /// layout of tests/pki/make-pki.sh). fio's libnbd finds the CA in
+    /// `$HOME/.pki/libnbd/ca-cert.pem`; `home` is that `$HOME`.
+    X509 { certs: &'a Path, home: &'a Path },
+    /// `--tls=require --tls-psk=FILE`; the user is `alice`.
+    Psk(&'a Path),
+}
+
+impl Security<'_> {
+    fn server_args(&self) -> Vec<String> {
+        match self {
+            Self::Plain => Vec::new(),
+            Self::X509 { certs, .. } => vec![
+                "--tls=require".into(),
+                format!("--tls-certificates={}", certs.display()),
+            ],
+            Self::Psk(file) => vec![
+                "--tls=require".into(),
+                format!("--tls-psk={}", file.display()),
+            ],
+        }
+    }
+}
 
 /// One fio result: IOPS and bytes per second of the job's direction.
 #[derive(Clone, Copy, Debug, Default)]
@@ -34,11 +68,20 @@ struct Server {
 }
 
 impl Server {
-    fn start(program: &Path, dir: &Path, name: &str) -> Result<Self, String> {
+    fn start(
+        program: &Path,
+        dir: &Path,
+        name: &str,
+        sec: &Security,
+        size: &str,
+    ) -> Result<Self, String> {
         let sock = dir.join(format!("{name}.sock"));
         let _ = std::fs::remove_file(&sock);
         let mut cmd = Command::new(program);
-        cmd.args(["-f", "-U"]).arg(&sock).args(["memory", "1G"]);
+        cmd.args(["-f", "-U"])
+            .arg(&sock)
+            .args(sec.server_args())
+            .args(["memory", size]);
         eprintln!("+ {}", show(&cmd));
         let child = cmd
             .stdin(Stdio::null())
@@ -58,8 +101,17 @@ impl Server {
         Ok(s)
     }
 
-    fn uri(&self) -> String {
-        format!("nbd+unix:///?socket={}", self.sock.display())
+    fn uri(&self, sec: &Security) -> String {
+        match sec {
+            Security::Plain => format!("nbd+unix:///?socket={}", self.sock.display()),
+            Security::X509 { .. } => format!("nbds+unix:///?socket={}", self.sock.display()),
+            // libnbd takes the PSK user from the URI's user part.
+            Security::Psk(file) => format!(
+                "nbds+unix://alice@/?socket={}&tls-psk-file={}",
+                self.sock.display(),
+                file.display()
+            ),
+        }
     }
 }
 
@@ -72,8 +124,17 @@ impl Drop for Server {
 
 /// Runs one fio job and reads its terse (v3) line: field 5 is the error,
 /// 7/8 read KiB/s and IOPS, 48/49 write KiB/s and IOPS (1-based).
-fn fio(uri: &str, rw: &str, bs: &str, secs: Option<u32>) -> Result<Rate, String> {
+fn fio(
+    uri: &str,
+    home: Option<&Path>,
+    rw: &str,
+    bs: &str,
+    secs: Option<u32>,
+) -> Result<Rate, String> {
     let mut cmd = Command::new("fio");
+    if let Some(h) = home {
+        cmd.env("HOME", h);
+    }
     cmd.args([
         "--name=bench",
         "--ioengine=nbd",
@@ -122,14 +183,81 @@ fn fio(uri: &str, rw: &str, bs: &str, secs: Option<u32>) -> Result<Rate, String>
     })
 }
 
-/// Starts `program`, fills the working set, runs every workload.
-fn measure(program: &Path, dir: &Path, name: &str) -> Result<Vec<Rate>, String> {
-    let server = Server::start(program, dir, name)?;
-    fio(&server.uri(), "write", "1M", None)?;
+/// Starts `program`, fills the working set, runs every workload for
+/// `secs` seconds each.
+fn measure(
+    program: &Path,
+    dir: &Path,
+    name: &str,
+    sec: &Security,
+    secs: u32,
+) -> Result<Vec<Rate>, String> {
+    let server = Server::start(program, dir, name, sec, "1G")?;
+    let uri = server.uri(sec);
+    let home = match sec {
+        Security::X509 { home, .. } => Some(*home),
+        _ => None,
+    };
+    fio(&uri, home, "write", "1M", None)?;
     WORKLOADS
         .iter()
-        .map(|(_, rw, bs)| fio(&server.uri(), rw, bs, Some(SECS)))
+        .map(|(_, rw, bs)| fio(&uri, home, rw, bs, Some(secs)))
         .collect()
+}
+
+/// nbdcopy of `src` into the export and back out over PSK TLS; returns
+/// (upload, download) in bytes per second.
+fn psk_copy(program: &Path, dir: &Path, name: &str, psk: &Path) -> Result<(f64, f64), String> {
+    let sec = Security::Psk(psk);
+    // Exactly the file's size, so the copy back is the same length.
+    let server = Server::start(program, dir, name, &sec, &PSK_COPY_BYTES.to_string())?;
+    let uri = server.uri(&sec);
+    let src = dir.join("psk-src.raw");
+    let back = dir.join("psk-back.raw");
+    let timed = |from: &dyn AsRef<std::ffi::OsStr>, to: &dyn AsRef<std::ffi::OsStr>| {
+        let start = Instant::now();
+        sh(Command::new("nbdcopy").arg(from).arg(to))?;
+        Ok::<f64, String>(PSK_COPY_BYTES as f64 / start.elapsed().as_secs_f64())
+    };
+    let up = timed(&src, &uri)?;
+    let down = timed(&uri, &back)?;
+    let same = std::fs::read(&src).ok() == std::fs::read(&back).ok();
+    let _ = std::fs::remove_file(&back);
+    if !same {
+        return Err(format!("{name}: nbdcopy over PSK returned different data"));
+    }
+    Ok((up, down))
+}
+
+/// Test credentials from tests/pki/make-pki.sh, plus the `$HOME` in which
+/// fio's libnbd finds the CA, and the nbdcopy source file.
+fn tls_fixtures(dir: &Path) -> Result<PathBuf, String> {
+    let pki = dir.join("pki");
+    sh(Command::new("sh")
+        .arg(root().join("nbd-mio-driver/tests/pki/make-pki.sh"))
+        .arg(&pki))?;
+    let libnbd = dir.join("home/.pki/libnbd");
+    std::fs::create_dir_all(&libnbd).map_err(|e| format!("mkdir {}: {e}", libnbd.display()))?;
+    std::fs::copy(pki.join("ca-cert.pem"), libnbd.join("ca-cert.pem"))
+        .map_err(|e| format!("copy CA: {e}"))?;
+    // Incompressible, so nothing along the way can shortcut it.
+    let mut data = vec![0u8; PSK_COPY_BYTES];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for chunk in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    std::fs::write(dir.join("psk-src.raw"), data).map_err(|e| format!("write source: {e}"))?;
+    Ok(pki)
+}
+
+/// Every measurement of one run, for [`render`].
+struct Results {
+    plain: (Vec<Rate>, Vec<Rate>),
+    x509: (Vec<Rate>, Vec<Rate>),
+    psk: ((f64, f64), (f64, f64)),
 }
 
 /// Runs the benches and writes the report.
@@ -138,7 +266,13 @@ fn measure(program: &Path, dir: &Path, name: &str) -> Result<Vec<Rate>, String> 
 /// If a build, bench or fio run fails, or fio/nbdkit are missing.
 pub fn run() -> Result<(), String> {
     sh(cargo().args(["bench", "-p", "nbd-proto"]))?;
-    for (tool, pkg) in [("fio", "fio"), ("nbdkit", "nbdkit")] {
+    for (tool, pkg) in [
+        ("fio", "fio"),
+        ("nbdkit", "nbdkit"),
+        ("nbdcopy", "libnbd-bin"),
+        ("certtool", "gnutls-bin"),
+        ("psktool", "gnutls-bin"),
+    ] {
         if !on_path(tool) {
             return Err(format!(
                 "`{tool}` is needed for the comparison; install it with:\n  apt-get install -y {pkg}"
@@ -156,10 +290,9 @@ pub fn run() -> Result<(), String> {
     let nbdd = target_dir().join("release/nbdd");
     let dir = std::env::temp_dir().join(format!("nbdd-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
-    let ours = measure(&nbdd, &dir, "nbdd");
-    let theirs = measure(Path::new("nbdkit"), &dir, "nbdkit");
+    let results = measure_all(&nbdd, &dir);
     let _ = std::fs::remove_dir_all(&dir);
-    let report = render(&ours?, &theirs?);
+    let report = render(&results?);
     println!("{report}");
     let path = root().join("target/bench-report.md");
     let _ = std::fs::create_dir_all(root().join("target"));
@@ -168,7 +301,31 @@ pub fn run() -> Result<(), String> {
     Ok(())
 }
 
-fn render(ours: &[Rate], theirs: &[Rate]) -> String {
+fn measure_all(nbdd: &Path, dir: &Path) -> Result<Results, String> {
+    let nbdkit = Path::new("nbdkit");
+    let plain = (
+        measure(nbdd, dir, "nbdd", &Security::Plain, SECS)?,
+        measure(nbdkit, dir, "nbdkit", &Security::Plain, SECS)?,
+    );
+    let pki = tls_fixtures(dir)?;
+    let home = dir.join("home");
+    let x509 = Security::X509 {
+        certs: &pki,
+        home: &home,
+    };
+    let x509 = (
+        measure(nbdd, dir, "nbdd-x509", &x509, TLS_SECS)?,
+        measure(nbdkit, dir, "nbdkit-x509", &x509, TLS_SECS)?,
+    );
+    let psk_file = pki.join("keys.psk");
+    let psk = (
+        psk_copy(nbdd, dir, "nbdd-psk", &psk_file)?,
+        psk_copy(nbdkit, dir, "nbdkit-psk", &psk_file)?,
+    );
+    Ok(Results { plain, x509, psk })
+}
+
+fn render(r: &Results) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# nbdd vs nbdkit (fio ioengine=nbd)\n");
     let _ = writeln!(
@@ -176,6 +333,37 @@ fn render(ours: &[Rate], theirs: &[Rate]) -> String {
         "memory backend, Unix socket, iodepth 16, {SECS} s per workload, {WORKING_SET} pre-filled working set, \
          same machine and run; nbdkit is multi-threaded, nbdd single-threaded.\n"
     );
+    table(&mut s, &r.plain.0, &r.plain.1);
+    let _ = writeln!(s, "\n## over TLS (X.509, `--tls=require`)\n");
+    let _ = writeln!(
+        s,
+        "as above, {TLS_SECS} s per workload; nbdd uses rustls, nbdkit GnuTLS; the client is GnuTLS (libnbd).\n"
+    );
+    table(&mut s, &r.x509.0, &r.x509.1);
+    let _ = writeln!(s, "\n## over TLS (PSK, `--tls=require --tls-psk`)\n");
+    let _ = writeln!(
+        s,
+        "nbdcopy of {} MiB of random data into the export and back (fio's nbd engine cannot \
+         pass a PSK file to libnbd); nbdd uses OpenSSL, nbdkit GnuTLS.\n",
+        PSK_COPY_BYTES >> 20
+    );
+    let _ = writeln!(s, "| direction | nbdd MB/s | nbdkit MB/s | nbdd/nbdkit |");
+    let _ = writeln!(s, "|---|---:|---:|---:|");
+    let ((ou, od), (tu, td)) = r.psk;
+    for (label, a, b) in [("upload (write)", ou, tu), ("download (read)", od, td)] {
+        let _ = writeln!(
+            s,
+            "| {label} | {:.1} | {:.1} | {:.2} |",
+            a / 1e6,
+            b / 1e6,
+            a / b
+        );
+    }
+    s
+}
+
+/// One fio comparison table.
+fn table(s: &mut String, ours: &[Rate], theirs: &[Rate]) {
     let _ = writeln!(
         s,
         "| workload | nbdd IOPS | nbdd MB/s | nbdkit IOPS | nbdkit MB/s | nbdd/nbdkit |"
@@ -196,5 +384,4 @@ fn render(ours: &[Rate], theirs: &[Rate]) -> String {
             b.bytes_per_sec / 1e6
         );
     }
-    s
 }
