@@ -630,7 +630,10 @@ fn checklist_50_51_notls_refuses_starttls_then_go_works() {
     let out = d.feed(&cat(&[opt(5, b""), opt(7, &info_data("disk", &[]))]));
     assert_eq!(
         out,
-        cat(&[rep(5, ERR_UNSUP, b""), go_ok(7, DISK_WIRE_FLAGS)])
+        cat(&[
+            rep(5, ERR_POLICY, b"TLS is disabled on this server"),
+            go_ok(7, DISK_WIRE_FLAGS)
+        ])
     );
     assert_eq!(d.seen.starttls, 0);
 }
@@ -702,13 +705,19 @@ fn checklist_54_bytes_after_starttls_wait_for_tls() {
 #[test]
 fn checklist_55_second_starttls_invalid() {
     let mut d = start_tls(TlsMode::Require);
-    assert_eq!(d.feed(&opt(5, b"")), rep(5, ERR_INVALID, b""));
+    assert_eq!(
+        d.feed(&opt(5, b"")),
+        rep(5, ERR_INVALID, b"TLS is already active")
+    );
 }
 
 #[test]
 fn checklist_56_starttls_with_data_invalid() {
     let mut d = Driver::start(tls_cfg(TlsMode::On), 3).0;
-    assert_eq!(d.feed(&opt(5, b"x")), rep(5, ERR_INVALID, b""));
+    assert_eq!(
+        d.feed(&opt(5, b"x")),
+        rep(5, ERR_INVALID, b"STARTTLS takes no data")
+    );
     assert_eq!(d.seen.starttls, 0);
 }
 

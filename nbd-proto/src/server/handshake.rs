@@ -516,16 +516,20 @@ impl Handshake {
     }
 
     fn handle_starttls<'a>(&mut self, header: OptionHeader) -> (usize, Option<HandshakeEvent<'a>>) {
-        let reply = if self.tls_mode() == TlsMode::Off {
-            OptReplyType::ErrUnsup
-        } else if self.tls_active || header.len > 0 {
-            OptReplyType::ErrInvalid
+        // NOTLS: the server can do TLS but is configured not to, which the
+        // spec calls POLICY (UNSUP would claim no TLS support at all).
+        let (reply, message) = if self.tls_mode() == TlsMode::Off {
+            (OptReplyType::ErrPolicy, "TLS is disabled on this server")
+        } else if self.tls_active {
+            (OptReplyType::ErrInvalid, "TLS is already active")
+        } else if header.len > 0 {
+            (OptReplyType::ErrInvalid, "STARTTLS takes no data")
         } else {
             self.reply(header.option, OptReplyType::Ack, "");
             self.state = State::Tls;
             return (OPTION_HEADER_LEN, Some(HandshakeEvent::StartTls));
         };
-        self.refuse(header, reply, "")
+        self.refuse(header, reply, message)
     }
 
     fn handle_export_name<'a>(
