@@ -17,6 +17,7 @@ use nbd_proto::{CmdFlags, Command, ErrorCode, HeaderMode};
 
 use crate::buffer::Buf;
 use crate::errno::to_nbd_errno;
+use crate::proxy::upstream::{Submitted, Upstream};
 use crate::workers::{Job, Op, Pool};
 
 /// Most extents sent in one block-status chunk (the spec's ceiling is
@@ -39,6 +40,8 @@ pub struct Shared {
     pub extents: Vec<Extent>,
     /// Scratch descriptors for the wire.
     pub descriptors: Vec<BlockStatusExtent>,
+    /// Upstream connections of `nbd` proxy exports, driven by the loop.
+    pub upstreams: Vec<Upstream>,
 }
 
 impl Shared {
@@ -49,6 +52,7 @@ impl Shared {
             free_jobs: Vec::new(),
             extents: vec![Extent::default(); MAX_EXTENTS],
             descriptors: Vec::with_capacity(MAX_EXTENTS),
+            upstreams: Vec::new(),
         }
     }
 }
@@ -178,34 +182,30 @@ pub fn execute(
         out.commit(n);
         return Executed::Done;
     }
-    if !backend.is_inline()
-        && let Some(pool) = &shared.pool
-    {
-        let mut job = shared.free_jobs.pop().unwrap_or_else(|| {
-            Box::new(Job {
-                conn_id: 0,
-                token: 0,
-                to,
-                flags: h.flags,
-                backend: Arc::clone(backend),
-                op,
-                buf: Vec::new(),
-                extents: Vec::with_capacity(MAX_EXTENTS),
-                result: Ok(()),
-            })
-        });
-        job.conn_id = conn.0;
-        job.token = conn.1;
-        job.to = to;
-        job.flags = h.flags;
-        job.backend = Arc::clone(backend);
-        job.op = op;
-        job.buf.clear();
+    if !shared.upstreams.is_empty() {
+        // An `nbd` proxy export: forward on the loop (proxy/upstream.rs).
+        let id = crate::proxy::backend_id(backend);
+        if let Some(i) = shared.upstreams.iter().position(|u| u.backend_id == id) {
+            let job = new_job(shared, conn, to, h.flags, backend, op);
+            let up = &mut shared.upstreams[i];
+            return match up.submit(job, req.data) {
+                Submitted::Queued => Executed::Queued,
+                Submitted::Now(mut job) => {
+                    complete(t, out, &mut job, &mut shared.descriptors);
+                    shared.free_jobs.push(job);
+                    Executed::Done
+                }
+            };
+        }
+    }
+    if !backend.is_inline() && shared.pool.is_some() {
+        let mut job = new_job(shared, conn, to, h.flags, backend, op);
         if let Op::Write { .. } = op {
             job.buf.extend_from_slice(req.data);
         }
-        job.result = Ok(());
-        pool.submit(job);
+        if let Some(pool) = &shared.pool {
+            pool.submit(job);
+        }
         return Executed::Queued;
     }
     match op {
@@ -237,6 +237,39 @@ pub fn execute(
         }
     }
     Executed::Done
+}
+
+/// A recycled (or, until the free list warms up, new) job for `op`.
+fn new_job(
+    shared: &mut Shared,
+    conn: (u64, usize),
+    to: ReplyTo,
+    flags: CmdFlags,
+    backend: &Arc<dyn Backend>,
+    op: Op,
+) -> Box<Job> {
+    let mut job = shared.free_jobs.pop().unwrap_or_else(|| {
+        Box::new(Job {
+            conn_id: 0,
+            token: 0,
+            to,
+            flags,
+            backend: Arc::clone(backend),
+            op,
+            buf: Vec::new(),
+            extents: Vec::with_capacity(MAX_EXTENTS),
+            result: Ok(()),
+        })
+    });
+    job.conn_id = conn.0;
+    job.token = conn.1;
+    job.to = to;
+    job.flags = flags;
+    job.backend = Arc::clone(backend);
+    job.op = op;
+    job.buf.clear();
+    job.result = Ok(());
+    job
 }
 
 /// The effect length of a BLOCK_STATUS payload (validated by nbd-proto).

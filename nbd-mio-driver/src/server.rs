@@ -5,7 +5,9 @@
 //! connection, the rest parked on a ready list so one busy client cannot
 //! starve the others), writes until `WouldBlock`, and re-registers interest
 //! only when it changed. Finished pool jobs arrive through a `mio::Waker`;
-//! SIGINT/SIGTERM start a graceful shutdown.
+//! replies from the upstream servers of `nbd` proxy exports arrive on
+//! their own sockets, registered here too. SIGINT/SIGTERM start a graceful
+//! shutdown.
 
 use std::collections::VecDeque;
 use std::io;
@@ -21,12 +23,15 @@ use slab::Slab;
 use crate::conn::{Conn, ConnConfig};
 use crate::dispatch::Shared;
 use crate::listen::{Listener, Stream};
+use crate::proxy::upstream::Upstream;
 use crate::tls::{TlsMode, TlsServerConfig};
 use crate::workers::Pool;
 
 const WAKER: Token = Token(0);
 const SIGNALS: Token = Token(1);
 const LISTENER_BASE: usize = 2;
+/// Upstream connections of `nbd` proxy exports (proxy/upstream.rs).
+const UPSTREAM_BASE: usize = 512;
 const CONN_BASE: usize = 1024;
 /// A client must finish negotiating within this time (a slowloris guard;
 /// qemu-nbd uses 10 s, nbdkit none).
@@ -98,7 +103,38 @@ impl Server {
             let token = Token(LISTENER_BASE + i);
             poll.registry().register(l, token, Interest::READABLE)?;
         }
-        let needs_pool = opts.exports.list().any(|e| !e.backend.is_inline());
+        // `nbd` proxy exports: their negotiated upstream sockets join this
+        // loop; they need neither the pool nor a thread.
+        let mut upstreams = Vec::new();
+        for e in opts.exports.list() {
+            if let Some(taken) = crate::proxy::take_upstream(&e.backend) {
+                let token = Token(UPSTREAM_BASE + upstreams.len());
+                if token.0 >= CONN_BASE {
+                    return Err(io::Error::other("too many nbd proxy exports"));
+                }
+                upstreams.push(Upstream::new(
+                    taken.stream,
+                    taken.negotiated,
+                    crate::proxy::MAX_REPLY,
+                    crate::proxy::backend_id(&e.backend),
+                    poll.registry(),
+                    token,
+                )?);
+            }
+        }
+        if crate::proxy::any_untaken() {
+            return Err(io::Error::other(
+                "the nbd backend cannot be used under filters (it is driven by the event loop)",
+            ));
+        }
+        let is_upstream = |b: &Arc<dyn nbd_backends::Backend>| {
+            let id = crate::proxy::backend_id(b);
+            upstreams.iter().any(|u: &Upstream| u.backend_id == id)
+        };
+        let needs_pool = opts
+            .exports
+            .list()
+            .any(|e| !e.backend.is_inline() && !is_upstream(&e.backend));
         let pool = if needs_pool {
             Some(Pool::new(POOL_THREADS, Arc::clone(&waker))?)
         } else {
@@ -118,12 +154,14 @@ impl Server {
             tls: opts.tls,
             oldstyle: opts.oldstyle,
         };
+        let mut shared = Shared::new(pool);
+        shared.upstreams = upstreams;
         let mut server = Self {
             poll,
             listeners,
             conns: Slab::new(),
             cfg,
-            shared: Shared::new(pool),
+            shared,
             stop: Arc::new(AtomicBool::new(false)),
             waker,
             signals,
@@ -196,7 +234,8 @@ impl Server {
         let mut events = Events::with_capacity(1024);
         let mut stopping: Option<Instant> = None;
         loop {
-            let timeout = if !self.ready.is_empty() {
+            let upstream_done = self.shared.upstreams.iter().any(|u| !u.done.is_empty());
+            let timeout = if !self.ready.is_empty() || upstream_done {
                 Some(Duration::ZERO)
             } else if stopping.is_some()
                 || self.conns.iter().any(|(_, (c, _))| c.deadline.is_some())
@@ -218,6 +257,16 @@ impl Server {
                         for sig in self.signals.pending() {
                             log::info!("signal {sig}: shutting down");
                             self.stop.store(true, Ordering::SeqCst);
+                        }
+                    }
+                    Token(t) if (UPSTREAM_BASE..CONN_BASE).contains(&t) => {
+                        if let Some(u) = self.shared.upstreams.get_mut(t - UPSTREAM_BASE) {
+                            if ev.is_writable() {
+                                u.on_writable();
+                            }
+                            if ev.is_readable() || ev.is_read_closed() {
+                                u.on_readable();
+                            }
                         }
                     }
                     Token(t) if t >= CONN_BASE => {
@@ -247,6 +296,12 @@ impl Server {
                 }
             }
             self.service_ready();
+            // Requests the dispatcher encoded for upstreams leave now.
+            for u in &mut self.shared.upstreams {
+                if u.wants_write() {
+                    u.on_writable();
+                }
+            }
             self.expire(stopping);
             if stopping.is_some() && self.conns.is_empty() {
                 break;
@@ -255,7 +310,16 @@ impl Server {
                 break;
             }
         }
+        for u in &mut self.shared.upstreams {
+            u.disconnect();
+            u.deregister(self.poll.registry());
+        }
         for e in self.cfg.exports.list() {
+            let id = crate::proxy::backend_id(&e.backend);
+            if self.shared.upstreams.iter().any(|u| u.backend_id == id) {
+                // The upstream flushes on NBD_CMD_DISC; nothing to do here.
+                continue;
+            }
             if let Err(err) = e.backend.flush() {
                 log::warn!("flushing export '{}': {err}", e.name);
             }
@@ -264,6 +328,12 @@ impl Server {
     }
 
     fn collect_jobs(&mut self) {
+        // Upstream replies first: they need no channel.
+        for i in 0..self.shared.upstreams.len() {
+            while let Some(job) = self.shared.upstreams.get_mut(i).and_then(|u| u.done.pop()) {
+                self.deliver(job);
+            }
+        }
         let Some(pool) = &self.shared.pool else {
             return;
         };
@@ -271,15 +341,21 @@ impl Server {
         while let Some(job) = pool.try_finished() {
             done.push(job);
         }
-        for mut job in done {
-            if let Some((c, _)) = self.conns.get_mut(job.token)
-                && c.id == job.conn_id
-            {
-                c.on_job_done(&mut job, &mut self.shared);
-                self.ready.push_back(job.token);
-            }
-            self.shared.free_jobs.push(job);
+        for job in done {
+            self.deliver(job);
         }
+    }
+
+    /// Hand a finished job to its connection (dropped if the connection
+    /// closed meanwhile: slab keys are reused, ids are not) and recycle it.
+    fn deliver(&mut self, mut job: Box<crate::workers::Job>) {
+        if let Some((c, _)) = self.conns.get_mut(job.token)
+            && c.id == job.conn_id
+        {
+            c.on_job_done(&mut job, &mut self.shared);
+            self.ready.push_back(job.token);
+        }
+        self.shared.free_jobs.push(job);
     }
 
     fn service_ready(&mut self) {
