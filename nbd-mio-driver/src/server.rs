@@ -123,9 +123,10 @@ impl Server {
             }
         }
         if crate::proxy::any_untaken() {
-            return Err(io::Error::other(
-                "the nbd backend cannot be used under filters (it is driven by the event loop)",
-            ));
+            log::info!(
+                "nbd proxy under a filter: served through the filter on the worker pool, \
+                 one request at a time upstream (slower than an unfiltered nbd export)"
+            );
         }
         let is_upstream = |b: &Arc<dyn nbd_backends::Backend>| {
             let id = crate::proxy::backend_id(b);

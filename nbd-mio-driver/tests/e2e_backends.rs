@@ -1,7 +1,7 @@
 //! End-to-end tests of the backends and filters from the command line,
 //! with real clients: `file` under qemu-img, `cow` over a read-only base,
-//! the `nbd` proxy in front of nbdkit and of nbdd, `partition` on images
-//! labelled by sfdisk, and the `log` filter.
+//! the `nbd` proxy in front of nbdkit and of nbdd and under filters,
+//! `partition` on images labelled by sfdisk, and the `log` filter.
 //!
 //! Run against the reference: `NBDD_TEST_SERVER=nbdkit cargo test -p
 //! nbd-mio-driver --test e2e_backends`.
@@ -481,26 +481,160 @@ fn proxy_read_only() {
     proxy.assert_alive();
 }
 
-/// A filter over `nbd` would call the proxy synchronously, which the
-/// event-loop proxy cannot serve: nbdd refuses to start, saying why.
+/// nbdd in front of `up` with `filter` over the `nbd` backend; `extra`
+/// are the filter's parameters.
+fn filtered_proxy(up: &Upstream, filter: &str, extra: &[&str]) -> Server {
+    let uri = format!("uri={}", up.uri());
+    let flag = format!("--filter={filter}");
+    let mut args = vec![flag.as_str(), "nbd", uri.as_str()];
+    args.extend_from_slice(extra);
+    Server::start(Transport::Unix, &args)
+}
+
+/// `cow` over the proxy: writes through cow read back, and the upstream,
+/// read directly, is bit-for-bit what it was before.
 #[test]
-fn proxy_under_a_filter_is_refused() {
-    let up = Upstream::nbdkit(&["memory", "1M"]);
-    let tmp = TempDir::new("proxyfilter");
-    let out = Command::new(env!("CARGO_BIN_EXE_nbdd"))
-        .arg("-f")
-        .arg("-U")
-        .arg(tmp.path().join("s.sock"))
-        .args([
-            "--filter=log",
-            "nbd",
-            &format!("uri={}", up.uri()),
-            &format!("logfile={}", tmp.path().join("log").display()),
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
-    assert!(err.contains("cannot be used under filters"), "{err}");
+fn cow_over_the_proxy() {
+    let up = Upstream::nbdkit(&["memory", "4M"]);
+    let tmp = TempDir::new("cowproxy");
+    let (base, data, output, direct) = (
+        tmp.path().join("base.img"),
+        tmp.path().join("data.img"),
+        tmp.path().join("out.img"),
+        tmp.path().join("direct.img"),
+    );
+    random_file(&base, 4 * MIB, 61);
+    random_file(&data, 4 * MIB, 62);
+    run_ok(nbdcopy().arg(&base).arg(up.uri()));
+    let mut server = filtered_proxy(&up, "cow", &[]);
+    let uri = server.uri();
+    assert_eq!(export_size(&uri), 4 * MIB as u64);
+    copy_out(&uri, &output);
+    assert_eq!(sha256(&output), sha256(&base), "cow reads the upstream");
+    run_ok(nbdcopy().arg(&data).arg(&uri));
+    copy_out(&uri, &output);
+    server.assert_alive();
+    assert_eq!(
+        sha256(&output),
+        sha256(&data),
+        "writes read back through cow over nbd"
+    );
+    copy_out(&up.uri(), &direct);
+    assert_eq!(sha256(&direct), sha256(&base), "the upstream is unchanged");
+}
+
+/// `offset` over the proxy serves the window [1M, 5M) of the upstream, for
+/// reads and writes.
+#[test]
+fn offset_over_the_proxy() {
+    let up = Upstream::nbdkit(&["memory", "8M"]);
+    let tmp = TempDir::new("offproxy");
+    let (base, data, output, direct) = (
+        tmp.path().join("base.img"),
+        tmp.path().join("data.img"),
+        tmp.path().join("out.img"),
+        tmp.path().join("direct.img"),
+    );
+    random_file(&base, 8 * MIB, 71);
+    random_file(&data, 4 * MIB, 72);
+    run_ok(nbdcopy().arg(&base).arg(up.uri()));
+    let mut server = filtered_proxy(&up, "offset", &["offset=1M", "range=4M"]);
+    let uri = server.uri();
+    assert_eq!(export_size(&uri), 4 * MIB as u64);
+    copy_out(&uri, &output);
+    let base_bytes = std::fs::read(&base).unwrap();
+    assert!(
+        std::fs::read(&output).unwrap() == base_bytes[MIB..5 * MIB],
+        "the window is the upstream's [1M, 5M)"
+    );
+    run_ok(nbdcopy().arg(&data).arg(&uri));
+    server.assert_alive();
+    copy_out(&up.uri(), &direct);
+    let got = std::fs::read(&direct).unwrap();
+    let data_bytes = std::fs::read(&data).unwrap();
+    assert!(
+        got[MIB..5 * MIB] == data_bytes[..],
+        "written into the window"
+    );
+    assert!(
+        got[..MIB] == base_bytes[..MIB] && got[5 * MIB..] == base_bytes[5 * MIB..],
+        "nothing written outside the window"
+    );
+}
+
+/// Upstream errors pass through a filter over the proxy (ENOSPC injected
+/// by nbdkit's error filter); when the upstream dies, requests fail with
+/// EIO and the server keeps serving.
+#[test]
+fn errors_pass_through_a_filter_over_the_proxy() {
+    let full = Upstream::nbdkit(&[
+        "--filter=error",
+        "memory",
+        "1M",
+        "error=ENOSPC",
+        "error-pwrite-rate=100%",
+    ]);
+    let mut server = filtered_proxy(&full, "offset", &["offset=512K"]);
+    assert_eq!(write_errno(&server.uri()), "ENOSPC");
+    server.assert_alive();
+    drop(full);
+    let script = "import nbd, sys\n\
+        h = nbd.NBD()\n\
+        h.connect_uri(sys.argv[1])\n\
+        res = []\n\
+        for _ in range(2):\n    try:\n        h.pread(512, 0)\n        res.append('ok')\n    \
+        except nbd.Error as e:\n        res.append(e.errno)\n\
+        print(' '.join(str(r) for r in res))\n";
+    let got = run_ok(python_nbd().args(["-c", script, &server.uri()]));
+    assert_eq!(got.trim(), "EIO EIO", "reads after the upstream died");
+    server.assert_alive();
+    let lost = server.stderr().matches("upstream connection lost").count();
+    assert_eq!(lost, 1, "logged once:\n{}", server.stderr());
+}
+
+/// `log` over the proxy records requests, data round-trips to the
+/// upstream, and `base:allocation` passes through (the unwritten half is
+/// a hole).
+#[test]
+fn log_over_the_proxy() {
+    let up = Upstream::nbdkit(&["memory", "2M"]);
+    let tmp = TempDir::new("logproxy");
+    let (logfile, data, direct) = (
+        tmp.path().join("nbd.log"),
+        tmp.path().join("data.img"),
+        tmp.path().join("direct.img"),
+    );
+    random_file(&data, MIB, 81);
+    let mut server = filtered_proxy(&up, "log", &[&format!("logfile={}", logfile.display())]);
+    run_ok(nbdcopy().arg(&data).arg(server.uri()));
+    copy_out(&server.uri(), &tmp.path().join("out.img"));
+    let map = run_ok(nbdinfo().args(["--map", &server.uri()]));
+    server.assert_alive();
+    assert!(
+        prefix(&tmp.path().join("out.img"), MIB) == std::fs::read(&data).unwrap(),
+        "read back through log over nbd"
+    );
+    copy_out(&up.uri(), &direct);
+    assert!(
+        prefix(&direct, MIB) == std::fs::read(&data).unwrap(),
+        "written to the upstream"
+    );
+    let hole = map.lines().any(|l| {
+        let f: Vec<_> = l.split_whitespace().collect();
+        f.first() == Some(&"1048576") && f.get(2) == Some(&"3") && l.contains("hole,zero")
+    });
+    assert!(
+        hole,
+        "the unwritten half is a hole through log over nbd:\n{map}"
+    );
+    let log = std::fs::read_to_string(&logfile).unwrap();
+    let count = |op: &str| {
+        log.lines()
+            .filter(|l| l.contains(op) && l.contains("offset=0x"))
+            .count()
+    };
+    assert!(
+        count("Write") >= 1 && count("Read") >= 1,
+        "requests logged:\n{log}"
+    );
 }

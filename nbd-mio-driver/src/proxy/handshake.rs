@@ -22,15 +22,39 @@ pub enum Stream {
 }
 
 impl Stream {
-    fn io(&mut self) -> &mut dyn ReadWrite {
+    /// The socket as a byte stream.
+    pub(super) fn io(&mut self) -> &mut dyn ReadWrite {
         match self {
             Self::Tcp(s) => s,
             Self::Unix(s) => s,
         }
     }
+
+    /// Bound blocking reads and writes (`None`: wait forever).
+    pub(super) fn set_timeouts(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Self::Tcp(s) => {
+                s.set_read_timeout(t)?;
+                s.set_write_timeout(t)
+            }
+            Self::Unix(s) => {
+                s.set_read_timeout(t)?;
+                s.set_write_timeout(t)
+            }
+        }
+    }
+
+    /// Close both directions (best effort): a dead upstream is not reused.
+    pub(super) fn shutdown(&self) {
+        let _ = match self {
+            Self::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
+            Self::Unix(s) => s.shutdown(std::net::Shutdown::Both),
+        };
+    }
 }
 
-trait ReadWrite: Read + Write {}
+/// Read and write, as one trait object.
+pub(super) trait ReadWrite: Read + Write {}
 impl<T: Read + Write> ReadWrite for T {}
 
 /// What negotiation produced.

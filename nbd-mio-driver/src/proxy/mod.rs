@@ -4,21 +4,28 @@
 //! [`nbd_backends::build_with_filters_ext`] through [`BACKEND`].
 //!
 //! One upstream connection per `nbd` export serves every client
-//! connection, and it is driven by the server's own event loop: the socket
-//! is negotiated (blocking) at start-up, then registered in the server's
-//! `mio::Poll` ([`upstream::Upstream`]). The dispatcher encodes each client
-//! request straight into the upstream's output buffer under a cookie of its
-//! own, so many requests are in flight upstream at once; replies are
-//! decoded on readable events and answered like finished pool jobs. No
-//! thread and no worker-pool job is involved.
+//! connection. It is negotiated (blocking) at start-up, then served one of
+//! two ways:
 //!
-//! The [`Backend`] impl only describes the export (size, caps, block
-//! sizes, description); its data methods are never reached, because the
-//! server refuses to start when a filter wraps the proxy (the filter would
-//! call them synchronously). Out of scope: TLS to the upstream (`nbds://`
-//! is refused), reconnect (if the upstream dies, every request fails with
-//! EIO) and filters over `nbd`.
+//! - Unfiltered (the export *is* the proxy): the server takes the socket
+//!   ([`take_upstream`]) and registers it in its own `mio::Poll`
+//!   ([`upstream::Upstream`]). The dispatcher encodes each client request
+//!   straight into the upstream's output buffer under a cookie of its own,
+//!   so many requests are in flight upstream at once; replies are decoded
+//!   on readable events and answered like finished pool jobs.
+//! - Under a filter (`--filter=cow nbd ...`): the filter calls the proxy
+//!   synchronously through the [`Backend`] trait on a worker thread (the
+//!   proxy is not inline, so neither is the filter). The proxy then keeps
+//!   its socket and serves each call itself, blocking, one request at a
+//!   time ([`direct::Direct`]): slower, since requests are serialised
+//!   upstream, but any filter stacks over `nbd`.
+//!
+//! Out of scope: TLS to the upstream (`nbds://` is refused) and reconnect
+//! (if the upstream dies, every request fails with EIO).
 
+pub mod direct;
+#[cfg(test)]
+mod direct_tests;
 pub mod handshake;
 pub mod upstream;
 pub mod uri;
@@ -30,6 +37,7 @@ use nbd_backends::{Backend, BlockSize, Caps, ExtBackend, Extent, ZeroFlags};
 use nbd_proto::client::ClientNegotiated;
 use nbd_proto::flags::TransmissionFlags;
 
+use self::direct::Direct;
 use self::handshake::Stream;
 use self::uri::{Address, NBD_PORT, Target, parse_uri};
 
@@ -142,33 +150,36 @@ pub fn take_upstream(backend: &Arc<dyn Backend>) -> Option<Taken> {
         .filter_map(Weak::upgrade)
         .find(|p| Arc::as_ptr(p).cast::<()>() as usize == id)?;
     let stream = p
-        .stream
+        .conn
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
-        .take()?;
+        .take()?
+        .into_stream();
     Some(Taken {
         stream,
         negotiated: p.neg,
     })
 }
 
-/// True when a live proxy still holds its socket: something (a filter)
-/// wraps it where the loop cannot reach it.
+/// True when a live proxy still holds its socket: a filter wraps it, so
+/// it serves requests itself, one at a time ([`direct`]).
 pub fn any_untaken() -> bool {
     let opened = OPENED.lock().unwrap_or_else(PoisonError::into_inner);
     opened.iter().filter_map(Weak::upgrade).any(|p| {
-        p.stream
+        p.conn
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .is_some()
     })
 }
 
-/// The `nbd` backend as `nbd_backends` sees it: the export's description;
-/// requests never reach it (see the module docs).
+/// The `nbd` backend as `nbd_backends` sees it: the export's description,
+/// and, under a filter, the requests themselves (see the module docs).
 pub struct Proxy {
-    /// The negotiated socket until the server takes it.
-    stream: Mutex<Option<Stream>>,
+    /// The negotiated connection until the server takes it; under a
+    /// filter it stays here and serves the trait's data methods, one
+    /// request at a time.
+    conn: Mutex<Option<Direct>>,
     neg: ClientNegotiated,
     /// `-r`: advertised read-only (so no read-only filter wraps the proxy,
     /// and nbd-proto refuses writes before they reach the upstream).
@@ -189,7 +200,7 @@ impl Proxy {
             _ => describe(target),
         };
         Ok(Self {
-            stream: Mutex::new(Some(opened.stream)),
+            conn: Mutex::new(Some(Direct::new(opened.stream, opened.negotiated)?)),
             neg: opened.negotiated,
             readonly,
             description,
@@ -199,14 +210,38 @@ impl Proxy {
     fn has(&self, f: TransmissionFlags) -> bool {
         self.neg.flags.contains(f)
     }
-}
 
-/// Requests are served by the event loop, never through this trait.
-fn not_here() -> Error {
-    Error::new(
-        ErrorKind::Unsupported,
-        "the nbd backend is driven by the event loop",
-    )
+    /// Run `f` on the connection this proxy still holds (it is wrapped by
+    /// a filter). A poisoned lock means a request panicked mid-exchange:
+    /// the stream is out of step, so the connection is dead.
+    fn with<T>(&self, f: impl FnOnce(&mut Direct) -> std::io::Result<T>) -> std::io::Result<T> {
+        let mut guard = match self.conn.lock() {
+            Ok(g) => g,
+            Err(poisoned) => {
+                let mut g = poisoned.into_inner();
+                if let Some(d) = g.as_mut() {
+                    d.die("a request panicked mid-exchange");
+                }
+                g
+            }
+        };
+        match guard.as_mut() {
+            Some(d) => f(d),
+            // Taken by the event loop: the trait is never called then.
+            None => Err(Error::new(
+                ErrorKind::Unsupported,
+                "the nbd backend is driven by the event loop",
+            )),
+        }
+    }
+
+    fn writable(&self) -> std::io::Result<()> {
+        if self.readonly {
+            Err(ErrorKind::PermissionDenied.into())
+        } else {
+            Ok(())
+        }
+    }
 }
 
 impl Backend for Proxy {
@@ -254,24 +289,35 @@ impl Backend for Proxy {
         false
     }
 
-    fn read_at(&self, _offset: u64, _buf: &mut [u8]) -> std::io::Result<()> {
-        Err(not_here())
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.with(|d| d.read(offset, buf))
     }
 
-    fn write_at(&self, _offset: u64, _data: &[u8], _fua: bool) -> std::io::Result<()> {
-        Err(not_here())
+    fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> std::io::Result<()> {
+        self.writable()?;
+        self.with(|d| d.write(offset, data, fua))
     }
 
     fn flush(&self) -> std::io::Result<()> {
-        Err(not_here())
+        self.with(Direct::flush)
     }
 
-    fn write_zeroes(&self, _offset: u64, _len: u64, _flags: ZeroFlags) -> std::io::Result<()> {
-        Err(not_here())
+    fn trim(&self, offset: u64, len: u64, fua: bool) -> std::io::Result<()> {
+        self.writable()?;
+        self.with(|d| d.trim(offset, len, fua))
     }
 
-    fn extents(&self, _offset: u64, _len: u64, _out: &mut [Extent]) -> std::io::Result<usize> {
-        Err(not_here())
+    fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> std::io::Result<()> {
+        self.writable()?;
+        self.with(|d| d.write_zeroes(offset, len, flags))
+    }
+
+    fn cache(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.with(|d| d.cache(offset, len))
+    }
+
+    fn extents(&self, offset: u64, len: u64, out: &mut [Extent]) -> std::io::Result<usize> {
+        self.with(|d| d.extents(offset, len, out))
     }
 
     fn description(&self) -> Option<String> {
