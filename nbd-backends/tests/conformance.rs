@@ -139,6 +139,57 @@ fn partition_of_memory() -> Fixture {
     }
 }
 
+/// The offset filter: a window in the middle of a larger memory disk.
+fn offset_over_memory() -> Fixture {
+    let disk = Arc::new(MemoryBackend::new(SIZE + (1 << 20)).unwrap());
+    let w = nbd_backends::filters::Offset::new(disk, 512 * 1024, Some(SIZE)).unwrap();
+    Fixture {
+        backend: Arc::new(w),
+        ..memory()
+    }
+}
+
+/// The stats filter only counts: every promise of memory still holds.
+fn stats_over_memory() -> Fixture {
+    let inner = Arc::new(MemoryBackend::new(SIZE).unwrap());
+    Fixture {
+        backend: Arc::new(nbd_backends::filters::Stats::new(inner, None)),
+        ..memory()
+    }
+}
+
+/// The delay filter with zero delays is transparent.
+fn delay_over_memory() -> Fixture {
+    let inner = Arc::new(MemoryBackend::new(SIZE).unwrap());
+    let zero = std::time::Duration::ZERO;
+    Fixture {
+        backend: Arc::new(nbd_backends::filters::Delay::new(inner, zero, zero)),
+        ..memory()
+    }
+}
+
+/// The error filter at rate 0 injects nothing.
+fn error_rate_zero_over_memory() -> Fixture {
+    let inner = Arc::new(MemoryBackend::new(SIZE).unwrap());
+    Fixture {
+        // errno 5 = EIO, never raised at rate 0.
+        backend: Arc::new(nbd_backends::filters::ErrorInject::new(inner, 5, 0.0)),
+        ..memory()
+    }
+}
+
+/// The readonly filter: reads as memory, refuses every change.
+fn readonly_over_memory() -> Fixture {
+    let inner = Arc::new(MemoryBackend::new(SIZE).unwrap());
+    Fixture {
+        backend: Arc::new(nbd_backends::filters::ReadOnly::new(inner)),
+        stores: false,
+        trim_zeroes: false,
+        fast_zero: false,
+        ..memory()
+    }
+}
+
 fn file_in(dir: &str, size: u64, cache_none: bool) -> Fixture {
     let tmp = TempFile::new(dir, size);
     let b = FileBackend::open(&tmp.0, false, cache_none).unwrap();
@@ -474,6 +525,11 @@ conformance! {
     cow_over_pattern_ => cow_over_pattern();
     log_over_memory_ => log_over_memory();
     partition_of_memory_ => partition_of_memory();
+    offset_over_memory_ => offset_over_memory();
+    stats_over_memory_ => stats_over_memory();
+    delay_over_memory_ => delay_over_memory();
+    error_rate_zero_over_memory_ => error_rate_zero_over_memory();
+    readonly_over_memory_ => readonly_over_memory();
 }
 
 #[test]
