@@ -737,3 +737,42 @@ fn needed_reports_whole_frame() {
 fn cat(parts: &[Vec<u8>]) -> Vec<u8> {
     parts.concat()
 }
+
+/// `needed` asks the driver to buffer a whole frame only when the request
+/// can be valid: a WRITE above the maximum payload is rejected on its
+/// header and drained as it streams, so only the header is needed.
+#[test]
+fn needed_never_asks_for_a_payload_that_will_be_rejected() {
+    let t = Transmission::new(
+        neg(HeaderMode::Simple, all_flags()),
+        TransmissionConfig::default(),
+    );
+    let small = req(
+        HeaderMode::Simple,
+        Command::Write,
+        CmdFlags::empty(),
+        1,
+        0,
+        4096,
+    );
+    assert_eq!(t.needed(&small), 28 + 4096);
+    let huge = req(
+        HeaderMode::Simple,
+        Command::Write,
+        CmdFlags::empty(),
+        2,
+        0,
+        96 << 20,
+    );
+    assert_eq!(t.needed(&huge), 28);
+    let read = req(
+        HeaderMode::Simple,
+        Command::Read,
+        CmdFlags::empty(),
+        3,
+        0,
+        1 << 20,
+    );
+    assert_eq!(t.needed(&read), 28);
+    assert_eq!(t.needed(&[]), 28);
+}

@@ -383,3 +383,46 @@ fn resize_extension_grows_and_shrinks() {
         "read-only: forbidden by configuration"
     );
 }
+
+/// A client cannot make the server buffer a payload it will reject: four
+/// connections each declare a 96 MiB WRITE (above the 32 MiB maximum
+/// payload, below the drain cap) and stream it; each gets EINVAL, stays
+/// usable, and the server's peak RSS grows by far less than one payload.
+#[test]
+fn rejected_oversize_payloads_are_streamed_not_buffered() {
+    let s = Server::start(Transport::Unix, &["memory", "256M"]);
+    let mut c = Raw::negotiate(&s, HeaderMode::Simple);
+    assert_eq!(c.read(0, 4096), vec![0; 4096]);
+    let before = s.peak_rss_kib();
+    let len: u64 = 96 << 20;
+    let chunk = vec![0x5au8; 1 << 20];
+    for i in 0..4u64 {
+        let mut c = Raw::negotiate(&s, HeaderMode::Simple);
+        let header = encode_request(
+            c.mode,
+            Command::Write,
+            CmdFlags::empty(),
+            100 + i,
+            0,
+            0,
+            &[],
+        );
+        let mut header = header[..28].to_vec();
+        header[24..28].copy_from_slice(&(len as u32).to_be_bytes());
+        c.send(&header);
+        for _ in 0..(len >> 20) {
+            c.send(&chunk);
+        }
+        assert_eq!(c.status(100 + i), Some(ErrorCode::Inval));
+        assert_eq!(
+            c.read(0, 4096),
+            vec![0; 4096],
+            "connection {i} still usable"
+        );
+    }
+    let grown = s.peak_rss_kib().saturating_sub(before);
+    assert!(
+        grown < 32 * 1024,
+        "peak RSS grew by {grown} KiB for rejected payloads"
+    );
+}

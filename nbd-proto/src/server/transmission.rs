@@ -128,11 +128,26 @@ impl Transmission {
 
     /// The bytes the driver must buffer to make progress: a whole request
     /// frame (header plus payload) when one is partially present.
+    ///
+    /// A payload above the maximum payload is never needed whole: such a
+    /// request is rejected on its header and its payload drained as it
+    /// streams in, so a client cannot make the driver buffer more than the
+    /// maximum payload plus a header (the attack: a 128 MiB WRITE header on
+    /// many connections).
     #[must_use]
     pub fn needed(&self, input: &[u8]) -> usize {
-        match RequestHeader::decode(input, self.neg.mode) {
-            Ok(Some((h, _))) => usize::try_from(h.frame_len(self.neg.mode)).unwrap_or(usize::MAX),
-            _ => self.neg.mode.request_header_len(),
+        let mode = self.neg.mode;
+        let header = mode.request_header_len();
+        match RequestHeader::decode(input, mode) {
+            Ok(Some((h, _))) => {
+                let payload = h.payload_len(mode);
+                if payload > u64::from(self.neg.block_sizes.maximum) {
+                    header
+                } else {
+                    usize::try_from(payload).map_or(header, |p| header.saturating_add(p))
+                }
+            }
+            _ => header,
         }
     }
 
