@@ -1,5 +1,5 @@
 //! `cargo xtask bench`: criterion benches of the codec, then fio against
-//! nbdd and nbdkit side by side (same machine, same run, memory backend,
+//! nbdd and nbdkit side by side (and qemu-nbd for the file backend) (same machine, same run, memory backend,
 //! Unix socket, iodepth 16, 10 s per workload), then the same over TLS
 //! (X.509 with fio, 5 s per workload; PSK with nbdcopy, because fio's nbd
 //! engine does not let libnbd read a `tls-psk-file`), with a markdown report.
@@ -23,6 +23,8 @@ const WORKING_SET: &str = "256M";
 const SECS: u32 = 10;
 /// Seconds per fio workload over TLS (kept short: the TLS run is extra).
 const TLS_SECS: u32 = 5;
+/// Seconds per fio workload in the three-way file comparison.
+const FILE_SECS: u32 = 5;
 /// Bytes nbdcopy moves each way in the PSK run.
 const PSK_COPY_BYTES: usize = 256 << 20;
 
@@ -82,6 +84,11 @@ impl Server {
             .arg(&sock)
             .args(sec.server_args())
             .args(["memory", size]);
+        Self::spawn(cmd, sock, name)
+    }
+
+    /// Start any server command that listens on `sock`.
+    fn spawn(mut cmd: Command, sock: PathBuf, name: &str) -> Result<Self, String> {
         eprintln!("+ {}", show(&cmd));
         let child = cmd
             .stdin(Stdio::null())
@@ -256,6 +263,8 @@ fn tls_fixtures(dir: &Path) -> Result<PathBuf, String> {
 /// Every measurement of one run, for [`render`].
 struct Results {
     plain: (Vec<Rate>, Vec<Rate>),
+    /// nbdd, nbdkit, qemu-nbd serving one raw file on tmpfs.
+    file: [Vec<Rate>; 3],
     x509: (Vec<Rate>, Vec<Rate>),
     psk: ((f64, f64), (f64, f64)),
 }
@@ -269,6 +278,7 @@ pub fn run() -> Result<(), String> {
     for (tool, pkg) in [
         ("fio", "fio"),
         ("nbdkit", "nbdkit"),
+        ("qemu-nbd", "qemu-utils"),
         ("nbdcopy", "libnbd-bin"),
         ("certtool", "gnutls-bin"),
         ("psktool", "gnutls-bin"),
@@ -301,12 +311,66 @@ pub fn run() -> Result<(), String> {
     Ok(())
 }
 
+/// The same workloads against one raw image on tmpfs, served by nbdd's
+/// `file` backend, nbdkit's `file` plugin and qemu-nbd (which has no RAM
+/// disk, so this is the three-way comparison). A fresh image per server.
+fn measure_file_servers(nbdd: &Path, dir: &Path) -> Result<[Vec<Rate>; 3], String> {
+    let image = PathBuf::from(format!("/dev/shm/nbdd-bench-{}.raw", std::process::id()));
+    let run = |name: &str, build: &dyn Fn(&Path, &Path) -> Command| -> Result<Vec<Rate>, String> {
+        let f = std::fs::File::create(&image).map_err(|e| format!("{}: {e}", image.display()))?;
+        f.set_len(1 << 30)
+            .map_err(|e| format!("{}: {e}", image.display()))?;
+        let sock = dir.join(format!("{name}.sock"));
+        let _ = std::fs::remove_file(&sock);
+        let server = Server::spawn(build(&sock, &image), sock, name)?;
+        let uri = server.uri(&Security::Plain);
+        fio(&uri, None, "write", "1M", None)?;
+        let rates = WORKLOADS
+            .iter()
+            .map(|(_, rw, bs)| fio(&uri, None, rw, bs, Some(FILE_SECS)))
+            .collect();
+        drop(server);
+        let _ = std::fs::remove_file(&image);
+        rates
+    };
+    let ours = run("nbdd-file", &|sock, img| {
+        let mut c = Command::new(nbdd);
+        c.args(["-f", "-U"]).arg(sock).arg("file").arg(img);
+        c
+    })?;
+    let nbdkit = run("nbdkit-file", &|sock, img| {
+        let mut c = Command::new("nbdkit");
+        c.args(["-f", "-U"]).arg(sock).arg("file").arg(img);
+        c
+    })?;
+    let qemu = run("qemu-nbd", &|sock, img| {
+        let mut c = Command::new("qemu-nbd");
+        // -t: keep serving after a client leaves; -e 8: fio and the fill
+        // job may overlap; --cache/--aio: qemu-nbd's defaults spelled out.
+        c.args([
+            "-t",
+            "-e",
+            "8",
+            "-f",
+            "raw",
+            "--cache=writeback",
+            "--aio=threads",
+            "-k",
+        ])
+        .arg(sock)
+        .arg(img);
+        c
+    })?;
+    Ok([ours, nbdkit, qemu])
+}
+
 fn measure_all(nbdd: &Path, dir: &Path) -> Result<Results, String> {
     let nbdkit = Path::new("nbdkit");
     let plain = (
         measure(nbdd, dir, "nbdd", &Security::Plain, SECS)?,
         measure(nbdkit, dir, "nbdkit", &Security::Plain, SECS)?,
     );
+    let file = measure_file_servers(nbdd, dir)?;
     let pki = tls_fixtures(dir)?;
     let home = dir.join("home");
     let x509 = Security::X509 {
@@ -322,7 +386,12 @@ fn measure_all(nbdd: &Path, dir: &Path) -> Result<Results, String> {
         psk_copy(nbdd, dir, "nbdd-psk", &psk_file)?,
         psk_copy(nbdkit, dir, "nbdkit-psk", &psk_file)?,
     );
-    Ok(Results { plain, x509, psk })
+    Ok(Results {
+        plain,
+        file,
+        x509,
+        psk,
+    })
 }
 
 fn render(r: &Results) -> String {
@@ -334,6 +403,29 @@ fn render(r: &Results) -> String {
          same machine and run; nbdkit is multi-threaded, nbdd single-threaded.\n"
     );
     table(&mut s, &r.plain.0, &r.plain.1);
+    let _ = writeln!(s, "\n## file backend: nbdd vs nbdkit vs qemu-nbd\n");
+    let _ = writeln!(
+        s,
+        "one 1 GiB raw image on tmpfs (/dev/shm), pre-filled, served by `nbdd file`, `nbdkit file` and \
+         `qemu-nbd -f raw --cache=writeback --aio=threads`; Unix socket, iodepth 16, {FILE_SECS} s per workload.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| workload | nbdd IOPS | nbdkit IOPS | qemu-nbd IOPS | nbdd/nbdkit | nbdd/qemu-nbd |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|");
+    let [ours, kit, qemu] = &r.file;
+    for ((((label, _, _), a), b), c) in WORKLOADS.iter().zip(ours).zip(kit).zip(qemu) {
+        let _ = writeln!(
+            s,
+            "| {label} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} |",
+            a.iops,
+            b.iops,
+            c.iops,
+            a.iops / b.iops,
+            a.iops / c.iops
+        );
+    }
     let _ = writeln!(s, "\n## over TLS (X.509, `--tls=require`)\n");
     let _ = writeln!(
         s,
