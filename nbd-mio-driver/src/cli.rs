@@ -92,6 +92,9 @@ pub struct Config {
     pub print_uri: bool,
     /// `--exit-with-parent`.
     pub exit_with_parent: bool,
+    /// `--handshake-limit=SECS` (qemu-nbd's name): a client must finish
+    /// negotiating within this time; 0 = no limit.
+    pub handshake_limit: u64,
     /// `-s`: serve one client on stdin/stdout.
     pub single: bool,
     /// `--log`, resolved: stderr in the foreground, syslog once daemonized.
@@ -123,6 +126,7 @@ impl Default for Config {
             run: None,
             print_uri: false,
             exit_with_parent: false,
+            handshake_limit: 60,
             single: false,
             log: LogTarget::Stderr,
             vsock: false,
@@ -213,6 +217,12 @@ const OPTIONS: &[Opt] = &[
         None,
         None,
         "exit when the parent process exits",
+    ),
+    opt(
+        "handshake-limit",
+        None,
+        Some("SECS"),
+        "close clients that have not finished negotiating after SECS (default 60; 0 = never)",
     ),
     opt(
         "run",
@@ -424,6 +434,11 @@ fn apply(
         "foreground" => cfg.foreground = true,
         "pidfile" => cfg.pidfile = Some(v.into()),
         "exit-with-parent" => cfg.exit_with_parent = true,
+        "handshake-limit" => {
+            cfg.handshake_limit = v
+                .parse()
+                .map_err(|_| format!("invalid number of seconds '{v}' (--handshake-limit)"))?;
+        }
         "run" => cfg.run = Some(v),
         "print-uri" => cfg.print_uri = true,
         "readonly" => cfg.readonly = true,

@@ -115,6 +115,8 @@ fn run() -> anyhow::Result<u8> {
         tls_mode: cfg.tls,
         oldstyle: cfg.oldstyle,
         single,
+        handshake_limit: (cfg.handshake_limit > 0)
+            .then(|| std::time::Duration::from_secs(cfg.handshake_limit)),
     })
     .context("starting the server")?;
     // Announce readiness only now: the server has installed its signal

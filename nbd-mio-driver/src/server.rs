@@ -33,9 +33,11 @@ const LISTENER_BASE: usize = 2;
 /// Upstream connections of `nbd` proxy exports (proxy/upstream.rs).
 const UPSTREAM_BASE: usize = 512;
 const CONN_BASE: usize = 1024;
-/// A client must finish negotiating within this time (a slowloris guard;
-/// qemu-nbd uses 10 s, nbdkit none).
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The default negotiation limit (a slowloris guard; qemu-nbd uses 10 s,
+/// nbdkit none). `--handshake-limit` changes it.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often negotiation deadlines are checked.
+const EXPIRY_SCAN: Duration = Duration::from_millis(250);
 /// In-flight work gets this long after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Worker threads for backends that may block.
@@ -55,6 +57,9 @@ pub struct ServerOptions {
     pub oldstyle: bool,
     /// Serve exactly this one connection (`-s`), then exit.
     pub single: Option<Stream>,
+    /// A client must finish negotiating within this time (a slowloris
+    /// guard); `None` = no limit.
+    pub handshake_limit: Option<Duration>,
 }
 
 /// Ends a running server from another thread.
@@ -85,6 +90,13 @@ pub struct Server {
     next_id: u64,
     single: bool,
     ready: VecDeque<usize>,
+    handshake_limit: Option<Duration>,
+    /// Deadlines are checked by scanning every connection; doing that on
+    /// each wake-up would make a busy server pay O(connections) per
+    /// request, so the scan runs at most every `EXPIRY_SCAN`.
+    next_expiry_scan: Instant,
+    /// Some connection had a deadline at the last scan (or was added since).
+    has_deadlines: bool,
 }
 
 impl Server {
@@ -169,6 +181,9 @@ impl Server {
             next_id: 0,
             single: opts.single.is_some(),
             ready: VecDeque::new(),
+            handshake_limit: opts.handshake_limit,
+            next_expiry_scan: Instant::now(),
+            has_deadlines: false,
         };
         if let Some(stream) = opts.single {
             server.add_conn(stream, "stdin".to_owned())?;
@@ -199,11 +214,13 @@ impl Server {
             peer,
             stream,
             &self.cfg,
-            Some(Instant::now() + HANDSHAKE_TIMEOUT),
+            self.handshake_limit.map(|d| Instant::now() + d),
         );
         let key = entry.key();
         entry.insert((conn, interest));
         self.ready.push_back(key);
+        // The new connection has a negotiation deadline.
+        self.has_deadlines |= self.handshake_limit.is_some();
         Ok(())
     }
 
@@ -238,10 +255,8 @@ impl Server {
             let upstream_done = self.shared.upstreams.iter().any(|u| !u.done.is_empty());
             let timeout = if !self.ready.is_empty() || upstream_done {
                 Some(Duration::ZERO)
-            } else if stopping.is_some()
-                || self.conns.iter().any(|(_, (c, _))| c.deadline.is_some())
-            {
-                Some(Duration::from_millis(500))
+            } else if stopping.is_some() || self.has_deadlines {
+                Some(EXPIRY_SCAN)
             } else {
                 None
             };
@@ -431,6 +446,14 @@ impl Server {
     fn expire(&mut self, stopping: Option<Instant>) {
         let now = Instant::now();
         let force = stopping.is_some_and(|d| now >= d);
+        if !force && now < self.next_expiry_scan {
+            return;
+        }
+        self.next_expiry_scan = now + EXPIRY_SCAN;
+        self.has_deadlines = self.conns.iter().any(|(_, (c, _))| c.deadline.is_some());
+        if !force && !self.has_deadlines {
+            return;
+        }
         let expired: Vec<usize> = self
             .conns
             .iter()

@@ -81,6 +81,7 @@ fn measured_server(
                 tls_mode: TlsMode::Off,
                 oldstyle: false,
                 single: None,
+                handshake_limit: None,
             })
             .expect("server");
             // `run` blocks, so the stop handle goes out first; the channel
