@@ -90,6 +90,17 @@ impl Buf {
         self.end = (self.end + n).min(self.data.len());
     }
 
+    /// Make `data[..filled]` this (empty) buffer's content without copying,
+    /// handing the old storage back through `data` for reuse. Does nothing
+    /// unless the buffer is empty and `filled` fits.
+    pub fn swap_storage(&mut self, data: &mut Vec<u8>, filled: usize) {
+        if self.is_empty() && filled <= data.len() {
+            std::mem::swap(&mut self.data, data);
+            self.start = 0;
+            self.end = filled;
+        }
+    }
+
     /// Append bytes.
     pub fn extend(&mut self, b: &[u8]) {
         self.spare(b.len())[..b.len()].copy_from_slice(b);
@@ -140,6 +151,19 @@ impl Buf {
 #[cfg(test)]
 mod tests {
     use super::Buf;
+
+    #[test]
+    fn swap_storage_takes_the_vec_and_returns_the_old_one() {
+        let mut b = Buf::with_capacity(8);
+        let mut v = b"hdr+data-tail".to_vec();
+        b.swap_storage(&mut v, 8);
+        assert_eq!(b.filled(), b"hdr+data");
+        assert_eq!(v.len(), 8, "the old 8-byte storage came back");
+        // Not empty any more: a second swap is refused.
+        let mut w = vec![1u8; 4];
+        b.swap_storage(&mut w, 4);
+        assert_eq!(b.filled(), b"hdr+data");
+    }
 
     #[test]
     fn compacts_before_growing() {

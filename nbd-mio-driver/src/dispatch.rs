@@ -200,8 +200,13 @@ pub fn execute(
     }
     if !backend.is_inline() && shared.pool.is_some() {
         let mut job = new_job(shared, conn, to, h.flags, backend, op);
-        if let Op::Write { .. } = op {
-            job.buf.extend_from_slice(req.data);
+        match op {
+            Op::Write { .. } => {
+                job.buf.clear();
+                job.buf.extend_from_slice(req.data);
+            }
+            Op::Read { .. } => job.data_at = t.read_prefix_len(),
+            _ => {}
         }
         if let Some(pool) = &shared.pool {
             pool.submit(job);
@@ -257,6 +262,7 @@ fn new_job(
             backend: Arc::clone(backend),
             op,
             buf: Vec::new(),
+            data_at: 0,
             extents: Vec::with_capacity(MAX_EXTENTS),
             result: Ok(()),
         })
@@ -267,7 +273,7 @@ fn new_job(
     job.flags = flags;
     job.backend = Arc::clone(backend);
     job.op = op;
-    job.buf.clear();
+    job.data_at = 0;
     job.result = Ok(());
     job
 }
@@ -439,8 +445,18 @@ pub fn complete(
     match job.op {
         Op::Read { offset, len } => {
             let prefix = t.read_prefix_len();
+            let start = job.data_at;
+            if out.is_empty() && start == prefix && job.buf.len() >= prefix + len {
+                // The worker left room for the prefix: encode it in place and
+                // hand the whole buffer to the connection, whose old storage
+                // goes back with the job. No copy of the data.
+                if let Ok(n) = t.encode_read_prefix(to, offset, len, true, &mut job.buf[..prefix]) {
+                    out.swap_storage(&mut job.buf, n + len);
+                    return;
+                }
+            }
             let spare = out.spare(prefix + len);
-            spare[prefix..prefix + len].copy_from_slice(&job.buf[..len]);
+            spare[prefix..prefix + len].copy_from_slice(&job.buf[start..start + len]);
             let n = t
                 .encode_read_prefix(to, offset, len, true, &mut spare[..prefix])
                 .unwrap_or(0);

@@ -51,8 +51,13 @@ pub struct Job {
     pub backend: Arc<dyn Backend>,
     /// The operation.
     pub op: Op,
-    /// Data buffer (write payload in, read data out).
+    /// Data buffer (write payload in, read data out). Its length only
+    /// grows, so a read never pays to zero-fill memory it overwrites.
     pub buf: Vec<u8>,
+    /// Where read data starts in `buf`: pool reads leave room in front for
+    /// the reply prefix so the finished buffer can become the connection's
+    /// output buffer without a copy (see `dispatch::complete`).
+    pub data_at: usize,
     /// Extents out.
     pub extents: Vec<Extent>,
     /// Result.
@@ -64,8 +69,11 @@ impl Job {
         let b = &*self.backend;
         self.result = match self.op {
             Op::Read { offset, len } => {
-                self.buf.resize(len, 0);
-                b.read_at(offset, &mut self.buf[..len])
+                let end = self.data_at + len;
+                if self.buf.len() < end {
+                    self.buf.resize(end, 0);
+                }
+                b.read_at(offset, &mut self.buf[self.data_at..end])
             }
             Op::Write { offset, fua } => b.write_at(offset, &self.buf, fua),
             Op::Flush => b.flush(),
