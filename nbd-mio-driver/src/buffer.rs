@@ -121,7 +121,10 @@ impl Buf {
     pub fn read_from(&mut self, r: &mut impl Read, limit: usize) -> io::Result<ReadEnd> {
         while self.len() < limit {
             let want = (limit - self.len()).clamp(1, 256 * 1024);
-            let spare = self.spare(want.min(64 * 1024));
+            // Ask for little so an idle connection's buffer stays small;
+            // `spare` returns all the free room anyway, and grows (by
+            // doubling) only when the buffer is full.
+            let spare = self.spare(want.min(4096));
             match r.read(spare) {
                 Ok(0) => return Ok(ReadEnd::Eof),
                 Ok(n) => self.commit(n),

@@ -31,10 +31,14 @@ pub const BUDGET: usize = 64;
 /// TLS records; the rest of the output waits as plaintext in `wbuf`).
 const TLS_OUT_LIMIT: usize = 256 * 1024;
 /// Initial buffer sizes.
-const BUF_INITIAL: usize = 128 * 1024;
+const BUF_INITIAL: usize = 16 * 1024;
+/// Most bytes read from the socket per pass when no larger frame is
+/// pending: enough to batch many pipelined requests per wake-up. The input
+/// buffer grows to it only under load; idle clients keep BUF_INITIAL.
+const READ_BATCH: usize = 128 * 1024;
 /// Room kept free in the output for one handshake answer (replies to INFO
 /// with a 4 KiB name and a 4 KiB description fit).
-const HANDSHAKE_ROOM: usize = 16 * 1024;
+const HANDSHAKE_ROOM: usize = 9 * 1024;
 
 enum Phase {
     Handshake(Box<Handshake>),
@@ -126,7 +130,10 @@ fn export_info<'a>(e: &'a Export) -> ExportInfo<'a> {
         size: b.size(),
         flags: f,
         name: &e.name,
-        description: e.description.as_deref().unwrap_or(""),
+        description: clip(
+            e.description.as_deref().unwrap_or(""),
+            nbd_proto::wire::MAX_STRING_LEN,
+        ),
         block_sizes: block_sizes.filter(BlockSizes::is_valid),
     }
 }
@@ -280,7 +287,7 @@ impl Conn {
     fn read_limit(&self) -> usize {
         match &self.phase {
             Phase::Handshake(_) => 16 + 64 * 1024 + 64 * 1024,
-            Phase::Transmission { t, .. } => t.needed(self.rbuf.filled()).max(BUF_INITIAL),
+            Phase::Transmission { t, .. } => t.needed(self.rbuf.filled()).max(READ_BATCH),
         }
     }
 
@@ -544,14 +551,30 @@ fn answer_export(
         Some(e) => Ok(export_info(e)),
         None => Err(OptReplyType::ErrUnknown),
     };
-    let n = hs
-        .answer_export(q, answer, out.spare(HANDSHAKE_ROOM))
-        .unwrap_or(0);
+    // The answer fits HANDSHAKE_ROOM for spec-sized strings; if a backend
+    // still needs more, make exactly that much room rather than drop it.
+    let n = match hs.answer_export(q, answer, out.spare(HANDSHAKE_ROOM)) {
+        Ok(n) => n,
+        Err(e) => hs
+            .answer_export(q, answer, out.spare(e.required))
+            .unwrap_or(0),
+    };
     out.commit(n);
     match q {
         ExportQuery::Info(_) => None,
         _ => export.map(|e| Arc::clone(&e.backend)),
     }
+}
+
+/// The longest prefix of `s` within `max` bytes that ends on a character
+/// boundary (NBD strings are at most 4096 bytes; a backend's description
+/// may be longer).
+fn clip(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 fn proto_err(e: nbd_proto::ProtocolError) -> io::Error {

@@ -426,3 +426,33 @@ fn rejected_oversize_payloads_are_streamed_not_buffered() {
         "peak RSS grew by {grown} KiB for rejected payloads"
     );
 }
+
+/// Idle clients are cheap: 200 negotiated, idle connections add well
+/// under 64 KiB of server memory each (buffers start small and grow only
+/// under load).
+#[test]
+fn idle_connections_cost_little_memory() {
+    let s = Server::start(Transport::Unix, &["memory", "64M"]);
+    let rss = |pid: u32| -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    };
+    // Warm up one connection so one-time costs are not counted.
+    let mut first = Raw::negotiate(&s, HeaderMode::Structured);
+    assert_eq!(first.read(0, 4096), vec![0; 4096]);
+    let before = rss(s.pid());
+    let mut conns: Vec<Raw> = (0..200)
+        .map(|_| Raw::negotiate(&s, HeaderMode::Structured))
+        .collect();
+    // Every connection is live and served.
+    for c in conns.iter_mut().step_by(50) {
+        assert_eq!(c.read(0, 512), vec![0; 512]);
+    }
+    let per_conn = rss(s.pid()).saturating_sub(before) / 200;
+    eprintln!("{per_conn} KiB per idle connection");
+    assert!(per_conn < 64, "{per_conn} KiB per idle connection");
+}
