@@ -5,11 +5,12 @@
 //! [`Backend::is_inline`] is false and the driver runs them on its workers.
 
 mod direct;
+mod rotational;
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::num::NonZeroU64;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -33,6 +34,8 @@ pub struct FileBackend {
     size: u64,
     readonly: bool,
     block_device: bool,
+    /// The storage underneath is a rotating disk (`NBD_FLAG_ROTATIONAL`).
+    rotational: bool,
     // What fallocate can do here, learnt on first use, so that an
     // unsupported mode costs one failed syscall per export, not per request.
     can_punch: AtomicBool,
@@ -98,12 +101,21 @@ impl FileBackend {
                 }
             }
         }
+        // A block device is itself the disk; a file lives on its
+        // filesystem's device.
+        let dev = if block_device {
+            meta.rdev()
+        } else {
+            meta.dev()
+        };
+        let rotational = rotational::is_rotational(Path::new("/sys"), dev);
         Ok(Self {
             io: Io::new(file, direct),
             path: path.to_owned(),
             size,
             readonly,
             block_device,
+            rotational,
             can_punch: AtomicBool::new(true),
             can_zero_range: AtomicBool::new(true),
             can_allocate: AtomicBool::new(!block_device),
@@ -196,7 +208,10 @@ impl Backend for FileBackend {
     }
 
     fn caps(&self) -> Caps {
-        let always = Caps::FLUSH | Caps::EXTENTS | Caps::CACHE | Caps::MULTI_CONN;
+        let mut always = Caps::FLUSH | Caps::EXTENTS | Caps::CACHE | Caps::MULTI_CONN;
+        if self.rotational {
+            always |= Caps::ROTATIONAL;
+        }
         if self.readonly {
             always | Caps::READ_ONLY
         } else {

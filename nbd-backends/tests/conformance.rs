@@ -612,3 +612,30 @@ fn memory_resize_grows_and_shrinks() {
         ErrorKind::Unsupported
     );
 }
+
+/// ROTATIONAL follows sysfs for the device a file lives on (the kernel's
+/// own `queue/rotational` for that disk), so a file on a spinning disk is
+/// advertised as such and one on tmpfs (no block device) is not.
+#[test]
+fn file_rotational_follows_sysfs() {
+    use std::os::unix::fs::MetadataExt;
+    for dir in ["/tmp", "/dev/shm"] {
+        let f = file_in(dir, SIZE, false);
+        let path = f._file.as_ref().unwrap().0.clone();
+        let dev = std::fs::metadata(&path).unwrap().dev();
+        let node = format!(
+            "/sys/dev/block/{}:{}",
+            rustix::fs::major(dev),
+            rustix::fs::minor(dev)
+        );
+        let sysfs = ["queue/rotational", "../queue/rotational"]
+            .iter()
+            .find_map(|q| std::fs::read_to_string(format!("{node}/{q}")).ok())
+            .is_some_and(|s| s.trim() == "1");
+        assert_eq!(
+            f.backend.caps().contains(Caps::ROTATIONAL),
+            sysfs,
+            "{dir}: {node}"
+        );
+    }
+}
