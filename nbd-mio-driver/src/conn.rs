@@ -597,7 +597,7 @@ fn feed_all(tls: &mut dyn TlsSession, mut data: &[u8], plain: &mut Buf) -> io::R
             }
             plain.commit(m);
         }
-        if data.is_empty() || n == 0 && data.is_empty() {
+        if data.is_empty() {
             return Ok(());
         }
         if n == 0 {

@@ -297,7 +297,7 @@ fn run_simple(b: &dyn Backend, op: Op) -> io::Result<()> {
 }
 
 /// Read straight into the output buffer behind a reserved reply prefix.
-/// Returns false (and writes nothing) when the backend failed.
+/// On a backend error nothing is committed and the error is returned.
 fn read_piece(
     t: &mut Transmission,
     out: &mut Buf,

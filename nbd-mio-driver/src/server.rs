@@ -203,10 +203,9 @@ impl Server {
         let entry = self.conns.vacant_entry();
         let token = Token(CONN_BASE + entry.key());
         let interest = Interest::READABLE | Interest::WRITABLE;
-        match &mut stream {
-            Stream::Tcp(s) => self.poll.registry().register(s, token, interest)?,
-            Stream::Unix(s) => self.poll.registry().register(s, token, interest)?,
-        }
+        self.poll
+            .registry()
+            .register(&mut stream, token, interest)?;
         self.next_id += 1;
         log::info!("{peer}: connected");
         let conn = Conn::new(
@@ -425,18 +424,16 @@ impl Server {
         let Some((c, current)) = self.conns.get_mut(key) else {
             return;
         };
+        // With nothing to write, keep READABLE even under back-pressure so
+        // a peer close is noticed.
         let want = match (c.wants_read(), c.wants_write()) {
-            (_, true) if c.wants_read() => Interest::READABLE | Interest::WRITABLE,
-            (_, true) => Interest::WRITABLE,
-            // Always keep READABLE so a peer close is noticed.
-            _ => Interest::READABLE,
+            (true, true) => Interest::READABLE | Interest::WRITABLE,
+            (false, true) => Interest::WRITABLE,
+            (_, false) => Interest::READABLE,
         };
         if want != *current {
             let token = Token(CONN_BASE + key);
-            let r = match &mut c.stream {
-                Stream::Tcp(s) => self.poll.registry().reregister(s, token, want),
-                Stream::Unix(s) => self.poll.registry().reregister(s, token, want),
-            };
+            let r = self.poll.registry().reregister(&mut c.stream, token, want);
             if r.is_ok() {
                 *current = want;
             }
@@ -482,10 +479,7 @@ impl Server {
         }
         let (mut c, _) = self.conns.remove(key);
         c.close_tls();
-        let _ = match &mut c.stream {
-            Stream::Tcp(s) => self.poll.registry().deregister(s),
-            Stream::Unix(s) => self.poll.registry().deregister(s),
-        };
+        let _ = self.poll.registry().deregister(&mut c.stream);
         let _ = c.stream.shutdown();
         log::info!("{}: disconnected", c.peer);
     }
