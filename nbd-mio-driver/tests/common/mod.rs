@@ -200,6 +200,22 @@ impl Server {
                 Transport::Tcp => TcpStream::connect(("127.0.0.1", self.port)).is_ok(),
             };
             if up {
+                if self.transport == Transport::Tcp {
+                    // Two tests can draw the same free port: the one whose
+                    // server lost the bind would then "connect" to the other
+                    // test's server and be reset when that test ends. A
+                    // server that lost the race exits at once, so check that
+                    // ours is still alive a moment after the port answers.
+                    std::thread::sleep(Duration::from_millis(100));
+                    if let Ok(Some(status)) = self.child.try_wait() {
+                        return Err(format!(
+                            "server {:?} exited ({status}); port {} is another server's; stderr:\n{}",
+                            self.args,
+                            self.port,
+                            self.stderr()
+                        ));
+                    }
+                }
                 return Ok(());
             }
             if Instant::now() > deadline {
