@@ -2,7 +2,7 @@
 //!
 //! The file is opened once and shared by every connection, so all of them
 //! see one coherent store (`MULTI_CONN`). Calls block on the disk, so
-//! [`Backend::is_inline`] is false and the driver runs them on its workers.
+//! [`Backend::execution`] is `Blocking` and the driver runs them on its workers.
 
 mod direct;
 mod rotational;

@@ -7,10 +7,17 @@
 //!
 //! Every method takes `&self`: one backend value is shared (behind an `Arc`)
 //! by every connection to the export and, for slow backends, by the driver's
-//! worker threads. Backends that answer from memory report
-//! [`Backend::is_inline`] so the driver calls them on the event-loop thread at
-//! no extra cost; the others are called from a small worker pool so a slow
-//! disk never stalls other connections.
+//! worker threads. How a backend runs is explicit ([`Backend::execution`]):
+//! backends that answer from memory are [`Execution::Inline`], so the driver
+//! calls them on the event-loop thread at no extra cost; the others are
+//! [`Execution::Blocking`] and called from a small worker pool so a slow disk
+//! never stalls other connections.
+//!
+//! Per-connection state (nbdkit's `open`/`close`, `preconnect`) goes through
+//! [`Backend::preconnect`] and [`Backend::open`]: a backend or filter may
+//! refuse a client, or hand each connection its own handle (a fresh disk per
+//! client, a per-client upstream connection); dropping the handle is the
+//! connection's close.
 
 #![forbid(unsafe_code)]
 
@@ -124,6 +131,46 @@ impl Default for BlockSize {
     }
 }
 
+/// Where the driver runs a backend's operations (see [`Backend::execution`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Execution {
+    /// Fast, memory-only: called on the event-loop thread.
+    Inline,
+    /// May block (disk, network): called on the driver's worker pool.
+    Blocking,
+}
+
+/// The transport a client came over, for [`ClientInfo`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    /// TCP, with the client's address.
+    Tcp(std::net::SocketAddr),
+    /// A Unix-domain socket.
+    Unix,
+    /// `AF_VSOCK`, with the client's context ID and port.
+    Vsock {
+        /// Context ID.
+        cid: u32,
+        /// Port.
+        port: u32,
+    },
+    /// Anything else (stdin with `-s`, a socket from systemd).
+    Other,
+}
+
+/// Who is connecting, for [`Backend::preconnect`] and [`Backend::open`].
+#[derive(Debug, Clone, Copy)]
+pub struct ClientInfo<'a> {
+    /// Unique per connection for the life of the server.
+    pub id: u64,
+    /// Where the client came from.
+    pub peer: Peer,
+    /// The export name the client asked for ("" before negotiation).
+    pub export_name: &'a str,
+    /// TLS is active on the connection.
+    pub tls: bool,
+}
+
 /// A block store. See the crate documentation for the threading contract.
 ///
 /// Offsets and lengths passed by the driver are already validated against
@@ -138,10 +185,26 @@ pub trait Backend: Send + Sync {
     fn block_size(&self) -> Option<BlockSize> {
         None
     }
-    /// True when every operation completes quickly in memory, so the driver
-    /// may call it on the event-loop thread.
-    fn is_inline(&self) -> bool {
-        false
+    /// Where the driver may call this backend: on the event loop
+    /// ([`Execution::Inline`]: every operation completes quickly in memory)
+    /// or on its worker pool ([`Execution::Blocking`], the default).
+    fn execution(&self) -> Execution {
+        Execution::Blocking
+    }
+    /// A client connected, before negotiation (nbdkit's `preconnect`): an
+    /// error refuses it (the `ip` filter). Filters call their inner backend's.
+    fn preconnect(&self, client: &ClientInfo<'_>) -> io::Result<()> {
+        let _ = client;
+        Ok(())
+    }
+    /// A client selected this export (NBD_OPT_GO / EXPORT_NAME): the handle
+    /// its connection uses until it closes, or `None` for this shared value
+    /// (the default). Dropping the handle is the connection's close. An error
+    /// refuses the client. Filters that wrap a per-connection inner handle
+    /// return themselves around it.
+    fn open(&self, client: &ClientInfo<'_>) -> io::Result<Option<std::sync::Arc<dyn Backend>>> {
+        let _ = client;
+        Ok(None)
     }
     /// Fill `buf` from `offset`.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::util::{check_read, check_write, is_zero, len64, out_of_range, push_extent};
-use crate::{Backend, Caps, Extent, ExtentFlags, ZeroFlags, size::MAX_SIZE};
+use crate::{Backend, Caps, Execution, Extent, ExtentFlags, ZeroFlags, size::MAX_SIZE};
 
 /// Bytes per page of the sparse store.
 pub const PAGE_SIZE: usize = 4096;
@@ -155,8 +155,8 @@ impl Backend for MemoryBackend {
             | Caps::RESIZE
     }
 
-    fn is_inline(&self) -> bool {
-        true
+    fn execution(&self) -> Execution {
+        Execution::Inline
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {

@@ -4,7 +4,7 @@
 use std::io;
 
 use crate::util::{check_read, check_write, len64, out_of_range, push_extent};
-use crate::{Backend, Caps, Extent, ExtentFlags, ZeroFlags, size::MAX_SIZE};
+use crate::{Backend, Caps, Execution, Extent, ExtentFlags, ZeroFlags, size::MAX_SIZE};
 
 /// Reads zeroes, accepts and drops every write; every extent is a hole.
 #[derive(Debug, Clone, Copy)]
@@ -42,8 +42,8 @@ impl Backend for NullBackend {
             | Caps::MULTI_CONN
     }
 
-    fn is_inline(&self) -> bool {
-        true
+    fn execution(&self) -> Execution {
+        Execution::Inline
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {

@@ -6,7 +6,7 @@
 use std::io;
 
 use crate::util::{check_read, len64, out_of_range, read_only};
-use crate::{Backend, Caps, ZeroFlags, size::MAX_SIZE};
+use crate::{Backend, Caps, Execution, ZeroFlags, size::MAX_SIZE};
 
 /// Content computed from the offset; writes fail with `EROFS`.
 #[derive(Debug, Clone, Copy)]
@@ -43,8 +43,8 @@ impl Backend for PatternBackend {
         Caps::READ_ONLY | Caps::CACHE | Caps::MULTI_CONN
     }
 
-    fn is_inline(&self) -> bool {
-        true
+    fn execution(&self) -> Execution {
+        Execution::Inline
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use nbd_backends::{
-    Backend, Caps, Extent, ExtentFlags, FileBackend, MemoryBackend, NullBackend, PatternBackend,
-    ZeroFlags,
+    Backend, Caps, Execution, Extent, ExtentFlags, FileBackend, MemoryBackend, NullBackend,
+    PatternBackend, ZeroFlags,
 };
 
 /// What a backend under test promises.
@@ -577,7 +577,9 @@ fn caps_and_inline() {
             .caps()
             .contains(all_rw | Caps::FAST_ZERO | Caps::RESIZE | Caps::MULTI_CONN)
     );
-    assert!(m.backend.is_inline() && null().backend.is_inline() && pattern().backend.is_inline());
+    for b in [m.backend, null().backend, pattern().backend] {
+        assert_eq!(b.execution(), Execution::Inline);
+    }
     assert!(pattern().backend.caps().contains(Caps::READ_ONLY));
     let f = file_tmp();
     assert!(
@@ -585,7 +587,7 @@ fn caps_and_inline() {
             .caps()
             .contains(all_rw | Caps::MULTI_CONN | Caps::CACHE)
     );
-    assert!(!f.backend.is_inline());
+    assert_eq!(f.backend.execution(), Execution::Blocking);
     assert!(file_readonly().backend.caps().contains(Caps::READ_ONLY));
 }
 

@@ -109,7 +109,7 @@ fn delay_filter_sleeps_and_is_not_inline() {
     let f = words("delay");
     let set = build_with_filters("memory", &words("1M rdelay=30ms wdelay=0"), &f, "", false);
     let b = set.unwrap().get("").unwrap().backend.clone();
-    assert!(!b.is_inline());
+    assert_eq!(b.execution(), nbd_backends::Execution::Blocking);
     let t = Instant::now();
     b.read_at(0, &mut [0; 1]).unwrap();
     assert!(t.elapsed() >= Duration::from_millis(30));

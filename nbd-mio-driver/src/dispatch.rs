@@ -198,7 +198,7 @@ pub fn execute(
             };
         }
     }
-    if !backend.is_inline() && shared.pool.is_some() {
+    if backend.execution() == nbd_backends::Execution::Blocking && shared.pool.is_some() {
         let mut job = new_job(shared, conn, to, h.flags, backend, op);
         match op {
             Op::Write { .. } => {

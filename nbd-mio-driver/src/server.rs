@@ -144,10 +144,9 @@ impl Server {
             let id = crate::proxy::backend_id(b);
             upstreams.iter().any(|u: &Upstream| u.backend_id == id)
         };
-        let needs_pool = opts
-            .exports
-            .list()
-            .any(|e| !e.backend.is_inline() && !is_upstream(&e.backend));
+        let needs_pool = opts.exports.list().any(|e| {
+            e.backend.execution() == nbd_backends::Execution::Blocking && !is_upstream(&e.backend)
+        });
         let pool = if needs_pool {
             Some(Pool::new(POOL_THREADS, Arc::clone(&waker))?)
         } else {

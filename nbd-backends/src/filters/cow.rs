@@ -7,7 +7,7 @@ use std::io;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::util::{check_read, check_write, len64};
-use crate::{Backend, BlockSize, Caps, MemoryBackend, PAGE_SIZE, ZeroFlags};
+use crate::{Backend, BlockSize, Caps, Execution, MemoryBackend, PAGE_SIZE, ZeroFlags};
 
 const BLOCK: u64 = PAGE_SIZE as u64;
 
@@ -81,8 +81,8 @@ impl Backend for Cow {
     fn block_size(&self) -> Option<BlockSize> {
         self.inner.block_size()
     }
-    fn is_inline(&self) -> bool {
-        self.inner.is_inline()
+    fn execution(&self) -> Execution {
+        self.inner.execution()
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         let end = check_read(offset, len64(buf), self.size())?;

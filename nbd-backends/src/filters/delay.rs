@@ -5,7 +5,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{Backend, BlockSize, Caps, Extent, ZeroFlags};
+use crate::{Backend, BlockSize, Caps, Execution, Extent, ZeroFlags};
 
 /// Sleeps, then forwards. Never inline: a sleep on the event loop would
 /// stall every connection.
@@ -57,8 +57,8 @@ impl Backend for Delay {
     fn block_size(&self) -> Option<BlockSize> {
         self.inner.block_size()
     }
-    fn is_inline(&self) -> bool {
-        false
+    fn execution(&self) -> Execution {
+        Execution::Blocking
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         pause(self.read);

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::{Backend, BlockSize, Caps, Extent, ZeroFlags};
+use crate::{Backend, BlockSize, Caps, Execution, Extent, ZeroFlags};
 
 /// Operation names in the per-operation keys (`error-OP=`), in the order
 /// of [`ErrorInject::with_rules`]' array.
@@ -154,8 +154,8 @@ impl Backend for ErrorInject {
     fn block_size(&self) -> Option<BlockSize> {
         self.inner.block_size()
     }
-    fn is_inline(&self) -> bool {
-        self.inner.is_inline()
+    fn execution(&self) -> Execution {
+        self.inner.execution()
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.roll(0)?;

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use crate::{Backend, BlockSize, Caps, Extent, ZeroFlags};
+use crate::{Backend, BlockSize, Caps, Execution, Extent, ZeroFlags};
 
 /// Forwards everything, appending one line per request to a file.
 pub struct Log {
@@ -164,10 +164,14 @@ impl Backend for Log {
     fn block_size(&self) -> Option<BlockSize> {
         self.inner.block_size()
     }
-    fn is_inline(&self) -> bool {
+    fn execution(&self) -> Execution {
         // Writing the line is a syscall: keep it off the event loop when
         // logging to a file.
-        self.file.is_none() && self.inner.is_inline()
+        if self.file.is_none() {
+            self.inner.execution()
+        } else {
+            Execution::Blocking
+        }
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         let n = buf.len() as u64;

@@ -5,7 +5,7 @@ use std::io;
 use std::sync::Arc;
 
 use crate::util::{check_read, check_write, len64, out_of_range};
-use crate::{Backend, BlockSize, Caps, Extent, ZeroFlags};
+use crate::{Backend, BlockSize, Caps, Execution, Extent, ZeroFlags};
 
 /// `[offset, offset + range)` of the inner backend, seen from 0.
 pub struct Offset {
@@ -53,8 +53,8 @@ impl Backend for Offset {
     fn block_size(&self) -> Option<BlockSize> {
         self.inner.block_size()
     }
-    fn is_inline(&self) -> bool {
-        self.inner.is_inline()
+    fn execution(&self) -> Execution {
+        self.inner.execution()
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         check_read(offset, len64(buf), self.range)?;

@@ -4,7 +4,7 @@ use std::io;
 use std::sync::Arc;
 
 use crate::util::read_only;
-use crate::{Backend, BlockSize, Caps, Extent, ZeroFlags};
+use crate::{Backend, BlockSize, Caps, Execution, Extent, ZeroFlags};
 
 /// Passes reads through; writes, trims, zeroes and resizes fail with
 /// `EROFS` (checklist 70, 71) before reaching the inner backend.
@@ -30,8 +30,8 @@ impl Backend for ReadOnly {
     fn block_size(&self) -> Option<BlockSize> {
         self.inner.block_size()
     }
-    fn is_inline(&self) -> bool {
-        self.inner.is_inline()
+    fn execution(&self) -> Execution {
+        self.inner.execution()
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.inner.read_at(offset, buf)

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::{Backend, BlockSize, Caps, Extent, ZeroFlags};
+use crate::{Backend, BlockSize, Caps, Execution, Extent, ZeroFlags};
 
 const OPS: [&str; 7] = ["read", "write", "trim", "zero", "flush", "cache", "extents"];
 
@@ -69,8 +69,8 @@ impl Backend for Stats {
     fn block_size(&self) -> Option<BlockSize> {
         self.inner.block_size()
     }
-    fn is_inline(&self) -> bool {
-        self.inner.is_inline()
+    fn execution(&self) -> Execution {
+        self.inner.execution()
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.note(0, buf.len() as u64);

@@ -33,7 +33,7 @@ pub mod uri;
 use std::io::{Error, ErrorKind};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
-use nbd_backends::{Backend, BlockSize, Caps, ExtBackend, Extent, ZeroFlags};
+use nbd_backends::{Backend, BlockSize, Caps, Execution, ExtBackend, Extent, ZeroFlags};
 use nbd_proto::client::ClientNegotiated;
 use nbd_proto::flags::TransmissionFlags;
 
@@ -285,8 +285,8 @@ impl Backend for Proxy {
         })
     }
 
-    fn is_inline(&self) -> bool {
-        false
+    fn execution(&self) -> Execution {
+        Execution::Blocking
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
