@@ -16,24 +16,33 @@
 //!   the `answer_*` / `reply_*` calls produce output, `wants_read` /
 //!   `wants_write` drive readiness. A [`ProtocolError`] means "close now";
 //!   every error the peer should hear is a value (an option error reply or
-//!   [`server::Incoming::Reject`]).
+//!   [`server::Input::Reject`]). Decisions are owned tokens that the answer
+//!   consumes, so nothing can be answered twice.
 //!
 //! # Server run loop
-//! 1. Create a [`server::Handshake`]; write [`server::Handshake::poll_transmit`] to the socket.
-//! 2. Feed received bytes to [`server::Handshake::handle_input`] until it returns `(0, None)`,
-//!    consuming what it reports; answer every [`server::HandshakeEvent`] at once with the
-//!    matching `answer_*` call, and after each call drain `poll_transmit` until it returns 0.
-//! 3. On [`server::HandshakeEvent::StartTls`], flush the output, run TLS, then call
-//!    [`server::Handshake::handle_tls_established`].
-//! 4. When [`server::Handshake::negotiated`] is `Some`, build a [`server::Transmission`] and feed
-//!    it the remaining bytes with [`server::Transmission::handle_request`]; execute each
-//!    [`server::Incoming::Command`], answer each `Reject` with
-//!    [`server::Transmission::reply_error`], and close on `Err` or after `Disconnect` once
-//!    [`server::Transmission::in_flight`] is 0.
+//! One [`server::Connection`] per client, fed with
+//! [`server::Connection::handle_input`], drained with
+//! [`server::Connection::poll_transmit`]:
+//! 1. Create it with a [`server::ConnectionConfig`].
+//! 2. Loop: write out `poll_transmit` until it returns 0, then call
+//!    `handle_input` with the buffered input, discard the bytes it reports
+//!    consumed (after using a WRITE's data), and act on the [`server::Input`]:
+//!    - `NeedInput`: read more from the socket; `Continue`: call again;
+//!      `Blocked`: write output (or finish in-flight work) first;
+//!    - `Export`, `List`, `MetaContexts`: answer with the matching
+//!      `answer_*` / `list_entry` call, which consumes the question;
+//!    - `StartTls`: flush in plaintext, run TLS, then
+//!      [`server::Connection::handle_tls_established`];
+//!    - `Request { op, reply }`: run `op` and send one final reply through
+//!      `reply` (`reply_ok`, `reply_read`, `reply_error`, ...), now or
+//!      later; `Reject`: `reply_error` with what it says;
+//!    - `Disconnect`, then `Closed` (or [`server::Connection::is_closed`]):
+//!      write out what is queued and close.
+//! 3. An `Err(ProtocolError)` also means: write out what is queued, then close.
 //!
 //! ```
 //! use nbd_proto::server::*;
-//! use nbd_proto::{OptReplyType, TransmissionFlags};
+//! use nbd_proto::TransmissionFlags;
 //!
 //! // What a client sent: flags, then NBD_OPT_GO for the default export.
 //! let mut client = Vec::new();
@@ -43,37 +52,30 @@
 //! client.extend_from_slice(&6u32.to_be_bytes());
 //! client.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
 //!
-//! let mut hs = Handshake::new(HandshakeConfig::default());
-//! let (mut out, mut sent) = ([0u8; 9000], Vec::new());
-//! let mut pos = 0;
-//! let negotiated = loop {
+//! let mut conn = Connection::new(&ConnectionConfig::default());
+//! let (mut out, mut sent, mut input) = ([0u8; EXPORT_ANSWER_MAX], Vec::new(), &client[..]);
+//! while conn.negotiated().is_none() {
 //!     loop {
-//!         let n = hs.poll_transmit(&mut out);
+//!         let n = conn.poll_transmit(&mut out).unwrap();
 //!         if n == 0 { break; }
 //!         sent.extend_from_slice(&out[..n]);
 //!     }
-//!     if let Some(n) = hs.negotiated() { break n; }
-//!     let (n, event) = hs.handle_input(&client[pos..]).expect("close the connection");
-//!     pos += n;
-//!     let w = match event {
-//!         Some(HandshakeEvent::Export(q)) => {
+//!     let (used, next) = conn.handle_input(input).expect("close the connection");
+//!     input = &input[used..];
+//!     let written = match next {
+//!         Input::Export(q) => {
 //!             let info = ExportInfo { size: 1 << 20, flags: TransmissionFlags::SEND_FLUSH,
-//!                 name: "disk", description: "", block_sizes: None };
-//!             let answer = if q.name().is_empty() { Ok(info) } else { Err(OptReplyType::ErrUnknown) };
-//!             hs.answer_export(&q, answer, &mut out).unwrap()
+//!                 name: "disk", description: "", block_sizes: None, meta_contexts: 1 };
+//!             let answer = if conn.asked_name().is_empty() { Ok(info) } else { Err(nbd_proto::OptReplyType::ErrUnknown) };
+//!             conn.answer_export(q, answer, &mut out).unwrap()
 //!         }
-//!         Some(HandshakeEvent::List) => hs.finish_list(&mut out).unwrap(),
-//!         Some(HandshakeEvent::MetaContexts(q)) =>
-//!             hs.answer_meta_contexts(&q, &["base:allocation"], &mut out).unwrap(),
-//!         Some(_) => unimplemented!("STARTTLS: run TLS, then handle_tls_established"),
-//!         None if n == 0 => unreachable!("needs more input"),
-//!         None => 0,
+//!         Input::Continue => 0,
+//!         other => unreachable!("this client sends nothing else: {other:?}"),
 //!     };
-//!     sent.extend_from_slice(&out[..w]);
-//! };
+//!     sent.extend_from_slice(&out[..written]);
+//! }
 //! assert_eq!(&sent[..8], b"NBDMAGIC");
-//! let tx = Transmission::new(negotiated, TransmissionConfig::default());
-//! assert_eq!(tx.negotiated().size, 1 << 20);
+//! assert_eq!(conn.negotiated().unwrap().size, 1 << 20);
 //! ```
 //!
 //! # Client run loop

@@ -6,11 +6,8 @@
 //! (allocation-counter's global allocator, in this test's own binary), and
 //! the counter is checked to be live so a zero cannot pass vacuously.
 
-use nbd_proto::server::{
-    ExportInfo, Handshake, HandshakeConfig, HandshakeEvent, Incoming, Transmission,
-    TransmissionConfig,
-};
-use nbd_proto::wire::reply::{BlockStatusExtent, ReplyTo};
+use nbd_proto::server::{Connection, ConnectionConfig, ExportInfo, Input, Op};
+use nbd_proto::wire::reply::BlockStatusExtent;
 use nbd_proto::wire::request::{Request, RequestHeader};
 use nbd_proto::{CmdFlags, Command, Cookie, HeaderMode, TransmissionFlags as TF};
 
@@ -28,37 +25,34 @@ fn header(command: Command, cookie: u64, offset: u64, len: u64) -> RequestHeader
     }
 }
 
-/// Negotiate structured replies + base:allocation + GO, all in caller buffers.
-fn negotiate(client: &[u8], out: &mut [u8]) -> Option<nbd_proto::server::Negotiated> {
-    let mut hs = Handshake::new(HandshakeConfig::default());
+/// Negotiate structured replies + base:allocation + GO, all in caller
+/// buffers.
+fn negotiate(conn: &mut Connection, client: &[u8], out: &mut [u8]) -> Option<()> {
     let mut pos = 0;
-    loop {
-        while hs.poll_transmit(out) > 0 {}
-        if let Some(n) = hs.negotiated() {
-            return Some(n);
-        }
-        let (n, ev) = hs.handle_input(&client[pos..]).ok()?;
+    while conn.negotiated().is_none() {
+        while conn.poll_transmit(out).ok()? > 0 {}
+        let (n, next) = conn.handle_input(&client[pos..]).ok()?;
         pos += n;
-        match ev {
-            Some(HandshakeEvent::Export(q)) => {
+        match next {
+            Input::Export(q) => {
                 let info = ExportInfo {
                     size: 1 << 30,
                     flags: TF::SEND_FLUSH | TF::SEND_FUA | TF::SEND_TRIM,
                     name: "d",
                     description: "",
                     block_sizes: None,
+                    meta_contexts: 1,
                 };
-                hs.answer_export(&q, Ok(info), out).ok()?;
+                conn.answer_export(q, Ok(info), out).ok()?;
             }
-            Some(HandshakeEvent::MetaContexts(q)) => {
-                hs.answer_meta_contexts(&q, &["base:allocation"], out)
-                    .ok()?;
+            Input::MetaContexts(q) => {
+                conn.answer_meta_contexts(q, Ok(1), out).ok()?;
             }
-            Some(_) => return None,
-            None if n == 0 => return None,
-            None => {}
+            Input::Continue => {}
+            _ => return None,
         }
     }
+    Some(())
 }
 
 fn client_bytes() -> Vec<u8> {
@@ -125,50 +119,42 @@ fn decode_validate_encode_allocates_nothing() {
     let mut out = vec![0u8; 64 * 1024];
     let mut handled = 0u64;
     let allocs = count(|| {
-        let neg = negotiate(&client, &mut out).expect("negotiation");
-        let mut tx = Transmission::new(neg, TransmissionConfig::default());
+        let mut conn = Connection::new(&ConnectionConfig::default());
+        negotiate(&mut conn, &client, &mut out).expect("negotiation");
         let mut pos = 0;
         loop {
-            let (n, inc) = tx.handle_request(&stream[pos..]).expect("valid stream");
+            let (n, next) = conn.handle_input(&stream[pos..]).expect("valid stream");
             pos += n;
-            match inc {
-                Some(Incoming::Command(Request { header: h, .. })) => {
-                    let to = ReplyTo {
-                        cookie: h.cookie,
-                        offset: h.offset,
-                    };
-                    match h.command {
-                        Command::Read => {
-                            let p = tx.read_prefix_len();
-                            tx.encode_read_prefix(to, h.offset, h.len as usize, true, &mut out)
-                                .unwrap();
-                            assert_eq!(p, 28);
+            match next {
+                Input::Request { op, reply } => {
+                    match op {
+                        Op::Read { .. } => {
+                            assert_eq!(conn.read_prefix_len(), 28);
+                            conn.reply_read(reply, &mut out).unwrap();
                         }
-                        Command::BlockStatus => {
-                            let e = [BlockStatusExtent {
-                                len: h.len,
-                                flags: 3,
-                            }];
-                            tx.encode_block_status(to, 1, &e, true, &mut out).unwrap();
+                        Op::BlockStatus { len, .. } => {
+                            let e = [BlockStatusExtent { len, flags: 3 }];
+                            conn.reply_block_status(reply, 1, &e, &mut out).unwrap();
                         }
                         _ => {
-                            tx.reply_ok(to, &mut out).unwrap();
+                            conn.reply_ok(reply, &mut out).unwrap();
                         }
                     }
                     handled += 1;
                 }
-                Some(Incoming::Reject {
-                    to, error, message, ..
-                }) => {
-                    tx.reply_error(to, error, message, &mut out).unwrap();
+                Input::Reject {
+                    reply,
+                    error,
+                    message,
+                } => {
+                    conn.reply_error(reply, error, message, &mut out).unwrap();
                     handled += 1;
                 }
-                Some(Incoming::Disconnect) => break,
-                None if n == 0 => break,
-                None => {}
+                Input::Continue => {}
+                _ => break,
             }
         }
-        assert_eq!(tx.in_flight(), 0);
+        assert_eq!(conn.in_flight(), 0);
     });
     assert_eq!(handled, 10_000, "the stream was not fully processed");
     assert_eq!(allocs, 0);

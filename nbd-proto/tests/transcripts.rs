@@ -510,7 +510,7 @@ fn checklist_39_query_past_option_length_invalid() {
 #[test]
 fn checklist_40_list_zero_queries_lists_everything() {
     let mut d = structured();
-    d.offered = vec!["base:allocation", "qemu:allocation-depth"];
+    d.offered = 0b11;
     let out = d.feed(&opt(9, &meta_data("disk", &[])));
     assert_eq!(
         out,
@@ -525,7 +525,7 @@ fn checklist_40_list_zero_queries_lists_everything() {
 #[test]
 fn checklist_41_list_namespace_wildcard() {
     let mut d = structured();
-    d.offered = vec!["base:allocation", "qemu:allocation-depth"];
+    d.offered = 0b11;
     let out = d.feed(&opt(9, &meta_data("disk", &["base:"])));
     assert_eq!(
         out,
@@ -576,7 +576,7 @@ fn checklist_45_46_set_namespace_or_unknown_leaf_ignored() {
 #[test]
 fn checklist_47_ids_unique_and_duplicates_once() {
     let mut d = structured();
-    d.offered = vec!["base:allocation", "qemu:allocation-depth"];
+    d.offered = 0b11;
     let out = d.feed(&opt(
         10,
         &meta_data(
@@ -677,7 +677,7 @@ fn start_tls(mode: TlsMode) -> Driver {
     assert_eq!(d.feed(&opt(5, b"")), rep(5, ACK, b""));
     assert_eq!(d.seen.starttls, 1);
     assert!(!d.hs.wants_read(), "no plaintext read while TLS starts");
-    d.hs.handle_tls_established();
+    d.tls_established();
     assert!(d.hs.tls_active());
     d
 }
@@ -730,7 +730,7 @@ fn checklist_58_state_before_starttls_forgotten() {
         opt(5, b""),
     ]));
     assert!(out.ends_with(&rep(5, ACK, b"")));
-    d.hs.handle_tls_established();
+    d.tls_established();
     let out = d.feed(&opt(7, &info_data("disk", &[])));
     // No SEND_DF: structured replies were forgotten.
     assert_eq!(out, go_ok(7, DISK_WIRE_FLAGS));
