@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use mio::event::Source;
 use mio::{Interest, Registry, Token};
+use nbd_backends::Peer;
 use rustix::net::{AddressFamily, SocketFlags, SocketType, sockopt};
 
 use crate::cli::{Config, TlsMode, UnixPath};
@@ -50,13 +51,13 @@ impl Listener {
     ///
     /// `WouldBlock` when nothing is pending (keep accepting until then), or
     /// the OS error from `accept(2)`.
-    pub fn accept(&self) -> io::Result<(Stream, String)> {
+    pub fn accept(&self) -> io::Result<(Stream, String, Peer)> {
         match self {
             Self::Tcp(l) => {
                 let (s, peer) = l.accept()?;
                 // Best effort: a failure here only costs latency.
                 let _ = s.set_nodelay(true);
-                Ok((Stream::Tcp(s), peer.to_string()))
+                Ok((Stream::Tcp(s), peer.to_string(), Peer::Tcp(peer)))
             }
             Self::Unix(l) => {
                 let (s, _) = l.accept()?;
@@ -65,9 +66,16 @@ impl Listener {
                     |_| "unix".to_owned(),
                     |c| format!("unix pid {}", c.pid.as_raw_nonzero()),
                 );
-                Ok((Stream::Unix(s), peer))
+                Ok((Stream::Unix(s), peer, Peer::Unix))
             }
-            Self::Vsock(fd) => Ok((Stream::Unix(crate::vsock::accept(fd)?), "vsock".to_owned())),
+            Self::Vsock(fd) => {
+                let (s, cid, port) = crate::vsock::accept(fd)?;
+                Ok((
+                    Stream::Unix(s),
+                    format!("vsock {cid}:{port}"),
+                    Peer::Vsock { cid, port },
+                ))
+            }
         }
     }
 

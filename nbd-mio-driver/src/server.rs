@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token, Waker};
-use nbd_backends::ExportSet;
-use nbd_proto::server::{HandshakeConfig, TlsMode as ProtoTlsMode};
+use nbd_backends::{ClientInfo, ExportSet, Peer};
+use nbd_proto::server::{ConnectionConfig, HandshakeConfig, TlsMode as ProtoTlsMode};
 use slab::Slab;
 
 use crate::conn::{Conn, ConnConfig};
@@ -159,12 +159,16 @@ impl Server {
         };
         let cfg = ConnConfig {
             exports: Arc::new(opts.exports),
-            handshake: HandshakeConfig {
-                tls,
-                ..HandshakeConfig::default()
+            proto: ConnectionConfig {
+                handshake: HandshakeConfig {
+                    tls,
+                    meta_contexts: crate::conn::META_CONTEXTS,
+                    ..HandshakeConfig::default()
+                },
+                oldstyle: opts.oldstyle,
+                ..ConnectionConfig::default()
             },
             tls: opts.tls,
-            oldstyle: opts.oldstyle,
         };
         let mut shared = Shared::new(pool);
         shared.upstreams = upstreams;
@@ -185,7 +189,7 @@ impl Server {
             has_deadlines: false,
         };
         if let Some(stream) = opts.single {
-            server.add_conn(stream, "stdin".to_owned())?;
+            server.add_conn(stream, ("stdin".to_owned(), Peer::Other))?;
         }
         Ok(server)
     }
@@ -198,15 +202,31 @@ impl Server {
         }
     }
 
-    fn add_conn(&mut self, mut stream: Stream, peer: String) -> io::Result<()> {
+    fn add_conn(&mut self, mut stream: Stream, peer: (String, Peer)) -> io::Result<()> {
+        self.next_id += 1;
+        // nbdkit's preconnect: the export (a filter such as `ip`) may refuse
+        // the client before a byte is exchanged. With several exports the
+        // default one decides; each export's `open` decides again at GO.
+        if let Some(e) = self.cfg.exports.default_export() {
+            let client = ClientInfo {
+                id: self.next_id,
+                peer: peer.1,
+                export_name: "",
+                tls: false,
+            };
+            if let Err(err) = e.backend.preconnect(&client) {
+                log::info!("{}: refused: {err}", peer.0);
+                let _ = stream.shutdown();
+                return Ok(());
+            }
+        }
         let entry = self.conns.vacant_entry();
         let token = Token(CONN_BASE + entry.key());
         let interest = Interest::READABLE | Interest::WRITABLE;
         self.poll
             .registry()
             .register(&mut stream, token, interest)?;
-        self.next_id += 1;
-        log::info!("{peer}: connected");
+        log::info!("{}: connected", peer.0);
         let conn = Conn::new(
             self.next_id,
             peer,
@@ -228,8 +248,8 @@ impl Server {
                 return;
             };
             match l.accept() {
-                Ok((stream, peer)) => {
-                    if let Err(e) = self.add_conn(stream, peer) {
+                Ok((stream, name, peer)) => {
+                    if let Err(e) = self.add_conn(stream, (name, peer)) {
                         log::warn!("cannot register a connection: {e}");
                     }
                 }

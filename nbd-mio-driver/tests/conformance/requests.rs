@@ -279,10 +279,11 @@ fn checklist_78_fua_on_read_flush_cache_is_accepted() {
 
 #[test]
 fn checklist_81_oversize_write_is_drained_and_rejected() {
-    let s = Server::start(Transport::Unix, &["memory", "64M"]);
+    let s = Server::start(Transport::Unix, &["memory", "128M"]);
     let mut c = Raw::negotiate(&s, HeaderMode::Simple);
-    // Above the 32 MiB maximum payload, within what the server drains.
-    let len = (32 << 20) + 4096;
+    // Above the 64 MiB accepted from a client that did not agree to block
+    // sizes, within what the server drains (128 MiB).
+    let len = (64 << 20) + 4096;
     let mut data = vec![0x5a; len];
     data[..28].copy_from_slice(&encode_request(
         c.mode,
