@@ -28,6 +28,7 @@ pub mod filters;
 mod memory;
 mod null;
 mod pattern;
+pub mod qcow2;
 mod registry;
 mod size;
 mod util;
@@ -36,6 +37,7 @@ pub use file::{FileBackend, open_dir};
 pub use memory::{MemoryBackend, PAGE_SIZE};
 pub use null::NullBackend;
 pub use pattern::PatternBackend;
+pub use qcow2::{ImageBackend, ImageFormat, ImageOptions};
 pub use registry::{
     BACKENDS, Export, ExportSet, ExtBackend, ExtOpen, build, build_with_filters,
     build_with_filters_ext,
