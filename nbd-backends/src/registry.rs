@@ -279,9 +279,13 @@ pub fn build_with_filters_ext(
     // Filters claim their keys first, so backend keys are checked against
     // what is left.
     let stack = filters::parse_stack(filter_names, &mut params)?;
-    // Below a cow layer nothing is ever written, so the backend is opened
-    // read-only (as nbdkit does): a base file without write permission works.
-    let open_ro = readonly || stack.iter().any(|s| matches!(s, filters::Spec::Cow));
+    // Below a cow layer, or a qcow2dec one, nothing is ever written, so the
+    // backend is opened read-only (as nbdkit does): a base file without
+    // write permission works.
+    let open_ro = readonly
+        || stack
+            .iter()
+            .any(|s| matches!(s, filters::Spec::Cow | filters::Spec::Qcow2Dec));
     let exports = match ext {
         Some(e) if !BACKENDS.iter().any(|b| b.0 == backend) => {
             params.check_known(e.keys)?;

@@ -16,9 +16,9 @@
 //! [`open::ChainGate`] bounds the backing chain; we check the virtual size
 //! against [`crate::MAX_SIZE`] and every request against the size.
 
+pub(crate) mod dec;
 mod map;
 mod open;
-pub mod qcow2dec;
 
 use std::io;
 use std::path::{Path, PathBuf};
