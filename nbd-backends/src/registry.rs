@@ -103,7 +103,11 @@ pub const BACKENDS: &[(&str, &str, &str)] = &[
         "file",
         "qcow2 image, read-write: qcow2 FILE [backing=PATH|backing=] [backing-format=qcow2|raw|vmdk]",
     ),
-    ("vmdk", "file", "VMware vmdk image, read-only: vmdk FILE"),
+    (
+        "vmdk",
+        "file",
+        "VMware vmdk image (flat extents), read-only: vmdk FILE",
+    ),
 ];
 
 /// Keys each backend accepts.

@@ -371,3 +371,34 @@ fn registry_builds_qcow2_with_keys() {
     let e = nbd_backends::build("qcow2", &words(&["/nonexistent.qcow2"]), "", true);
     assert!(e.err().unwrap().starts_with("qcow2: /nonexistent.qcow2: "));
 }
+
+#[test]
+fn vmdk_reads_match_qemu_and_is_read_only() {
+    let dir = Dir::new("vmdk");
+    let (_, top) = chain(&dir);
+    // imago reads descriptor + flat (and zero) extents, not sparse ones.
+    for sub in ["monolithicFlat", "twoGbMaxExtentFlat"] {
+        let vmdk = dir.path(&format!("{sub}.vmdk"));
+        let o = format!("subformat={sub}");
+        run(
+            "qemu-img",
+            &["convert", "-O", "vmdk", "-o", &o, s(&top), s(&vmdk)],
+        );
+        let words = vec![s(&vmdk).to_owned()];
+        let set = nbd_backends::build("vmdk", &words, "", false).unwrap();
+        let b = &set.get("").unwrap().backend;
+        assert!(
+            b.caps().contains(Caps::READ_ONLY),
+            "vmdk is served read-only"
+        );
+        assert_eq!(read_all(&**b), raw_bytes(&top, &dir), "{sub}");
+        assert!(b.write_at(0, &[1], false).is_err());
+    }
+    let sparse = dir.path("sparse.vmdk");
+    run("qemu-img", &["convert", "-O", "vmdk", s(&top), s(&sparse)]);
+    let e = nbd_backends::build("vmdk", &[s(&sparse).to_owned()], "", false);
+    assert!(
+        e.err().unwrap().contains("sparse"),
+        "sparse vmdk: a clear error"
+    );
+}

@@ -23,7 +23,8 @@ pub(super) const MAX_CHAIN: u32 = 64;
 pub enum ImageFormat {
     /// QEMU copy-on-write v2 / v3: read and write.
     Qcow2,
-    /// VMware disk (monolithic sparse or flat, descriptor + extents): read-only.
+    /// VMware disk, descriptor with flat or zero extents (imago reads no
+    /// sparse extents): read-only.
     Vmdk,
     /// A raw file (only as a backing image).
     Raw,
