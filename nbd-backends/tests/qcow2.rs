@@ -335,6 +335,22 @@ fn hostile_images_are_refused() {
             assert!(buf.iter().all(|&x| x == 0));
         }
     }
+    // zstd compression: refused, not misread as zlib.
+    let z = dir.path("zstd.qcow2");
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "compression_type=zstd",
+            s(&z),
+            "1M",
+        ],
+    );
+    assert!(ImageBackend::open(&z, &ImageOptions::default()).is_err());
     // A truncated image, and one that is its own backing file.
     let p = dir.path("short.qcow2");
     std::fs::write(&p, &bytes[..100]).unwrap();
