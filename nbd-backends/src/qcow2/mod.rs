@@ -72,13 +72,10 @@ impl ImageBackend {
             None => ImageFormat::probe(path)?,
         };
         let bad = |m: String| io::Error::new(io::ErrorKind::InvalidInput, m);
-        match format {
-            ImageFormat::Raw => {
-                return Err(bad(
-                    "not a qcow2 or vmdk image (raw files: use the file backend)".into(),
-                ));
-            }
-            _ => {}
+        if format == ImageFormat::Raw {
+            return Err(bad(
+                "not a qcow2 or vmdk image (raw files: use the file backend)".into(),
+            ));
         }
         // imago does not write vmdk: such an export is read-only.
         let readonly = opts.readonly || format == ImageFormat::Vmdk;

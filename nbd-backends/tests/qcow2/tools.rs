@@ -1,6 +1,9 @@
 //! qemu-img / qemu-io / qemu-nbd helpers for the qcow2 tests, and a tiny
 //! reader for `qemu-img map --output=json` (one object per line).
 
+// Each test file uses a different subset.
+#![allow(dead_code)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -89,11 +92,9 @@ pub fn check(path: &Path) {
 /// One `qemu-img map` entry.
 #[derive(Debug, Clone, Copy)]
 pub struct MapEntry {
-    #[allow(dead_code)] // kept for failure messages
     pub start: u64,
     pub length: u64,
     /// 0-based layer (qemu-img's numbering).
-    #[allow(dead_code)] // read by some test files only
     pub depth: u32,
     pub present: bool,
     pub zero: bool,

@@ -101,7 +101,8 @@ impl Header {
             )));
         }
         let end = self.l1_offset.checked_add(self.l1_entries * 8);
-        if self.l1_offset % self.cluster_size() != 0 || end.is_none_or(|e| e > file_size) {
+        if !self.l1_offset.is_multiple_of(self.cluster_size()) || end.is_none_or(|e| e > file_size)
+        {
             return Err(bad(format!("L1 table at {} is misplaced", self.l1_offset)));
         }
         Ok(())

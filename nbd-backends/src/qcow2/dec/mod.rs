@@ -98,7 +98,7 @@ impl Decoder {
             return Ok(Arc::clone(t));
         }
         let cs = self.cluster_size();
-        if at % cs != 0 {
+        if !at.is_multiple_of(cs) {
             return Err(corrupt(format!("unaligned L2 table at {at}")));
         }
         self.in_file(at, cs, "L2 table")?;
@@ -138,7 +138,7 @@ impl Decoder {
         }
         match e & OFFSET_MASK {
             0 => Ok(Cluster::Unallocated),
-            off if off % self.cluster_size() != 0 => {
+            off if !off.is_multiple_of(self.cluster_size()) => {
                 Err(corrupt(format!("unaligned data cluster at {off}")))
             }
             off => {
