@@ -513,7 +513,7 @@ mod tests {
         let err = build_with_filters_ext("nope", &[], &[], "", true, &ext)
             .err()
             .unwrap();
-        assert!(err.ends_with("pattern, ext)"), "{err}");
+        assert!(err.ends_with("pattern, qcow2, vmdk, ext)"), "{err}");
     }
 
     #[test]
