@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use crate::filters;
 use crate::{
-    Backend, FileBackend, MemoryBackend, NullBackend, PatternBackend, open_dir, parse_size,
+    Backend, FileBackend, ImageBackend, ImageFormat, ImageOptions, MemoryBackend, NullBackend,
+    PatternBackend, open_dir, parse_size,
 };
 
 /// One export served by the server.
@@ -97,6 +98,16 @@ pub const BACKENDS: &[(&str, &str, &str)] = &[
         "size",
         "read-only, every 8-byte word holds its offset: pattern SIZE",
     ),
+    (
+        "qcow2",
+        "file",
+        "qcow2 image, read-write: qcow2 FILE [backing=PATH|backing=] [backing-format=qcow2|raw|vmdk]",
+    ),
+    (
+        "vmdk",
+        "file",
+        "VMware vmdk image (flat extents), read-only: vmdk FILE",
+    ),
 ];
 
 /// Keys each backend accepts.
@@ -104,6 +115,8 @@ fn backend_keys(backend: &str) -> &'static [&'static str] {
     match backend {
         "memory" | "null" | "pattern" => &["size"],
         "file" => &["file", "cache", "dir"],
+        "qcow2" => &["file", "backing", "backing-format"],
+        "vmdk" => &["file"],
         _ => &[],
     }
 }
@@ -270,9 +283,13 @@ pub fn build_with_filters_ext(
     // Filters claim their keys first, so backend keys are checked against
     // what is left.
     let stack = filters::parse_stack(filter_names, &mut params)?;
-    // Below a cow layer nothing is ever written, so the backend is opened
-    // read-only (as nbdkit does): a base file without write permission works.
-    let open_ro = readonly || stack.iter().any(|s| matches!(s, filters::Spec::Cow));
+    // Below a cow layer, or a qcow2dec one, nothing is ever written, so the
+    // backend is opened read-only (as nbdkit does): a base file without
+    // write permission works.
+    let open_ro = readonly
+        || stack
+            .iter()
+            .any(|s| matches!(s, filters::Spec::Cow | filters::Spec::Qcow2Dec));
     let exports = match ext {
         Some(e) if !BACKENDS.iter().any(|b| b.0 == backend) => {
             params.check_known(e.keys)?;
@@ -377,8 +394,42 @@ fn make_backend(
                 (None, None) => Err("file: missing parameter file (e.g. file disk.img)".to_owned()),
             }
         }
+        "qcow2" | "vmdk" => image(backend, p, readonly).map(|(b, d)| vec![(None, Some(d), b)]),
         _ => Err(format!("unknown backend '{backend}'")),
     }
+}
+
+/// `qcow2 FILE [backing=] [backing-format=]`, `vmdk FILE`.
+fn image(
+    backend: &str,
+    p: &mut Params<'_>,
+    readonly: bool,
+) -> Result<(Arc<dyn Backend>, String), String> {
+    let Some(path) = p.take("file") else {
+        return Err(format!(
+            "{backend}: missing parameter file (e.g. {backend} disk.{backend})"
+        ));
+    };
+    let format = if backend == "vmdk" {
+        ImageFormat::Vmdk
+    } else {
+        ImageFormat::Qcow2
+    };
+    let backing_format = p
+        .take("backing-format")
+        .map(ImageFormat::parse)
+        .transpose()
+        .map_err(|e| format!("{backend}: backing-format: {e}"))?;
+    let opts = ImageOptions {
+        format: Some(format),
+        readonly,
+        backing: p.take("backing").map(Into::into),
+        backing_format,
+    };
+    let b =
+        ImageBackend::open(path.as_ref(), &opts).map_err(|e| format!("{backend}: {path}: {e}"))?;
+    let d = b.description().unwrap_or_default();
+    Ok((Arc::new(b), d))
 }
 
 #[cfg(test)]
@@ -462,7 +513,7 @@ mod tests {
         let err = build_with_filters_ext("nope", &[], &[], "", true, &ext)
             .err()
             .unwrap();
-        assert!(err.ends_with("pattern, ext)"), "{err}");
+        assert!(err.ends_with("pattern, qcow2, vmdk, ext)"), "{err}");
     }
 
     #[test]
@@ -531,7 +582,7 @@ mod tests {
     fn every_listed_backend_builds() {
         for &(name, magic, help) in BACKENDS {
             assert!(!help.is_empty() && !magic.is_empty());
-            if name != "file" {
+            if !matches!(name, "file" | "qcow2" | "vmdk") {
                 build(name, &words("4k"), "", false).unwrap();
             }
         }

@@ -73,3 +73,30 @@ pub(crate) fn push_extent(
         None => false,
     }
 }
+
+/// Push a depth run into `out[*n..]`, merging it with the previous one when
+/// the depths match. Returns false when `out` is full (the run is dropped).
+pub(crate) fn push_depth(
+    out: &mut [crate::DepthExtent],
+    n: &mut usize,
+    len: u64,
+    depth: u32,
+) -> bool {
+    if len == 0 {
+        return true;
+    }
+    if let Some(prev) = n.checked_sub(1).and_then(|i| out.get_mut(i))
+        && prev.depth == depth
+    {
+        prev.len += len;
+        return true;
+    }
+    match out.get_mut(*n) {
+        Some(slot) => {
+            *slot = crate::DepthExtent { len, depth };
+            *n += 1;
+            true
+        }
+        None => false,
+    }
+}

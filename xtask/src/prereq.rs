@@ -18,6 +18,8 @@ enum Probe {
 const NEEDS: &[(&str, Probe, &str)] = &[
     ("qemu-img", Probe::Tool("qemu-img"), "qemu-utils"),
     ("qemu-io", Probe::Tool("qemu-io"), "qemu-utils"),
+    // Allocation-depth tests compare with qemu-nbd -A.
+    ("qemu-nbd", Probe::Tool("qemu-nbd"), "qemu-utils"),
     ("nbdinfo", Probe::Tool("nbdinfo"), "libnbd-bin"),
     ("nbdcopy", Probe::Tool("nbdcopy"), "libnbd-bin"),
     ("nbdsh", Probe::Tool("nbdsh"), "libnbd-bin"),
