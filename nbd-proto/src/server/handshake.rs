@@ -24,12 +24,18 @@ use crate::wire::option::{Info, InfoRequest, MetaContextRequest, encode_server_e
 pub struct HandshakeConfig {
     /// TLS policy.
     pub tls: TlsMode,
+    /// Offer `NBD_FLAG_FIXED_NEWSTYLE`. Without it a client may only send
+    /// `NBD_OPT_EXPORT_NAME` (nbdkit's `--mask-handshake` bit 0).
+    pub fixed_newstyle: bool,
     /// Offer `NBD_FLAG_NO_ZEROES`.
     pub no_zeroes: bool,
     /// Accept `NBD_OPT_STRUCTURED_REPLY`.
     pub structured_replies: bool,
     /// Accept `NBD_OPT_EXTENDED_HEADERS`.
     pub extended_headers: bool,
+    /// Accept `NBD_OPT_LIST_META_CONTEXT` / `NBD_OPT_SET_META_CONTEXT`
+    /// (nbdkit's `--no-mc` turns them off).
+    pub meta_contexts: bool,
     /// Largest option the server parses (INFO/GO/meta contexts); larger
     /// ones are drained and refused with `NBD_REP_ERR_TOO_BIG`. The driver's
     /// input buffer must hold `16 + max_option_len` bytes.
@@ -45,9 +51,11 @@ impl Default for HandshakeConfig {
     fn default() -> Self {
         Self {
             tls: TlsMode::Off,
+            fixed_newstyle: true,
             no_zeroes: true,
             structured_replies: true,
             extended_headers: true,
+            meta_contexts: true,
             // Four 4096-byte strings plus framing fit easily.
             max_option_len: 64 * 1024,
             max_drain_len: 64 * 1024 * 1024,
@@ -233,7 +241,10 @@ impl Handshake {
     #[must_use]
     pub fn poll_transmit(&mut self, out: &mut [u8]) -> usize {
         if self.state == State::Greeting {
-            let mut flags = HandshakeFlags::FIXED_NEWSTYLE;
+            let mut flags = HandshakeFlags::empty();
+            if self.cfg.fixed_newstyle {
+                flags |= HandshakeFlags::FIXED_NEWSTYLE;
+            }
             if self.cfg.no_zeroes {
                 flags |= HandshakeFlags::NO_ZEROES;
             }
@@ -321,7 +332,10 @@ impl Handshake {
         };
         // Unknown bits, or NO_ZEROES we did not offer: the spec says close
         // (checklist 3, 4).
-        let mut allowed = ClientFlags::FIXED_NEWSTYLE;
+        let mut allowed = ClientFlags::empty();
+        if self.cfg.fixed_newstyle {
+            allowed |= ClientFlags::FIXED_NEWSTYLE;
+        }
         if self.cfg.no_zeroes {
             allowed |= ClientFlags::NO_ZEROES;
         }
@@ -483,6 +497,10 @@ impl Handshake {
             },
             OptionCode::ListMetaContext | OptionCode::SetMetaContext => {
                 let list = option == OptionCode::ListMetaContext;
+                if !self.cfg.meta_contexts {
+                    self.reply(option, OptReplyType::ErrUnsup, "");
+                    return Ok((frame_len, None));
+                }
                 if !list {
                     // SET replaces the selection even when it fails
                     // (checklist 48).
