@@ -65,8 +65,9 @@ mod tests {
     }
 
     /// Only refusals of writing fall back: a missing file stays an error.
-    /// (The fallback itself is tested end to end in the driver's
-    /// tests/cli_behaviour.rs with an immutable file.)
+    /// (The fallback itself is tested end to end with an immutable file:
+    /// docs/NBDKIT-COMPAT.md's Behaviour rows, run by the driver's
+    /// tests/cli_compat.rs.)
     #[test]
     fn missing_file_is_an_error() {
         let e = open_or_read_only("/nonexistent/nbdd-x", false, false)
