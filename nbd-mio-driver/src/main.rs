@@ -217,7 +217,10 @@ fn load_tls(cfg: &Config) -> anyhow::Result<Option<Arc<TlsServerConfig>>> {
         return Ok(None);
     }
     let certs = match &cfg.tls_psk {
-        Some(_) => None,
+        Some(psk) => {
+            warn_if_world_readable(psk);
+            None
+        }
         None => Some(
             tlsdefault::certificates(cfg.tls_certificates.as_deref())
                 .map_err(anyhow::Error::msg)?,
@@ -230,6 +233,20 @@ fn load_tls(cfg: &Config) -> anyhow::Result<Option<Arc<TlsServerConfig>>> {
     )
     .map_err(anyhow::Error::msg)?;
     Ok(Some(Arc::new(loaded)))
+}
+
+/// Keys anyone on the host can read are no secret (ssh refuses such keys;
+/// nbdd serves, with one warning).
+fn warn_if_world_readable(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    if let Ok(m) = std::fs::metadata(path)
+        && m.permissions().mode() & 0o004 != 0
+    {
+        log::warn!(
+            "--tls-psk: {} is readable by everyone (chmod 600 it)",
+            path.display()
+        );
+    }
 }
 
 /// `--print-uri` and the pidfile, once the server is ready to serve.

@@ -35,6 +35,9 @@ impl Env {
         std::fs::write(p.join("dir/a.img"), vec![1u8; 4096]).unwrap();
         std::fs::write(p.join("dir/b.img"), vec![2u8; 8192]).unwrap();
         std::fs::write(p.join("keys.psk"), format!("alice:{}\n", "ab".repeat(32))).unwrap();
+        // World-readable on purpose: one row checks the warning about it.
+        let mode = std::os::unix::fs::PermissionsExt::from_mode(0o644);
+        std::fs::set_permissions(p.join("keys.psk"), mode).unwrap();
         std::fs::write(p.join("exports.toml"), CONFIG).unwrap();
         let immutable = p.join("immutable.img");
         std::fs::write(&immutable, vec![9u8; 1 << 20]).unwrap();
