@@ -414,11 +414,11 @@ fn apply(
         "group" => cfg.group = Some(v),
         "swap" => cfg.swap = true,
         "threads" => {
+            // Validated as before so a typo is caught; the lead's event
+            // loops use it later.
             cfg.threads = Some(
                 v.parse::<u32>()
-                    .ok()
-                    .filter(|&n| n > 0)
-                    .ok_or_else(|| format!("-t: invalid thread count '{v}'"))?,
+                    .map_err(|_| format!("-t: invalid thread count '{v}'"))?,
             );
         }
         "readonly" => cfg.readonly = true,
