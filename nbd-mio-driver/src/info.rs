@@ -46,6 +46,7 @@ pub fn backend_help(backend: &str, filters: &[String]) -> Result<String, String>
             .iter()
             .find(|r| r.0 == f.as_str())
             .ok_or_else(|| format!("--filter={f}: unknown filter"))?;
+        let params = if params.is_empty() { "(none)" } else { params };
         s.push_str(&format!(
             "\nfilter {fname}: {fhelp}\n  parameters: {params}\n"
         ));
