@@ -23,6 +23,7 @@
 
 use std::io;
 
+mod export;
 mod file;
 pub mod filters;
 mod memory;
@@ -33,16 +34,17 @@ mod registry;
 mod size;
 mod util;
 
-pub use file::{FileBackend, open_dir};
+pub use export::{Export, ExportPolicy, ExportSet, FixedSize};
+pub use file::{FileBackend, open_dir, open_or_read_only};
 pub use memory::{MemoryBackend, PAGE_SIZE};
 pub use null::NullBackend;
 pub use pattern::PatternBackend;
 pub use qcow2::{ImageBackend, ImageFormat, ImageOptions};
 pub use registry::{
-    BACKENDS, Export, ExportSet, ExtBackend, ExtOpen, build, build_with_filters,
-    build_with_filters_ext,
+    BACKENDS, ExtBackend, ExtOpen, build, build_with_filters, build_with_filters_ext,
 };
 pub use size::{MAX_SIZE, parse_size};
+pub use util::plain_error;
 
 bitflags::bitflags! {
     /// What a backend can do. The driver turns these into NBD transmission

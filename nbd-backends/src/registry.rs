@@ -6,78 +6,12 @@
 
 use std::sync::Arc;
 
+use crate::export::{Export, ExportSet};
 use crate::filters;
 use crate::{
-    Backend, FileBackend, ImageBackend, ImageFormat, ImageOptions, MemoryBackend, NullBackend,
-    PatternBackend, open_dir, parse_size,
+    Backend, ImageBackend, ImageFormat, ImageOptions, MemoryBackend, NullBackend, PatternBackend,
+    open_dir, parse_size,
 };
-
-/// One export served by the server.
-pub struct Export {
-    /// The export name clients ask for (NBD_OPT_GO / EXPORT_NAME).
-    pub name: String,
-    /// Human description for NBD_INFO_DESCRIPTION and NBD_OPT_LIST.
-    pub description: Option<String>,
-    /// The store behind it, shared by every connection.
-    pub backend: Arc<dyn Backend>,
-}
-
-/// The set of exports a server offers, in a fixed order; the first one is
-/// the default export.
-pub struct ExportSet {
-    exports: Vec<Export>,
-}
-
-impl ExportSet {
-    /// A set holding one export.
-    pub fn single(name: String, backend: Arc<dyn Backend>) -> Self {
-        let description = backend.description();
-        Self {
-            exports: vec![Export {
-                name,
-                description,
-                backend,
-            }],
-        }
-    }
-
-    /// A set from a list of exports; the first is the default.
-    pub fn from_exports(exports: Vec<Export>) -> Self {
-        Self { exports }
-    }
-
-    /// Find an export by name; "" means the default export (the first one)
-    /// unless an export is really named "" (checklist 21).
-    pub fn get(&self, name: &str) -> Option<&Export> {
-        self.exports.iter().find(|e| e.name == name).or_else(|| {
-            if name.is_empty() {
-                self.default_export()
-            } else {
-                None
-            }
-        })
-    }
-
-    /// Every export, in order (for NBD_OPT_LIST).
-    pub fn list(&self) -> impl Iterator<Item = &Export> {
-        self.exports.iter()
-    }
-
-    /// The export served for an empty name: the first one.
-    pub fn default_export(&self) -> Option<&Export> {
-        self.exports.first()
-    }
-
-    /// Number of exports.
-    pub fn len(&self) -> usize {
-        self.exports.len()
-    }
-
-    /// True when there is no export at all (e.g. an empty `dir=`).
-    pub fn is_empty(&self) -> bool {
-        self.exports.is_empty()
-    }
-}
 
 /// Backend names, their "magic" parameter, and a one-line help, for
 /// `nbdd --help`.
@@ -309,6 +243,9 @@ pub fn build_with_filters_ext(
     };
     params.finish()?;
     let mut set = Vec::with_capacity(exports.len());
+    // A backend that yields one export without naming it is served under
+    // any name, as nbdkit does (crate::export's policy).
+    let any_name = matches!(exports.as_slice(), [(None, _, _)]);
     for (name, description, inner) in exports {
         let name = name.unwrap_or_else(|| export_name.to_owned());
         let mut b = filters::apply(&stack, inner)?;
@@ -317,13 +254,10 @@ pub fn build_with_filters_ext(
         if readonly && !b.caps().contains(crate::Caps::READ_ONLY) {
             b = Arc::new(filters::ReadOnly::new(b));
         }
-        set.push(Export {
-            name,
-            description,
-            backend: b,
-        });
+        set.push(Export::new(name, description, b));
     }
-    Ok(ExportSet::from_exports(set))
+    let set = ExportSet::from_exports(set);
+    Ok(if any_name { set.serve_any_name() } else { set })
 }
 
 /// `(export name or None for -e's, description, backend)` for each export.
@@ -372,13 +306,13 @@ fn make_backend(
             };
             match (p.take("file"), p.take("dir")) {
                 (Some(path), None) => {
-                    let b = FileBackend::open(path, readonly, cache_none)
-                        .map_err(|e| format!("file: {path}: {e}"))?;
+                    let b = crate::file::open_or_read_only(path, readonly, cache_none)
+                        .map_err(|e| format!("file: {path}: {}", crate::plain_error(&e)))?;
                     one(Arc::new(b), path.to_owned())
                 }
                 (None, Some(dir)) => {
                     let files = open_dir(dir, readonly, cache_none)
-                        .map_err(|e| format!("file: dir: {dir}: {e}"))?;
+                        .map_err(|e| format!("file: dir: {dir}: {}", crate::plain_error(&e)))?;
                     if files.is_empty() {
                         return Err(format!("file: dir: {dir}: no regular files to export"));
                     }
@@ -451,7 +385,11 @@ mod tests {
         let set = build("null", &[], "n", true).unwrap();
         assert_eq!(set.get("n").unwrap().backend.size(), 0);
         assert!(set.get("").is_some(), "empty name means the default export");
-        assert!(set.get("other").is_none());
+        assert_eq!(
+            set.get("other").unwrap().name,
+            "n",
+            "one export answers any name (nbdkit)"
+        );
         assert!(
             set.get("n")
                 .unwrap()

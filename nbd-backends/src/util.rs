@@ -19,6 +19,16 @@ pub(crate) fn read_only() -> io::Error {
     io::Error::from_raw_os_error(libc::EROFS)
 }
 
+/// An I/O error as a user reads it: the message without Rust's
+/// " (os error N)" suffix, which says nothing more to a user.
+pub fn plain_error(e: &io::Error) -> String {
+    let s = e.to_string();
+    match (e.raw_os_error(), s.rfind(" (os error ")) {
+        (Some(_), Some(i)) if s.ends_with(')') => s[..i].to_owned(),
+        _ => s,
+    }
+}
+
 /// End of `[offset, offset + len)` if it lies within `size`; overflow of
 /// `offset + len` is detected, never wrapped (checklist 68).
 pub(crate) fn range_end(offset: u64, len: u64, size: u64) -> Option<u64> {

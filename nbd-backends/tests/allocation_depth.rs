@@ -13,8 +13,9 @@ fn depths(b: &dyn Backend, off: u64, len: u64) -> Vec<(u64, u32)> {
 }
 
 /// A 64 KiB file: data in [0, 16K), a hole in [16K, 48K), data after.
-fn base_file() -> (Arc<dyn Backend>, std::path::PathBuf) {
-    let p = std::env::temp_dir().join(format!("nbd-depth-{}", std::process::id()));
+/// `tag` keeps the tests of this binary, which run in parallel, apart.
+fn base_file(tag: &str) -> (Arc<dyn Backend>, std::path::PathBuf) {
+    let p = std::env::temp_dir().join(format!("nbd-depth-{}-{tag}", std::process::id()));
     let f = std::fs::File::create(&p).unwrap();
     f.set_len(64 * 1024).unwrap();
     use std::os::unix::fs::FileExt as _;
@@ -25,7 +26,7 @@ fn base_file() -> (Arc<dyn Backend>, std::path::PathBuf) {
 
 #[test]
 fn cow_overlay_is_1_base_data_2_base_hole_0() {
-    let (base, path) = base_file();
+    let (base, path) = base_file("t1");
     let cow = Cow::new(base).unwrap();
     assert!(cow.caps().contains(Caps::ALLOCATION_DEPTH));
     assert_eq!(
@@ -57,7 +58,7 @@ fn cow_overlay_is_1_base_data_2_base_hole_0() {
 
 #[test]
 fn cow_over_cow_counts_layers() {
-    let (base, path) = base_file();
+    let (base, path) = base_file("t2");
     let lower = Arc::new(Cow::new(base).unwrap());
     lower.write_at(0, &[7; 4096], false).unwrap();
     let upper = Cow::new(lower).unwrap();
@@ -77,7 +78,7 @@ fn cow_over_cow_counts_layers() {
 
 #[test]
 fn filters_forward_and_clip() {
-    let (base, path) = base_file();
+    let (base, path) = base_file("t3");
     let cow: Arc<dyn Backend> = Arc::new(Cow::new(base).unwrap());
     let win = Offset::new(cow.clone(), 8 * 1024, Some(16 * 1024)).unwrap();
     assert_eq!(depths(&win, 0, 1 << 20), [(8 * 1024, 2), (8 * 1024, 0)]);

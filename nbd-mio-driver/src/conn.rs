@@ -471,10 +471,16 @@ impl Conn {
         let Some((q, mut next)) = self.listing.take() else {
             return;
         };
+        let tls = self.proto.tls_active();
         for e in cfg.exports.list().skip(next) {
             if self.wbuf.len() >= OUTPUT_HIGH_WATER {
                 self.listing = Some((q, next));
                 return;
+            }
+            next += 1;
+            if e.tls_required && !tls {
+                // Nothing about a TLS-only export leaks before TLS.
+                continue;
             }
             let desc = e.description.as_deref().unwrap_or("");
             let desc = clip(desc, nbd_proto::wire::MAX_STRING_LEN);
@@ -484,7 +490,6 @@ impl Conn {
                 .list_entry(&q, &e.name, desc, self.wbuf.spare(room))
                 .unwrap_or(0);
             self.wbuf.commit(n);
-            next += 1;
         }
         put(&mut self.wbuf, 64, q, |q, b| self.proto.finish_list(q, b));
     }
@@ -564,6 +569,9 @@ fn answer_export(
     let export = cfg.exports.get(name);
     let mut handle = None;
     let answer = match export {
+        // A TLS-only export does not exist for a plaintext client: refuse
+        // before saying anything about it (an EXPORT_NAME refusal closes).
+        Some(e) if e.tls_required && !proto.tls_active() => Err(OptReplyType::ErrTlsReqd),
         Some(e) if q.ends_negotiation() => {
             let client = ClientInfo {
                 id,

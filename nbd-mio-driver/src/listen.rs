@@ -17,7 +17,7 @@ use mio::{Interest, Registry, Token};
 use nbd_backends::Peer;
 use rustix::net::{AddressFamily, SocketFlags, SocketType, sockopt};
 
-use crate::cli::{Config, TlsMode, UnixPath};
+use crate::cli::{Config, IpFamily, TlsMode, UnixPath};
 
 /// Pending connections the kernel queues per listener (nbdkit uses 1024 too).
 const BACKLOG: i32 = 1024;
@@ -386,6 +386,31 @@ pub fn bind(cfg: &Config) -> io::Result<(Vec<Listener>, ListenGuard)> {
             SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), cfg.port),
         ],
     };
+    // -4 / -6: one family only, both for -i's names and for the default
+    // addresses (nbdkit's meaning).
+    let addrs: Vec<SocketAddr> = match cfg.family {
+        None => addrs,
+        Some(f) => {
+            let keep: Vec<SocketAddr> = addrs
+                .into_iter()
+                .filter(|a| a.is_ipv4() == (f == IpFamily::V4))
+                .collect();
+            if keep.is_empty() {
+                let (flag, fam) = match f {
+                    IpFamily::V4 => ("-4", "IPv4"),
+                    IpFamily::V6 => ("-6", "IPv6"),
+                };
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrNotAvailable,
+                    format!(
+                        "{flag}: {} has no {fam} address",
+                        cfg.ipaddr.as_deref().unwrap_or("")
+                    ),
+                ));
+            }
+            keep
+        }
+    };
     let mut listeners = Vec::new();
     let mut port = cfg.port;
     for (i, mut addr) in addrs.iter().copied().enumerate() {
@@ -398,7 +423,9 @@ pub fn bind(cfg: &Config) -> io::Result<(Vec<Listener>, ListenGuard)> {
                 listeners.push(Listener::Tcp(l));
             }
             // A host without IPv6 still serves IPv4 when no -i was given.
-            Err(e) if cfg.ipaddr.is_none() && i > 0 && is_unavailable(&e) => {
+            Err(e)
+                if cfg.ipaddr.is_none() && cfg.family.is_none() && i > 0 && is_unavailable(&e) =>
+            {
                 log::debug!("not listening on {addr}: {e}");
             }
             Err(e) => return Err(annotate(e, &addr.to_string())),

@@ -53,6 +53,9 @@ pub struct ServerOptions {
     pub tls: Option<Arc<TlsServerConfig>>,
     /// TLS policy.
     pub tls_mode: TlsMode,
+    /// Negotiation features (`--no-sr`, `--no-mc`, `--mask-handshake`); the
+    /// TLS mode and meta-context catalogue are set by the server.
+    pub handshake: HandshakeConfig,
     /// Serve oldstyle.
     pub oldstyle: bool,
     /// Serve exactly this one connection (`-s`), then exit.
@@ -163,7 +166,7 @@ impl Server {
                 handshake: HandshakeConfig {
                     tls,
                     meta_contexts: crate::conn::META_CONTEXTS,
-                    ..HandshakeConfig::default()
+                    ..opts.handshake
                 },
                 oldstyle: opts.oldstyle,
                 ..ConnectionConfig::default()

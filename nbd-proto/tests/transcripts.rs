@@ -490,6 +490,38 @@ fn checklist_37_38_meta_context_before_structured_invalid() {
     );
 }
 
+/// nbdkit's `--no-mc`: both meta-context options are unsupported, even
+/// after structured replies were negotiated.
+#[test]
+fn meta_contexts_off_answers_unsup() {
+    let cfg = HandshakeConfig {
+        allow_meta_contexts: false,
+        ..cfg()
+    };
+    let mut d = Driver::start(cfg, 3).0;
+    assert_eq!(d.feed(&opt(8, b"")), rep(8, ACK, b""));
+    let data = meta_data("disk", &["base:allocation"]);
+    let out = d.feed(&cat(&[opt(9, &data), opt(10, &data)]));
+    assert_eq!(out, cat(&[rep(9, ERR_UNSUP, b""), rep(10, ERR_UNSUP, b"")]));
+}
+
+/// nbdkit's `--mask-handshake` bit 0: without FIXED_NEWSTYLE in the
+/// greeting, a client that sets the flag anyway is closed (checklist 3),
+/// and one that does not may only send EXPORT_NAME.
+#[test]
+fn fixed_newstyle_off_is_not_offered_nor_accepted() {
+    let cfg = HandshakeConfig {
+        fixed_newstyle: false,
+        ..cfg()
+    };
+    let (_, g) = Driver::start(cfg, 2);
+    assert_eq!(g, greeting(0x0002));
+    let mut d = Driver::new(cfg);
+    d.feed(&[]);
+    assert!(d.feed(&1u32.to_be_bytes()).is_empty());
+    assert_eq!(d.error, Some(ProtocolError::BadClientFlags(1)));
+}
+
 fn structured() -> Driver {
     let mut d = fixed();
     assert_eq!(d.feed(&opt(8, b"")), rep(8, ACK, b""));

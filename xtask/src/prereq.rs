@@ -35,6 +35,10 @@ const NEEDS: &[(&str, Probe, &str)] = &[
     ("certtool", Probe::Tool("certtool"), "gnutls-bin"),
     ("psktool", Probe::Tool("psktool"), "gnutls-bin"),
     ("gnutls-cli", Probe::Tool("gnutls-cli"), "gnutls-bin"),
+    // cli_compat: an immutable file for the read-only fallback.
+    ("chattr", Probe::Tool("chattr"), "e2fsprogs"),
+    // cli_man: the generated nbdd(1) must format without warnings.
+    ("groff", Probe::Tool("groff"), "groff-base"),
     // Partition-filter tests label disk images with sfdisk.
     ("sfdisk", Probe::Tool("sfdisk"), "fdisk"),
     // Service tests: socket activation and the sample unit files.

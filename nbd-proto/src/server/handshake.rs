@@ -31,12 +31,18 @@ pub const QEMU_ALLOCATION_DEPTH: &str = "qemu:allocation-depth";
 pub struct HandshakeConfig {
     /// TLS policy.
     pub tls: TlsMode,
+    /// Offer `NBD_FLAG_FIXED_NEWSTYLE`. Without it a client may only send
+    /// `NBD_OPT_EXPORT_NAME` (nbdkit's `--mask-handshake` bit 0).
+    pub fixed_newstyle: bool,
     /// Offer `NBD_FLAG_NO_ZEROES`.
     pub no_zeroes: bool,
     /// Accept `NBD_OPT_STRUCTURED_REPLY`.
     pub structured_replies: bool,
     /// Accept `NBD_OPT_EXTENDED_HEADERS`.
     pub extended_headers: bool,
+    /// Accept `NBD_OPT_LIST_META_CONTEXT` / `NBD_OPT_SET_META_CONTEXT`
+    /// (nbdkit's `--no-mc` turns them off: `NBD_REP_ERR_UNSUP`).
+    pub allow_meta_contexts: bool,
     /// Largest option the server parses (INFO/GO/meta contexts); larger
     /// ones are drained and refused with `NBD_REP_ERR_TOO_BIG`. The caller's
     /// input buffer must hold `16 + max_option_len` bytes
@@ -58,9 +64,11 @@ impl Default for HandshakeConfig {
     fn default() -> Self {
         Self {
             tls: TlsMode::Off,
+            fixed_newstyle: true,
             no_zeroes: true,
             structured_replies: true,
             extended_headers: true,
+            allow_meta_contexts: true,
             // Four 4096-byte strings plus framing fit easily.
             max_option_len: 64 * 1024,
             max_drain_len: 64 * 1024 * 1024,
@@ -231,7 +239,10 @@ impl Handshake {
     /// Pending output: the greeting, or a reply made without the caller.
     pub(crate) fn poll_transmit(&mut self, out: &mut [u8]) -> Result<usize, BufferTooSmall> {
         if self.state == State::Greeting {
-            let mut flags = HandshakeFlags::FIXED_NEWSTYLE;
+            let mut flags = HandshakeFlags::empty();
+            if self.cfg.fixed_newstyle {
+                flags |= HandshakeFlags::FIXED_NEWSTYLE;
+            }
             if self.cfg.no_zeroes {
                 flags |= HandshakeFlags::NO_ZEROES;
             }
@@ -332,7 +343,10 @@ impl Handshake {
         };
         // Unknown bits, or NO_ZEROES we did not offer: the spec says close
         // (checklist 3, 4).
-        let mut allowed = ClientFlags::FIXED_NEWSTYLE;
+        let mut allowed = ClientFlags::empty();
+        if self.cfg.fixed_newstyle {
+            allowed |= ClientFlags::FIXED_NEWSTYLE;
+        }
         if self.cfg.no_zeroes {
             allowed |= ClientFlags::NO_ZEROES;
         }
@@ -517,6 +531,10 @@ impl Handshake {
 
     fn handle_meta(&mut self, option: OptionCode, data: &[u8]) -> Option<Asked> {
         let list = option == OptionCode::ListMetaContext;
+        if !self.cfg.allow_meta_contexts {
+            self.reply(option, OptReplyType::ErrUnsup, "");
+            return None;
+        }
         if !list {
             // SET replaces the selection even when it fails (checklist 48).
             self.meta_selected = 0;
