@@ -86,7 +86,10 @@ impl Client {
         }
         match self.sock.read(&mut self.buf[self.len..])? {
             0 => Err(io::ErrorKind::UnexpectedEof.into()),
-            n => Ok(self.len += n),
+            n => {
+                self.len += n;
+                Ok(())
+            }
         }
     }
 
