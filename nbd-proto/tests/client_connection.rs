@@ -522,3 +522,21 @@ fn oversize_metadata_chunk_is_refused() {
         Err(ProtocolError::Decode(_))
     ));
 }
+
+#[test]
+fn from_negotiated_starts_in_transmission() {
+    let (c0, _) = structured(true);
+    let neg = *c0.negotiated().unwrap();
+    let mut c = Connection::<4>::from_negotiated(neg);
+    assert!(c.can_send());
+    assert_eq!(c.poll_transmit(&mut [0u8; 64]), Ok(0));
+    let (cookie, slot, _) = send(&mut c, Cmd::block_status(0, 512));
+    let mut r = Recorder::new(0);
+    r.run(
+        &mut c,
+        &chunk(DONE, T_BS, cookie, &bs_payload(9, &[(512, 2)])),
+        64,
+    )
+    .unwrap();
+    assert_eq!(r.log, [format!("done {slot} Ok(())"), "idle".into()]);
+}

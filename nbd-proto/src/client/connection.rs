@@ -112,6 +112,26 @@ impl<const N: usize> Connection<N> {
         })
     }
 
+    /// A connection whose negotiation was done elsewhere (by a
+    /// [`super::ClientHandshake`], or by another `Connection` whose
+    /// transport was handed over): it starts in transmission with `neg`.
+    #[must_use]
+    pub fn from_negotiated(neg: ClientNegotiated) -> Self {
+        let mut hs = Negotiation::new(&ClientConfig::default());
+        hs.finish_external(neg);
+        Self {
+            hs,
+            export: ExportName {
+                buf: [0u8; MAX_STRING_LEN],
+                len: 0,
+            },
+            phase: Phase::Transmission,
+            neg: Some(neg),
+            table: Table::new(),
+            rx: Receiver::new(neg.mode, neg.base_allocation, u64::from(DEFAULT_MAX_CHUNK)),
+        }
+    }
+
     /// Bound the length of a reply chunk that is not READ data (block
     /// status, error chunks); a longer one is a [`ProtocolError`]. READ
     /// data is streamed and never counts against it. Default

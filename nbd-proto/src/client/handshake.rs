@@ -280,6 +280,11 @@ impl Negotiation {
         matches!(self.state, State::Send(_))
     }
 
+    /// Negotiation happened elsewhere: mark it finished with `neg`.
+    pub(crate) fn finish_external(&mut self, neg: ClientNegotiated) {
+        self.state = State::Done(neg);
+    }
+
     /// STARTTLS was acknowledged and TLS is not yet reported up.
     pub(crate) fn tls_pending(&self) -> bool {
         self.state == State::Tls
