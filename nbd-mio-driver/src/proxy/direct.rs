@@ -162,7 +162,7 @@ impl Direct {
                 });
                 match opened {
                     Ok(o) => {
-                        log::info!("nbd proxy: upstream connection restored");
+                        log::warn!("nbd proxy: upstream connection restored");
                         self.conn = Self::connection(o.negotiated);
                         self.stream = Some(o.stream);
                         self.input.clear();

@@ -470,6 +470,84 @@ mod tests {
     }
 
     #[test]
+    fn retry_and_shared_parameters() {
+        let s = settings(&kv(&[("retry", "3"), ("shared", "yes")])).unwrap();
+        assert_eq!(
+            s,
+            Settings {
+                retry: Duration::from_secs(3),
+                shared: true
+            }
+        );
+        let d = settings(&[]).unwrap();
+        assert_eq!(
+            d,
+            Settings {
+                retry: Duration::ZERO,
+                shared: false
+            },
+            "nbdkit's defaults"
+        );
+        assert!(
+            settings(&kv(&[("retry", "1.5")]))
+                .unwrap_err()
+                .contains("whole seconds")
+        );
+        assert!(
+            settings(&kv(&[("shared", "maybe")]))
+                .unwrap_err()
+                .contains("true or false")
+        );
+    }
+
+    #[test]
+    fn per_client_handles_unless_shared() {
+        use nbd_backends::Peer;
+        use nbd_proto::TransmissionFlags as TF;
+        let client = ClientInfo {
+            id: 7,
+            peer: Peer::Unix,
+            export_name: "",
+            tls: false,
+        };
+        for shared in [false, true] {
+            // One session: the start-up probe (closed again unless shared).
+            let (path, _log, t) = upstream_tests::upstream(TF::SEND_FLUSH, vec![None]);
+            let target = Target {
+                address: Address::Unix(path.clone()),
+                export: String::new(),
+            };
+            let s = Settings {
+                retry: Duration::ZERO,
+                shared,
+            };
+            let p: Arc<dyn Backend> = register(Proxy::connect(&target, false, s).unwrap());
+            let caps = p.caps();
+            assert!(caps.contains(Caps::FUA), "FUA emulated with FLUSH");
+            assert_eq!(caps.contains(Caps::MULTI_CONN), shared);
+            let handle = p.open(&client).unwrap();
+            assert_eq!(handle.is_some(), !shared);
+            if let Some(h) = handle {
+                assert_ne!(backend_id(&h), backend_id(&p));
+                let taken = take_upstream(&h).expect("a per-client upstream");
+                assert!(
+                    taken.stream.is_none(),
+                    "connected by the loop, never blocking open"
+                );
+                assert_eq!(taken.reconnect.peer, handshake::Peer::Unix(path.clone()));
+                assert!(take_upstream(&h).is_none(), "taken once");
+            } else {
+                assert!(
+                    take_upstream(&p).unwrap().stream.is_some(),
+                    "shared: kept connected"
+                );
+            }
+            drop(p);
+            t.join().unwrap();
+        }
+    }
+
+    #[test]
     fn connect_refused_is_a_clear_error() {
         let err = open_params(
             &kv(&[("uri", "nbd+unix:///?socket=/nonexistent/sock")]),

@@ -503,7 +503,7 @@ impl Upstream {
             return;
         }
         if self.outage {
-            log::info!("nbd proxy: upstream connection restored");
+            log::warn!("nbd proxy: upstream connection restored");
         }
         self.outage = false;
         self.attempt_deadline = None;

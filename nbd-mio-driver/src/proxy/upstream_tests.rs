@@ -31,7 +31,7 @@ type Log = Arc<Mutex<Vec<(Command, CmdFlags, u64, u64)>>>;
 
 /// Serve `sessions`: each entry is how many requests to answer before
 /// dropping the connection (`None`: until the client leaves).
-fn upstream(flags: TF, sessions: Vec<Option<usize>>) -> (PathBuf, Log, JoinHandle<()>) {
+pub(super) fn upstream(flags: TF, sessions: Vec<Option<usize>>) -> (PathBuf, Log, JoinHandle<()>) {
     let dir = std::env::temp_dir().join(format!(
         "nbdd-upstream-test-{}-{:?}",
         std::process::id(),
