@@ -340,6 +340,9 @@ impl Tasks {
     /// Fail, with EIO, unsent tasks whose deadline is `now` or earlier
     /// (`None`: all of them).
     pub(crate) fn expire(&mut self, now: Option<Instant>, done: &mut JobList) {
+        if now.is_some_and(|n| self.next_deadline().is_none_or(|d| d > n)) {
+            return;
+        }
         let expired: Vec<usize> = self
             .queue
             .iter()

@@ -318,7 +318,9 @@ impl Upstream {
     /// a connect timeout, or a waiting request's deadline.
     pub fn next_deadline(&self) -> Option<Instant> {
         let attempt = self.wants_reconnect().then(|| self.backoff.next());
-        [attempt, self.attempt_deadline, self.tasks.next_deadline()]
+        // Requests only wait (with a deadline) while not connected.
+        let waiting = (!self.ready()).then(|| self.tasks.next_deadline()).flatten();
+        [attempt, self.attempt_deadline, waiting]
             .into_iter()
             .flatten()
             .min()
@@ -333,7 +335,11 @@ impl Upstream {
         if self.wants_reconnect() && self.backoff.due(now) {
             self.start_connect(now);
         }
-        self.tasks.expire(Some(now), &mut self.done);
+        // Connected: no request waits, so no scan (tick runs every loop
+        // iteration and must cost nothing then).
+        if !self.ready() {
+            self.tasks.expire(Some(now), &mut self.done);
+        }
     }
 
     fn start_connect(&mut self, now: Instant) {
