@@ -319,7 +319,9 @@ impl Upstream {
     pub fn next_deadline(&self) -> Option<Instant> {
         let attempt = self.wants_reconnect().then(|| self.backoff.next());
         // Requests only wait (with a deadline) while not connected.
-        let waiting = (!self.ready()).then(|| self.tasks.next_deadline()).flatten();
+        let waiting = (!self.ready())
+            .then(|| self.tasks.next_deadline())
+            .flatten();
         [attempt, self.attempt_deadline, waiting]
             .into_iter()
             .flatten()
