@@ -127,10 +127,8 @@ impl Server {
                 if token.0 >= CONN_BASE {
                     return Err(io::Error::other("too many nbd proxy exports"));
                 }
-                upstreams.push(Upstream::new(
-                    taken.stream,
-                    taken.negotiated,
-                    crate::proxy::MAX_REPLY,
+                upstreams.push(Upstream::from_taken(
+                    taken,
                     crate::proxy::backend_id(&e.backend),
                     poll.registry(),
                     token,
@@ -273,13 +271,25 @@ impl Server {
         let mut events = Events::with_capacity(1024);
         let mut stopping: Option<Instant> = None;
         loop {
+            // Upstream timers: reconnect backoff, waiting requests.
+            let now = Instant::now();
+            for u in &mut self.shared.upstreams {
+                u.tick(now);
+            }
             let upstream_done = self.shared.upstreams.iter().any(|u| !u.done.is_empty());
+            let upstream_timer = self
+                .shared
+                .upstreams
+                .iter()
+                .filter_map(Upstream::next_deadline)
+                .min()
+                .map(|d| d.saturating_duration_since(now));
             let timeout = if !self.ready.is_empty() || upstream_done {
                 Some(Duration::ZERO)
             } else if stopping.is_some() || self.has_deadlines {
-                Some(EXPIRY_SCAN)
+                Some(upstream_timer.map_or(EXPIRY_SCAN, |t| t.min(EXPIRY_SCAN)))
             } else {
-                None
+                upstream_timer
             };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {

@@ -313,4 +313,43 @@ pub fn client_replies(data: &[u8]) {
         pos += n;
     }
     let _ = CmdFlags::all();
+    client_connection(cfg, input);
+}
+
+/// The same bytes through `client::Connection`: negotiation, then (with
+/// a few requests in flight) transmission replies. Invariants: never
+/// consumes more than given, the in-flight count never grows from input,
+/// READ data always fits its READ.
+fn client_connection(cfg: ClientConfig<'_>, input: &[u8]) {
+    use crate::client::{Cmd, Connection, Event};
+    let Ok(mut c) = Connection::<4>::new(&cfg) else {
+        return;
+    };
+    let mut out = [0u8; crate::client::CLIENT_TRANSMIT_MAX];
+    let mut read = [0u8; 4096];
+    let mut extents = [BlockStatusExtent { len: 0, flags: 0 }; 4];
+    let mut pos = 0usize;
+    for _ in 0..100_000 {
+        let window = input.get(pos..).unwrap_or_default();
+        let before = c.in_flight();
+        let Ok((n, ev)) = c.handle_input(window) else {
+            break;
+        };
+        assert!(n <= window.len());
+        assert!(c.in_flight() <= before);
+        pos += n;
+        match ev {
+            Event::Transmit => assert!(c.poll_transmit(&mut out).is_ok_and(|w| w > 0)),
+            Event::StartTls(t) => c.handle_tls_established(t),
+            Event::Ready(_) => {
+                for cmd in [Cmd::read(0, 4096), Cmd::block_status(0, 4096), Cmd::flush()] {
+                    let _ = c.encode_request(&cmd, &mut out);
+                }
+            }
+            Event::ReadData(d) => assert!(d.copy_into(&mut read).is_ok()),
+            Event::BlockStatus(b) => assert!(b.copy_into(&mut extents) <= extents.len()),
+            Event::NeedInput { .. } | Event::Idle | Event::Closed | Event::TlsPending => break,
+            _ => {}
+        }
+    }
 }

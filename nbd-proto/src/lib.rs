@@ -79,41 +79,94 @@
 //! ```
 //!
 //! # Client run loop
-//! 1. Create a [`client::ClientHandshake`] with a [`client::ClientConfig`].
-//! 2. Loop: write [`client::ClientHandshake::poll_transmit`] (a buffer of
-//!    [`client::CLIENT_TRANSMIT_MAX`] bytes always suffices), feed server bytes to
-//!    [`client::ClientHandshake::handle_input`] until `(0, None)`, act on each
-//!    [`client::ClientEvent`] (`StartTls`: run TLS, then `handle_tls_established`).
-//! 3. On [`client::ClientEvent::Ready`], encode requests with
-//!    [`wire::request::Request::encode`] and decode replies with a
-//!    [`client::ReplyDecoder`], telling it which cookies are READs and their lengths.
+//! [`client::Connection`] is a whole client connection in one value,
+//! from the server's greeting to `NBD_CMD_DISC`. Two complete programs
+//! show it against real servers:
+//! `examples/blocking_client.rs` (std::net: connect, GO, write, read
+//! back, block status) and `examples/tokio_client.rs` (tokio, extended
+//! headers, pipelined requests), both in the crate's source package; run
+//! them with
+//! `cargo run -p nbd-proto --example blocking_client -- nbd://HOST/EXPORT`.
+//!
+//! 1. Create a [`client::Connection`] from a [`client::ClientConfig`];
+//!    `Connection<N>` keeps up to `N` requests in flight.
+//! 2. Loop on [`client::Connection::handle_input`] with the bytes received
+//!    so far; it returns how many it consumed and one [`client::Event`]:
+//!    - `NeedInput`: receive more bytes;
+//!    - `Transmit`: write what [`client::Connection::poll_transmit`] gives;
+//!    - `StartTls(token)`: run a TLS handshake, then
+//!      [`client::Connection::handle_tls_established`]`(token)`;
+//!    - `Ready`: negotiation is over;
+//!    - `ReadData` / `BlockStatus`: copy the bytes or extents out with
+//!      their `copy_into`;
+//!    - `Done`: the reply for a cookie is complete (success or why not);
+//!    - `Idle`: nothing in flight; `Closed`: close the transport.
+//!
+//!    Drop the consumed bytes after acting on the event (events with data
+//!    borrow the input).
+//! 3. Send requests with [`client::Connection::encode_request`]
+//!    ([`client::Cmd::read`], [`client::Cmd::write`], …): it checks them
+//!    against what the server advertised, picks the cookie and writes the
+//!    frame into your buffer.
+//! 4. On EOF call [`client::Connection::handle_eof`]: requests in flight
+//!    are then reported lost, then `Closed`.
 //!
 //! ```
 //! use nbd_proto::client::*;
-//! use nbd_proto::{Cookie, HeaderMode};
 //!
-//! let mut c = ClientHandshake::new(ClientConfig { structured_replies: false, ..Default::default() });
+//! // What a server sends: greeting, ACK to STRUCTURED_REPLY, then the GO
+//! // answer (NBD_INFO_EXPORT: 4 KiB, HAS_FLAGS) and its ACK.
 //! let mut server = Vec::new();
-//! server.extend_from_slice(b"NBDMAGICIHAVEOPT\0\x03");          // greeting
-//! server.extend_from_slice(&[0, 3, 0xe8, 0x89, 4, 0x55, 0x65, 0xa9, 0, 0, 0, 7, 0, 0, 0, 3, 0, 0, 0, 12]);
-//! server.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 1]); // INFO_EXPORT: 4 KiB
-//! server.extend_from_slice(&[0, 3, 0xe8, 0x89, 4, 0x55, 0x65, 0xa9, 0, 0, 0, 7, 0, 0, 0, 1, 0, 0, 0, 0]);
-//! let (mut out, mut pos) = ([0u8; CLIENT_TRANSMIT_MAX], 0);
-//! while c.negotiated().is_none() {
-//!     let _to_send = c.poll_transmit(&mut out).unwrap();
-//!     let (n, _event) = c.handle_input(&server[pos..]).unwrap();
-//!     pos += n;
-//! }
-//! let neg = c.negotiated().unwrap();
-//! assert_eq!((neg.size, neg.mode), (4096, HeaderMode::Simple));
+//! server.extend_from_slice(b"NBDMAGICIHAVEOPT\0\x03");
+//! let rep = |opt: u8, ty: u8, data: &[u8]| {
+//!     let mut v = vec![0, 3, 0xe8, 0x89, 4, 0x55, 0x65, 0xa9, 0, 0, 0, opt, 0, 0, 0, ty];
+//!     v.extend_from_slice(&(data.len() as u32).to_be_bytes());
+//!     v.extend_from_slice(data);
+//!     v
+//! };
+//! server.extend(rep(8, 1, &[]));
+//! server.extend(rep(7, 3, &[0, 0, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 1]));
+//! server.extend(rep(7, 1, &[]));
 //!
-//! // A simple READ reply for cookie 1 carries the 2 bytes that were asked for.
-//! let dec = ReplyDecoder::new(neg.mode, 1 << 20);
-//! let reply = [0x67, 0x44, 0x66, 0x98, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xaa, 0xbb];
-//! let (r, used) = dec.decode(&reply, |c| (c == Cookie(1)).then_some(2)).unwrap().unwrap();
-//! assert_eq!(used, 18);
-//! assert!(matches!(r, Reply::Simple { data: &[0xaa, 0xbb], .. }));
+//! let mut conn: Connection = Connection::new(&ClientConfig::default()).unwrap();
+//! let (mut out, mut sent, mut pos) = ([0u8; CLIENT_TRANSMIT_MAX], Vec::new(), 0);
+//! loop {
+//!     let (used, event) = conn.handle_input(&server[pos..]).expect("protocol error");
+//!     pos += used;
+//!     match event {
+//!         Event::Transmit => {
+//!             let n = conn.poll_transmit(&mut out).unwrap();
+//!             sent.extend_from_slice(&out[..n]); // write these to the socket
+//!         }
+//!         Event::Ready(neg) => { assert_eq!(neg.size, 4096); break; }
+//!         Event::NeedInput { .. } => unreachable!("the script is complete"),
+//!         _ => {}
+//!     }
+//! }
+//!
+//! // A READ of 4 bytes, answered by one OFFSET_DATA chunk with DONE.
+//! let frame = conn.encode_request(&Cmd::read(0, 4), &mut out).unwrap();
+//! assert_eq!(frame.len, 28);
+//! let mut reply = vec![0x66, 0x8e, 0x33, 0xef, 0, 1, 0, 1];
+//! reply.extend_from_slice(&frame.cookie.0.to_be_bytes());
+//! reply.extend_from_slice(&12u32.to_be_bytes());
+//! reply.extend_from_slice(&0u64.to_be_bytes());
+//! reply.extend_from_slice(b"data");
+//! let (mut buf, mut pos) = ([0u8; 4], 0);
+//! loop {
+//!     let (used, event) = conn.handle_input(&reply[pos..]).unwrap();
+//!     pos += used;
+//!     match event {
+//!         Event::ReadData(d) => d.copy_into(&mut buf).unwrap(),
+//!         Event::Done(done) => { assert_eq!(done.result, Ok(())); break; }
+//!         other => panic!("{other:?}"),
+//!     }
+//! }
+//! assert_eq!(&buf, b"data");
 //! ```
+//!
+//! [`client::ClientHandshake`] and [`client::ReplyDecoder`] remain for
+//! callers that frame replies themselves.
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]

@@ -159,3 +159,116 @@ fn decode_validate_encode_allocates_nothing() {
     assert_eq!(handled, 10_000, "the stream was not fully processed");
     assert_eq!(allocs, 0);
 }
+
+mod client_conn;
+mod common;
+
+use nbd_proto::client::{ClientConfig, Cmd, Connection as ClientConnection, Event};
+
+fn client_request(i: u64) -> Cmd<'static> {
+    match i % 5 {
+        0 => Cmd::read(i * 4096, 4096),
+        1 => Cmd::write(i * 4096, &[9u8; 512]),
+        2 => Cmd::block_status(0, 1 << 20),
+        3 => Cmd::flush(),
+        _ => Cmd::trim(i * 4096, 4096),
+    }
+}
+
+/// The server's reply to request `i` with `cookie`.
+fn client_reply(i: u64, cookie: Cookie) -> Vec<u8> {
+    use client_conn::*;
+    match i % 5 {
+        0 => [
+            chunk(0, T_HOLE, cookie, &hole_payload(i * 4096 + 2048, 2048)),
+            chunk(0, T_DATA, cookie, &data_payload(i * 4096, &[7u8; 2048])),
+            chunk(DONE, T_NONE, cookie, b""),
+        ]
+        .concat(),
+        2 => chunk(
+            DONE,
+            T_BS,
+            cookie,
+            &bs_payload(9, &[(4096, 3), (1 << 20, 0)]),
+        ),
+        3 => chunk(DONE, T_ERROR, cookie, &error_payload(5, "flush failed")),
+        _ => simple(cookie, 0),
+    }
+}
+
+/// Send 10 000 requests in batches of 8, feeding each batch's replies;
+/// `replies` gives them (measured run) or is filled (dry run). Returns
+/// the number of completed requests and READ bytes checked.
+fn client_run(replies: &mut Vec<Vec<u8>>, dry: bool) -> (u64, u64) {
+    let cfg = ClientConfig {
+        base_allocation: true,
+        ..ClientConfig::default()
+    };
+    let hs_len = replies[0].len();
+    let mut c = ClientConnection::<8>::new(&cfg).expect("config");
+    let mut out = [0u8; 4096];
+    let mut read = [0u8; 4096];
+    let mut extents = [nbd_proto::wire::reply::BlockStatusExtent { len: 0, flags: 0 }; 4];
+    let (mut done, mut checked) = (0u64, 0u64);
+    let mut batch = 0;
+    let mut input_at = (0usize, 0usize); // (which replies entry, position)
+    let mut i = 0u64;
+    loop {
+        let (which, pos) = input_at;
+        let input = replies.get(which).map_or(&[][..], |v| &v[pos..]);
+        let (used, ev) = c.handle_input(input).expect("valid replies");
+        input_at.1 += used;
+        match ev {
+            Event::Transmit => {
+                let n = c.poll_transmit(&mut out).unwrap();
+                assert!(n > 0);
+            }
+            Event::Idle if i == 10_000 => break,
+            Event::Idle => {
+                batch += 1;
+                for _ in 0..8 {
+                    let s = c.encode_request(&client_request(i), &mut out).unwrap();
+                    if dry {
+                        let r = client_reply(i, s.cookie);
+                        if replies.len() <= batch {
+                            replies.push(Vec::new());
+                        }
+                        replies[batch].extend(r);
+                    }
+                    i += 1;
+                }
+                input_at = (batch, 0);
+            }
+            Event::ReadData(d) => d.copy_into(&mut read).unwrap(),
+            Event::BlockStatus(b) => assert_eq!(b.copy_into(&mut extents), 2),
+            Event::Done(d) => {
+                done += 1;
+                if d.command == Command::Read {
+                    assert!(d.result.is_ok());
+                    assert!(read[..2048].iter().all(|&b| b == 7));
+                    assert!(read[2048..].iter().all(|&b| b == 0));
+                    read.fill(0xee);
+                    checked += 4096;
+                }
+            }
+            Event::Ready(_) | Event::Info(_) | Event::MetaContext { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(input_at.0, batch);
+    assert!(hs_len > 0);
+    (done, checked)
+}
+
+#[test]
+fn client_connection_allocates_nothing() {
+    let hs = client_conn::structured_server(1 << 30, common::DISK_WIRE_FLAGS, true);
+    let mut replies = vec![hs];
+    let dry = client_run(&mut replies, true);
+    assert_eq!(replies.len(), 1 + 10_000 / 8);
+    let mut result = (0, 0);
+    let allocs = count(|| result = client_run(&mut replies, false));
+    assert_eq!(result, dry);
+    assert_eq!(result, (10_000, 2000 * 4096));
+    assert_eq!(allocs, 0);
+}
