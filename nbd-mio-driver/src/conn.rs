@@ -17,6 +17,7 @@ use nbd_proto::{OptReplyType, TransmissionFlags};
 use crate::buffer::{Buf, ReadEnd};
 use crate::dispatch::{self, Exec, Executed, Shared, Target, put};
 use crate::listen::Stream;
+use crate::outq::OutQueue;
 use crate::tls::{TlsServerConfig, TlsSession};
 
 /// The meta contexts nbdd knows; ID = index + 1.
@@ -67,7 +68,7 @@ pub struct Conn {
     /// The socket.
     pub stream: Stream,
     rbuf: Buf,
-    wbuf: Buf,
+    wbuf: OutQueue,
     /// Ciphertext (or pre-TLS plaintext) waiting for the socket.
     tls_out: Buf,
     tls: Option<Box<dyn TlsSession>>,
@@ -91,6 +92,8 @@ pub struct Conn {
     shutting_down: bool,
     /// The negotiation must end by then.
     pub deadline: Option<Instant>,
+    /// Input or output since the last housekeeping pass.
+    active: bool,
 }
 
 /// The wire description of an export.
@@ -146,7 +149,7 @@ impl Conn {
             peer_kind,
             stream,
             rbuf: Buf::with_capacity(BUF_INITIAL),
-            wbuf: Buf::with_capacity(BUF_INITIAL),
+            wbuf: OutQueue::default(),
             tls_out: Buf::default(),
             tls: None,
             tls_pending: None,
@@ -159,6 +162,7 @@ impl Conn {
             closing: false,
             shutting_down: false,
             deadline: if cfg.proto.oldstyle { None } else { deadline },
+            active: true,
         }
     }
 
@@ -211,12 +215,30 @@ impl Conn {
         self.proto.begin_shutdown();
     }
 
-    /// Read what the socket has (through TLS if active).
-    pub fn on_readable(&mut self) -> io::Result<()> {
+    /// Housekeeping (about once a second): a connection with no traffic
+    /// since the last pass gives back the memory a burst left behind
+    /// (recycled output chunks, a grown input buffer), so an idle client
+    /// costs little however busy it was.
+    pub fn housekeep(&mut self) {
+        if !self.active && self.queued == 0 {
+            self.wbuf.release();
+            self.rbuf.shrink_if_idle(BUF_INITIAL, BUF_INITIAL);
+        }
+        self.active = false;
+    }
+
+    /// Read what the socket has (through TLS if active). `closing_hint`:
+    /// the readiness event said the peer closed its side (read to EOF
+    /// then, not just until a short read).
+    pub fn on_readable(&mut self, closing_hint: bool) -> io::Result<()> {
+        self.active = true;
         let limit = self.read_limit();
         self.drained = false;
         match &mut self.tls {
-            None => match self.rbuf.read_from(&mut self.stream, limit)? {
+            None => match self
+                .rbuf
+                .read_from(&mut self.stream, limit, !closing_hint)?
+            {
                 ReadEnd::Eof => {
                     self.eof = true;
                     self.drained = true;
@@ -275,7 +297,7 @@ impl Conn {
                 if self.wbuf.is_empty() || self.tls_out.len() >= TLS_OUT_LIMIT {
                     break;
                 }
-                let n = tls.write_plaintext(self.wbuf.filled())?;
+                let n = tls.write_plaintext(self.wbuf.front())?;
                 if n == 0 {
                     break;
                 }
@@ -287,9 +309,6 @@ impl Conn {
             if self.tls_out.is_empty() {
                 self.wbuf.write_to(&mut self.stream)?;
             }
-        }
-        if self.wbuf.is_empty() {
-            self.wbuf.shrink_if_idle(BUF_INITIAL, OUTPUT_HIGH_WATER * 2);
         }
         Ok(())
     }
@@ -341,7 +360,8 @@ impl Conn {
             // in flight, then close.
             self.closing = true;
         }
-        // A large WRITE grew the input buffer; give it back once idle.
+        // A very large WRITE grew the input buffer; give it back at once
+        // (smaller bursts keep it until housekeeping finds them idle).
         self.rbuf.shrink_if_idle(BUF_INITIAL, OUTPUT_HIGH_WATER * 2);
         status.closing = self.closing;
         Ok(status)
@@ -502,9 +522,12 @@ impl Conn {
                 "STARTTLS accepted without TLS credentials",
             ));
         };
-        let ack = std::mem::take(&mut self.wbuf);
-        self.tls_out.extend(ack.filled());
-        self.wbuf = Buf::with_capacity(BUF_INITIAL);
+        // Everything queued so far (the ACK) goes out before TLS starts.
+        while !self.wbuf.is_empty() {
+            let n = self.wbuf.front().len();
+            self.tls_out.extend(self.wbuf.front());
+            self.wbuf.consume(n);
+        }
         let mut session = tls_cfg.new_session()?;
         // Bytes already read past the option are the ClientHello.
         let early = std::mem::take(&mut self.rbuf);
@@ -526,6 +549,7 @@ impl Conn {
 
     /// A pool job for this connection finished.
     pub fn on_job_done(&mut self, job: &mut crate::workers::Job, shared: &mut Shared) {
+        self.active = true;
         self.queued = self.queued.saturating_sub(1);
         dispatch::complete(
             &mut self.proto,
@@ -567,7 +591,7 @@ fn log_request(peer: &str, p: &nbd_proto::server::Pending) {
 /// `open`) and the export's canonical name.
 fn answer_export(
     proto: &mut Connection,
-    out: &mut Buf,
+    out: &mut OutQueue,
     cfg: &ConnConfig,
     q: ExportQuestion,
     (id, peer): (u64, Peer),

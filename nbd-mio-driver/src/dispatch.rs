@@ -20,8 +20,8 @@ use nbd_proto::server::{Connection, NeedRoom, OK_REPLY_MAX, Op, Pending, error_r
 use nbd_proto::wire::reply::BlockStatusExtent;
 use nbd_proto::{ErrorCode, HeaderMode};
 
-use crate::buffer::Buf;
 use crate::errno::to_nbd_errno;
+use crate::outq::OutQueue as Buf;
 use crate::proxy::upstream::{Submitted, Upstream};
 use crate::workers::{self, Job, Pool};
 
@@ -530,20 +530,14 @@ pub fn complete(
         workers::Op::Read { len, .. } => {
             let prefix = conn.read_prefix_len();
             let start = job.data_at;
-            if out.is_empty() && start == prefix && job.buf.len() >= prefix + len {
+            if start == prefix && job.buf.len() >= prefix + len {
                 // The worker left room for the prefix: encode it in place and
-                // hand the whole buffer to the connection, whose old storage
-                // goes back with the job. No copy of the data.
+                // queue the job's buffer itself. No copy of the data.
                 match conn.reply_read(p, &mut job.buf[..prefix]) {
-                    Ok(n) if n == prefix || len == 0 => {
-                        if len == 0 {
-                            // A lone NONE chunk: shorter than the prefix.
-                            out.extend(&job.buf[..n]);
-                        } else {
-                            out.swap_storage(&mut job.buf, n + len);
-                        }
-                    }
-                    Ok(_) | Err(_) => debug_assert!(false, "read prefix of {prefix} bytes"),
+                    Ok(n) if n == prefix => out.push_vec(&mut job.buf, 0, prefix + len),
+                    // An empty READ: a lone NONE chunk, shorter than the prefix.
+                    Ok(n) => out.extend(&job.buf[..n]),
+                    Err(_) => debug_assert!(false, "read prefix of {prefix} bytes"),
                 }
                 return;
             }

@@ -38,6 +38,8 @@ pub(crate) const LISTENER_BASE: usize = 2;
 const DYN_BASE: usize = 1024;
 /// How often negotiation deadlines are checked.
 const EXPIRY_SCAN: Duration = Duration::from_millis(250);
+/// How often idle connections give back buffer memory.
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// In-flight work gets this long after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -87,6 +89,13 @@ pub(crate) struct Loop {
     next_expiry_scan: Instant,
     /// Some connection had a deadline at the last scan (or was added since).
     has_deadlines: bool,
+    /// `--busy-poll`: how long to keep polling without sleeping after the
+    /// last client input.
+    busy_poll: Duration,
+    /// When a client last sent something.
+    last_input: Option<Instant>,
+    /// The next housekeeping pass.
+    next_housekeeping: Instant,
 }
 
 /// What a loop is built from.
@@ -100,6 +109,7 @@ pub(crate) struct LoopParts {
     pub acceptor: Option<Acceptor>,
     pub single: bool,
     pub handshake_limit: Option<Duration>,
+    pub busy_poll: Duration,
 }
 
 impl Loop {
@@ -118,6 +128,9 @@ impl Loop {
             handshake_limit: p.handshake_limit,
             next_expiry_scan: Instant::now(),
             has_deadlines: false,
+            busy_poll: p.busy_poll,
+            last_input: None,
+            next_housekeeping: Instant::now() + HOUSEKEEPING,
         }
     }
 
@@ -191,6 +204,10 @@ impl Loop {
         if stopping.is_some() || self.has_deadlines {
             t = Some(t.map_or(EXPIRY_SCAN, |t| t.min(EXPIRY_SCAN)));
         }
+        if !self.conns.is_empty() {
+            let h = self.next_housekeeping.saturating_duration_since(now);
+            t = Some(t.map_or(h, |t| t.min(h)));
+        }
         t
     }
 
@@ -234,6 +251,7 @@ impl Loop {
                 }
             }
             self.expire(stopping);
+            self.housekeep();
             if (stopping.is_some() || self.single) && self.conns.is_empty() {
                 break;
             }
@@ -270,12 +288,15 @@ impl Loop {
                 let Some(s) = self.conns.get_mut(key) else {
                     return;
                 };
-                if (ev.is_readable() || ev.is_read_closed())
-                    && let Err(e) = s.conn.on_readable()
-                {
-                    log::info!("{}: {e}", s.conn.peer);
-                    self.close(key);
-                    return;
+                if ev.is_readable() || ev.is_read_closed() {
+                    if !self.busy_poll.is_zero() {
+                        self.last_input = Some(Instant::now());
+                    }
+                    if let Err(e) = s.conn.on_readable(ev.is_read_closed()) {
+                        log::info!("{}: {e}", s.conn.peer);
+                        self.close(key);
+                        return;
+                    }
                 }
                 self.mark_ready(key);
             }
@@ -376,7 +397,7 @@ impl Loop {
             }
             let mut more = status.more;
             if c.should_read_again() {
-                if let Err(e) = c.on_readable() {
+                if let Err(e) = c.on_readable(true) {
                     log::info!("{}: {e}", c.peer);
                     self.close(key);
                     continue;
@@ -414,6 +435,17 @@ impl Loop {
             if r.is_ok() {
                 s.interest = want;
             }
+        }
+    }
+
+    fn housekeep(&mut self) {
+        let now = Instant::now();
+        if now < self.next_housekeeping {
+            return;
+        }
+        self.next_housekeeping = now + HOUSEKEEPING;
+        for (_, s) in &mut self.conns {
+            s.conn.housekeep();
         }
     }
 

@@ -25,6 +25,7 @@ pub mod listen;
 pub mod logging;
 pub mod man;
 pub mod notify;
+pub mod outq;
 pub mod privileges;
 pub mod proxy;
 pub mod server;

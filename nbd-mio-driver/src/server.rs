@@ -54,6 +54,9 @@ pub struct ServerOptions {
     pub handshake_limit: Option<Duration>,
     /// Event loops (threads); 0 = the default ([`default_loops`]).
     pub threads: usize,
+    /// Keep polling without sleeping this long after the last request
+    /// (`--busy-poll`; zero: always sleep in `epoll_wait`).
+    pub busy_poll: Duration,
 }
 
 /// The default number of event loops: one per CPU, at most
@@ -169,6 +172,7 @@ impl Server {
                 acceptor: acceptor.take(),
                 single,
                 handshake_limit: opts.handshake_limit,
+                busy_poll: opts.busy_poll,
             }));
         }
         if let Some(stream) = opts.single {

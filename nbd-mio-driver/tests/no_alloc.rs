@@ -82,6 +82,7 @@ fn measured_server(
                 handshake: Default::default(),
                 oldstyle: false,
                 threads: 1,
+                busy_poll: std::time::Duration::ZERO,
                 single: None,
                 handshake_limit: None,
             })

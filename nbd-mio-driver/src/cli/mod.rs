@@ -132,6 +132,9 @@ pub struct Config {
     /// `--handshake-limit=SECS` (qemu-nbd's name): a client must finish
     /// negotiating within this time; 0 = no limit.
     pub handshake_limit: u64,
+    /// `--busy-poll=USECS`: after serving a request, poll without sleeping
+    /// for this long before waiting in `epoll_wait` (0 = never spin).
+    pub busy_poll_us: u64,
     /// `-s`: serve one client on stdin/stdout.
     pub single: bool,
     /// `--log`, resolved: stderr in the foreground, syslog once daemonized.
@@ -185,6 +188,7 @@ impl Default for Config {
             print_uri: false,
             exit_with_parent: false,
             handshake_limit: 60,
+            busy_poll_us: 0,
             single: false,
             log: LogTarget::Stderr,
             vsock: false,
@@ -400,6 +404,15 @@ fn apply(
         "vsock" => cfg.vsock = true,
         "single" => cfg.single = true,
         "selinux-label" => cfg.selinux_label = Some(v),
+        "busy-poll" => {
+            cfg.busy_poll_us = v
+                .parse()
+                .ok()
+                .filter(|&us| us <= 1_000_000)
+                .ok_or_else(|| {
+                    format!("--busy-poll: expected microseconds from 0 to 1000000, got '{v}'")
+                })?;
+        }
         "handshake-limit" => {
             cfg.handshake_limit = v
                 .parse()

@@ -408,7 +408,7 @@ impl Upstream {
             let Link::Up(sock) = &mut self.link else {
                 return Ok(());
             };
-            let end = self.rbuf.read_from(&mut sock.io(), 256 * 1024);
+            let end = self.rbuf.read_from(&mut sock.io(), 256 * 1024, false);
             self.process();
             match end {
                 Ok(ReadEnd::Limit) => {}
