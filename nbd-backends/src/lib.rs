@@ -23,16 +23,34 @@
 
 use std::io;
 
+mod catalog;
+#[cfg(feature = "curl")]
+mod curl;
+mod data;
 mod file;
 pub mod filters;
+mod full;
+mod make;
 mod memory;
 mod null;
 mod pattern;
+mod random;
 mod registry;
 mod size;
+mod sparse_random;
+mod split;
+#[cfg(feature = "ssh")]
+mod ssh;
+mod tmpdisk;
 mod util;
 
+pub use catalog::{PLUGINS, Param, Plugin, plugin, plugin_help};
 pub use file::{FileBackend, open_dir};
+pub use full::{FullBackend, ZeroBackend};
+pub use random::RandomBackend;
+pub use sparse_random::{MAX_SPARSE_RANDOM, SparseRandom};
+pub use split::SplitBackend;
+pub use tmpdisk::TmpDisk;
 pub use memory::{MemoryBackend, PAGE_SIZE};
 pub use null::NullBackend;
 pub use pattern::PatternBackend;

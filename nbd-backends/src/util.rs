@@ -73,3 +73,12 @@ pub(crate) fn push_extent(
         None => false,
     }
 }
+
+/// nbdkit's boolean spellings (`nbdkit_parse_bool`), case-insensitive.
+pub(crate) fn parse_bool(v: &str) -> Option<bool> {
+    match v.to_ascii_lowercase().as_str() {
+        "1" | "true" | "t" | "yes" | "y" | "on" => Some(true),
+        "0" | "false" | "f" | "no" | "n" | "off" => Some(false),
+        _ => None,
+    }
+}
