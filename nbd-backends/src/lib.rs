@@ -47,18 +47,18 @@ mod util;
 pub use catalog::{PLUGINS, Param, Plugin, plugin, plugin_help};
 pub use file::{FileBackend, open_dir};
 pub use full::{FullBackend, ZeroBackend};
-pub use random::RandomBackend;
-pub use sparse_random::{MAX_SPARSE_RANDOM, SparseRandom};
-pub use split::SplitBackend;
-pub use tmpdisk::TmpDisk;
 pub use memory::{MemoryBackend, PAGE_SIZE};
 pub use null::NullBackend;
 pub use pattern::PatternBackend;
+pub use random::RandomBackend;
 pub use registry::{
     BACKENDS, Export, ExportSet, ExtBackend, ExtOpen, build, build_with_filters,
     build_with_filters_ext,
 };
 pub use size::{MAX_SIZE, parse_size};
+pub use sparse_random::{MAX_SPARSE_RANDOM, SparseRandom};
+pub use split::SplitBackend;
+pub use tmpdisk::TmpDisk;
 
 bitflags::bitflags! {
     /// What a backend can do. The driver turns these into NBD transmission

@@ -82,3 +82,25 @@ pub(crate) fn parse_bool(v: &str) -> Option<bool> {
         _ => None,
     }
 }
+
+/// A secret parameter in nbdkit's forms (`password=`, `cookie=`):
+/// `+FILE` reads it from FILE, `-` from standard input, `-N` from file
+/// descriptor N (one line each, without its newline); anything else is the
+/// value itself.
+pub(crate) fn read_secret(owner: &str, key: &str, v: &str) -> Result<String, String> {
+    use std::io::BufRead as _;
+    let from = |path: &str| -> Result<String, String> {
+        let f = std::fs::File::open(path).map_err(|e| format!("{owner}: {key}: {path}: {e}"))?;
+        let mut line = String::new();
+        std::io::BufReader::new(f)
+            .read_line(&mut line)
+            .map_err(|e| format!("{owner}: {key}: {path}: {e}"))?;
+        Ok(line.trim_end_matches(['\n', '\r']).to_owned())
+    };
+    match v.strip_prefix('+').or_else(|| v.strip_prefix('-')) {
+        Some(path) if v.starts_with('+') => from(path),
+        Some("") => from("/dev/stdin"),
+        Some(fd) if fd.bytes().all(|b| b.is_ascii_digit()) => from(&format!("/proc/self/fd/{fd}")),
+        _ => Ok(v.to_owned()),
+    }
+}

@@ -70,7 +70,7 @@ fn base64(s: &str) -> Result<Vec<u8>, String> {
         .or_else(|| digits.strip_suffix(b"="))
         .unwrap_or(&digits);
     let pad = digits.len() - body.len();
-    if (body.len() + pad) % 4 != 0 || (pad > 0 && body.len() % 4 < 2) {
+    if !(body.len() + pad).is_multiple_of(4) || (pad > 0 && body.len() % 4 < 2) {
         return Err("length is not a multiple of 4 (with = padding)".into());
     }
     let value = |c: u8| -> Result<u32, String> {

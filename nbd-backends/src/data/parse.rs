@@ -29,12 +29,12 @@ pub(crate) enum Expr {
     Offset(Move),
     File(String),
     Script(String),
-    Group(Vec<Expr>),
+    Group(Vec<Self>),
     Var(String),
     Name(String),
-    Assign(Box<Expr>, String),
-    Repeat(Box<Expr>, u64),
-    Slice(Box<Expr>, Option<u64>, Option<u64>),
+    Assign(Box<Self>, String),
+    Repeat(Box<Self>, u64),
+    Slice(Box<Self>, Option<u64>, Option<u64>),
 }
 
 /// Groups nest at most this deep (the parser and evaluator recurse).
