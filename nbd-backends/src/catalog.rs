@@ -140,6 +140,39 @@ pub const PLUGINS: &[Plugin] = &[
         example: "nbdd pattern 1G",
     },
     Plugin {
+        name: "qcow2",
+        magic: "file",
+        summary: "qcow2 image, read-write",
+        about: "A qcow2 image (v2 or v3) through the imago library: writes allocate clusters, \
+                compressed clusters are read, the backing chain is followed (read-only). \
+                Block status and qemu:allocation-depth come from the L2 tables.",
+        params: &[
+            p("file", "PATH", "the qcow2 image"),
+            p(
+                "backing",
+                "PATH",
+                "use PATH as the backing file instead of the image's own; empty: none",
+            ),
+            p(
+                "backing-format",
+                "qcow2|raw|vmdk",
+                "format of backing= (probed when absent)",
+            ),
+        ],
+        any_keys: false,
+        example: "nbdd qcow2 disk.qcow2",
+    },
+    Plugin {
+        name: "vmdk",
+        magic: "file",
+        summary: "VMware vmdk image with flat extents, read-only",
+        about: "A vmdk descriptor with flat (and zero) extents, read-only. Sparse extents \
+                (monolithicSparse, streamOptimized) are refused.",
+        params: &[p("file", "PATH", "the vmdk descriptor file")],
+        any_keys: false,
+        example: "nbdd vmdk disk.vmdk",
+    },
+    Plugin {
         name: "data",
         magic: "data",
         summary: "a disk written from the command line (bytes, strings, files, repeats)",

@@ -5,7 +5,10 @@
 //! [`Backend::execution`] is `Blocking` and the driver runs them on its workers.
 
 mod direct;
+mod fallback;
 mod rotational;
+
+pub use fallback::open_or_read_only;
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
@@ -384,6 +387,6 @@ pub fn open_dir(
     names.sort();
     names
         .into_iter()
-        .map(|(name, path)| Ok((name, FileBackend::open(path, readonly, cache_none)?)))
+        .map(|(name, path)| Ok((name, open_or_read_only(path, readonly, cache_none)?)))
         .collect()
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use rustix::fs::Advice;
 
 use crate::registry::{Built, Params};
-use crate::{Backend, FileBackend, MemoryBackend, NullBackend, PatternBackend, open_dir};
+use crate::{Backend, MemoryBackend, NullBackend, PatternBackend, open_dir};
 
 /// Build backend `name` from `p`; `readonly` is `-r` (or a cow above).
 pub(crate) fn make_backend(
@@ -43,6 +43,9 @@ pub(crate) fn make_backend(
         }
         "zero" => one(Arc::new(crate::full::zero()), "zero-length device".into()),
         "file" => file(p, readonly),
+        "qcow2" | "vmdk" => {
+            crate::registry::image(name, p, readonly).map(|(b, d)| vec![(None, Some(d), b)])
+        }
         "data" => {
             check_allocator(name, p)?;
             let b = crate::data::build(p)?;
@@ -146,14 +149,8 @@ fn file(p: &mut Params<'_>, readonly: bool) -> Result<Built, String> {
     };
     let given = [p.take("file"), p.take("dir"), p.take("fd"), p.take("dirfd")];
     let single = |path: &str, shown: &str| -> Result<Built, String> {
-        let b = FileBackend::open(path, readonly, cache_none).map_err(|e| {
-            let hint = if std::path::Path::new(path).is_dir() {
-                " (a directory: serve its files with dir=)"
-            } else {
-                ""
-            };
-            format!("file: {shown}: {e}{hint}")
-        })?;
+        let b = crate::file::open_or_read_only(path, readonly, cache_none)
+            .map_err(|e| format!("file: {shown}: {}", crate::plain_error(&e)))?;
         if let Some(a) = advice {
             b.advise(a).map_err(|e| format!("file: fadvise: {e}"))?;
         }
@@ -186,8 +183,8 @@ fn directory(
     cache_none: bool,
     advice: Option<Advice>,
 ) -> Result<Built, String> {
-    let files =
-        open_dir(dir, readonly, cache_none).map_err(|e| format!("file: dir: {shown}: {e}"))?;
+    let files = open_dir(dir, readonly, cache_none)
+        .map_err(|e| format!("file: dir: {shown}: {}", crate::plain_error(&e)))?;
     if files.is_empty() {
         return Err(format!("file: dir: {shown}: no regular files to export"));
     }

@@ -6,76 +6,10 @@
 
 use std::sync::Arc;
 
+use crate::export::{Export, ExportSet};
 use crate::filters;
 use crate::util::parse_bool;
-use crate::{Backend, parse_size};
-
-/// One export served by the server.
-pub struct Export {
-    /// The export name clients ask for (NBD_OPT_GO / EXPORT_NAME).
-    pub name: String,
-    /// Human description for NBD_INFO_DESCRIPTION and NBD_OPT_LIST.
-    pub description: Option<String>,
-    /// The store behind it, shared by every connection.
-    pub backend: Arc<dyn Backend>,
-}
-
-/// The set of exports a server offers, in a fixed order; the first one is
-/// the default export.
-pub struct ExportSet {
-    exports: Vec<Export>,
-}
-
-impl ExportSet {
-    /// A set holding one export.
-    pub fn single(name: String, backend: Arc<dyn Backend>) -> Self {
-        let description = backend.description();
-        Self {
-            exports: vec![Export {
-                name,
-                description,
-                backend,
-            }],
-        }
-    }
-
-    /// A set from a list of exports; the first is the default.
-    pub fn from_exports(exports: Vec<Export>) -> Self {
-        Self { exports }
-    }
-
-    /// Find an export by name; "" means the default export (the first one)
-    /// unless an export is really named "" (checklist 21).
-    pub fn get(&self, name: &str) -> Option<&Export> {
-        self.exports.iter().find(|e| e.name == name).or_else(|| {
-            if name.is_empty() {
-                self.default_export()
-            } else {
-                None
-            }
-        })
-    }
-
-    /// Every export, in order (for NBD_OPT_LIST).
-    pub fn list(&self) -> impl Iterator<Item = &Export> {
-        self.exports.iter()
-    }
-
-    /// The export served for an empty name: the first one.
-    pub fn default_export(&self) -> Option<&Export> {
-        self.exports.first()
-    }
-
-    /// Number of exports.
-    pub fn len(&self) -> usize {
-        self.exports.len()
-    }
-
-    /// True when there is no export at all (e.g. an empty `dir=`).
-    pub fn is_empty(&self) -> bool {
-        self.exports.is_empty()
-    }
-}
+use crate::{Backend, ImageBackend, ImageFormat, ImageOptions, parse_size};
 
 /// Backend names, their "magic" parameter, and a one-line help, for
 /// `nbdd --help` (the full text per backend is [`crate::plugin_help`]).
@@ -91,6 +25,16 @@ pub const BACKENDS: &[(&str, &str, &str)] = &[
         "pattern",
         "size",
         "read-only, every 8-byte word holds its offset: pattern SIZE",
+    ),
+    (
+        "qcow2",
+        "file",
+        "qcow2 image, read-write: qcow2 FILE [backing=PATH|backing=] [backing-format=qcow2|raw|vmdk]",
+    ),
+    (
+        "vmdk",
+        "file",
+        "VMware vmdk image (flat extents), read-only: vmdk FILE",
     ),
     (
         "data",
@@ -344,9 +288,13 @@ pub fn build_with_filters_ext(
     // Filters claim their keys first, so backend keys are checked against
     // what is left.
     let stack = filters::parse_stack(filter_names, &mut params)?;
-    // Below a cow layer nothing is ever written, so the backend is opened
-    // read-only (as nbdkit does): a base file without write permission works.
-    let open_ro = readonly || stack.iter().any(|s| matches!(s, filters::Spec::Cow));
+    // Below a cow layer, or a qcow2dec one, nothing is ever written, so the
+    // backend is opened read-only (as nbdkit does): a base file without
+    // write permission works.
+    let open_ro = readonly
+        || stack
+            .iter()
+            .any(|s| matches!(s, filters::Spec::Cow | filters::Spec::Qcow2Dec));
     let exports = match (builtin, ext) {
         (Some(pl), _) => {
             if !pl.any_keys {
@@ -369,6 +317,9 @@ pub fn build_with_filters_ext(
     };
     params.finish()?;
     let mut set = Vec::with_capacity(exports.len());
+    // A backend that yields one export without naming it is served under
+    // any name, as nbdkit does (crate::export's policy).
+    let any_name = matches!(exports.as_slice(), [(None, _, _)]);
     for (name, description, inner) in exports {
         let name = name.unwrap_or_else(|| export_name.to_owned());
         let mut b = filters::apply(&stack, inner)?;
@@ -377,17 +328,47 @@ pub fn build_with_filters_ext(
         if readonly && !b.caps().contains(crate::Caps::READ_ONLY) {
             b = Arc::new(filters::ReadOnly::new(b));
         }
-        set.push(Export {
-            name,
-            description,
-            backend: b,
-        });
+        set.push(Export::new(name, description, b));
     }
-    Ok(ExportSet::from_exports(set))
+    let set = ExportSet::from_exports(set);
+    Ok(if any_name { set.serve_any_name() } else { set })
 }
 
 /// `(export name or None for -e's, description, backend)` for each export.
 pub(crate) type Built = Vec<(Option<String>, Option<String>, Arc<dyn Backend>)>;
+
+/// `qcow2 FILE [backing=] [backing-format=]`, `vmdk FILE`.
+pub(crate) fn image(
+    backend: &str,
+    p: &mut Params<'_>,
+    readonly: bool,
+) -> Result<(Arc<dyn Backend>, String), String> {
+    let Some(path) = p.take("file") else {
+        return Err(format!(
+            "{backend}: missing parameter file (e.g. {backend} disk.{backend})"
+        ));
+    };
+    let format = if backend == "vmdk" {
+        ImageFormat::Vmdk
+    } else {
+        ImageFormat::Qcow2
+    };
+    let backing_format = p
+        .take("backing-format")
+        .map(ImageFormat::parse)
+        .transpose()
+        .map_err(|e| format!("{backend}: backing-format: {e}"))?;
+    let opts = ImageOptions {
+        format: Some(format),
+        readonly,
+        backing: p.take("backing").map(Into::into),
+        backing_format,
+    };
+    let b =
+        ImageBackend::open(path.as_ref(), &opts).map_err(|e| format!("{backend}: {path}: {e}"))?;
+    let d = b.description().unwrap_or_default();
+    Ok((Arc::new(b), d))
+}
 
 #[cfg(test)]
 mod tests {
@@ -409,7 +390,11 @@ mod tests {
         let set = build("null", &[], "n", true).unwrap();
         assert_eq!(set.get("n").unwrap().backend.size(), 0);
         assert!(set.get("").is_some(), "empty name means the default export");
-        assert!(set.get("other").is_none());
+        assert_eq!(
+            set.get("other").unwrap().name,
+            "n",
+            "one export answers any name (nbdkit)"
+        );
         assert!(
             set.get("n")
                 .unwrap()
@@ -472,7 +457,7 @@ mod tests {
             .err()
             .unwrap();
         assert!(
-            err.ends_with("tmpdisk, ext)") || err.ends_with("ssh, ext)"),
+            err.ends_with(", ext)") && err.contains("qcow2, vmdk"),
             "{err}"
         );
     }
@@ -544,7 +529,7 @@ mod tests {
         for &(name, magic, help) in BACKENDS {
             assert!(!help.is_empty());
             let args = match name {
-                "file" | "split" | "curl" | "ssh" | "tmpdisk" => continue,
+                "file" | "split" | "curl" | "ssh" | "tmpdisk" | "qcow2" | "vmdk" => continue,
                 "zero" => {
                     assert!(magic.is_empty());
                     ""

@@ -45,6 +45,20 @@ fn ssh_err(what: &str, e: impl std::fmt::Display) -> String {
     format!("ssh: {what}: {e}")
 }
 
+/// `$USER`, else the name of our uid in /etc/passwd (what ssh itself uses).
+fn current_user() -> Option<String> {
+    if let Ok(u) = std::env::var("USER") {
+        return Some(u);
+    }
+    let uid = rustix::process::getuid().as_raw().to_string();
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        (f.nth(1)? == uid).then(|| name.to_owned())
+    })
+}
+
 fn home() -> PathBuf {
     std::env::var_os("HOME").map_or_else(|| PathBuf::from("/"), PathBuf::from)
 }
@@ -63,9 +77,7 @@ impl SshBackend {
         };
         let user = match p.take("user") {
             Some(u) => u.to_owned(),
-            None => std::env::var("USER")
-                .or_else(|_| std::env::var("LOGNAME"))
-                .map_err(|_| "ssh: no user= and $USER is not set".to_owned())?,
+            None => current_user().ok_or("ssh: no user= and no name for this process's uid")?,
         };
         let password = p
             .take("password")

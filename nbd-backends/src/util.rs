@@ -19,6 +19,16 @@ pub(crate) fn read_only() -> io::Error {
     io::Error::from_raw_os_error(libc::EROFS)
 }
 
+/// An I/O error as a user reads it: the message without Rust's
+/// " (os error N)" suffix, which says nothing more to a user.
+pub fn plain_error(e: &io::Error) -> String {
+    let s = e.to_string();
+    match (e.raw_os_error(), s.rfind(" (os error ")) {
+        (Some(_), Some(i)) if s.ends_with(')') => s[..i].to_owned(),
+        _ => s,
+    }
+}
+
 /// End of `[offset, offset + len)` if it lies within `size`; overflow of
 /// `offset + len` is detected, never wrapped (checklist 68).
 pub(crate) fn range_end(offset: u64, len: u64, size: u64) -> Option<u64> {
@@ -102,5 +112,32 @@ pub(crate) fn read_secret(owner: &str, key: &str, v: &str) -> Result<String, Str
         Some("") => from("/dev/stdin"),
         Some(fd) if fd.bytes().all(|b| b.is_ascii_digit()) => from(&format!("/proc/self/fd/{fd}")),
         _ => Ok(v.to_owned()),
+    }
+}
+
+/// Push a depth run into `out[*n..]`, merging it with the previous one when
+/// the depths match. Returns false when `out` is full (the run is dropped).
+pub(crate) fn push_depth(
+    out: &mut [crate::DepthExtent],
+    n: &mut usize,
+    len: u64,
+    depth: u32,
+) -> bool {
+    if len == 0 {
+        return true;
+    }
+    if let Some(prev) = n.checked_sub(1).and_then(|i| out.get_mut(i))
+        && prev.depth == depth
+    {
+        prev.len += len;
+        return true;
+    }
+    match out.get_mut(*n) {
+        Some(slot) => {
+            *slot = crate::DepthExtent { len, depth };
+            *n += 1;
+            true
+        }
+        None => false,
     }
 }

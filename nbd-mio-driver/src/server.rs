@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token, Waker};
-use nbd_backends::ExportSet;
-use nbd_proto::server::{HandshakeConfig, TlsMode as ProtoTlsMode};
+use nbd_backends::{ClientInfo, ExportSet, Peer};
+use nbd_proto::server::{ConnectionConfig, HandshakeConfig, TlsMode as ProtoTlsMode};
 use slab::Slab;
 
 use crate::conn::{Conn, ConnConfig};
@@ -53,6 +53,9 @@ pub struct ServerOptions {
     pub tls: Option<Arc<TlsServerConfig>>,
     /// TLS policy.
     pub tls_mode: TlsMode,
+    /// Negotiation features (`--no-sr`, `--no-mc`, `--mask-handshake`); the
+    /// TLS mode and meta-context catalogue are set by the server.
+    pub handshake: HandshakeConfig,
     /// Serve oldstyle.
     pub oldstyle: bool,
     /// Serve exactly this one connection (`-s`), then exit.
@@ -124,10 +127,8 @@ impl Server {
                 if token.0 >= CONN_BASE {
                     return Err(io::Error::other("too many nbd proxy exports"));
                 }
-                upstreams.push(Upstream::new(
-                    taken.stream,
-                    taken.negotiated,
-                    crate::proxy::MAX_REPLY,
+                upstreams.push(Upstream::from_taken(
+                    taken,
                     crate::proxy::backend_id(&e.backend),
                     poll.registry(),
                     token,
@@ -159,12 +160,16 @@ impl Server {
         };
         let cfg = ConnConfig {
             exports: Arc::new(opts.exports),
-            handshake: HandshakeConfig {
-                tls,
-                ..HandshakeConfig::default()
+            proto: ConnectionConfig {
+                handshake: HandshakeConfig {
+                    tls,
+                    meta_contexts: crate::conn::META_CONTEXTS,
+                    ..opts.handshake
+                },
+                oldstyle: opts.oldstyle,
+                ..ConnectionConfig::default()
             },
             tls: opts.tls,
-            oldstyle: opts.oldstyle,
         };
         let mut shared = Shared::new(pool);
         shared.upstreams = upstreams;
@@ -185,7 +190,7 @@ impl Server {
             has_deadlines: false,
         };
         if let Some(stream) = opts.single {
-            server.add_conn(stream, "stdin".to_owned())?;
+            server.add_conn(stream, ("stdin".to_owned(), Peer::Other))?;
         }
         Ok(server)
     }
@@ -198,15 +203,31 @@ impl Server {
         }
     }
 
-    fn add_conn(&mut self, mut stream: Stream, peer: String) -> io::Result<()> {
+    fn add_conn(&mut self, mut stream: Stream, peer: (String, Peer)) -> io::Result<()> {
+        self.next_id += 1;
+        // nbdkit's preconnect: the export (a filter such as `ip`) may refuse
+        // the client before a byte is exchanged. With several exports the
+        // default one decides; each export's `open` decides again at GO.
+        if let Some(e) = self.cfg.exports.default_export() {
+            let client = ClientInfo {
+                id: self.next_id,
+                peer: peer.1,
+                export_name: "",
+                tls: false,
+            };
+            if let Err(err) = e.backend.preconnect(&client) {
+                log::info!("{}: refused: {err}", peer.0);
+                let _ = stream.shutdown();
+                return Ok(());
+            }
+        }
         let entry = self.conns.vacant_entry();
         let token = Token(CONN_BASE + entry.key());
         let interest = Interest::READABLE | Interest::WRITABLE;
         self.poll
             .registry()
             .register(&mut stream, token, interest)?;
-        self.next_id += 1;
-        log::info!("{peer}: connected");
+        log::info!("{}: connected", peer.0);
         let conn = Conn::new(
             self.next_id,
             peer,
@@ -228,8 +249,8 @@ impl Server {
                 return;
             };
             match l.accept() {
-                Ok((stream, peer)) => {
-                    if let Err(e) = self.add_conn(stream, peer) {
+                Ok((stream, name, peer)) => {
+                    if let Err(e) = self.add_conn(stream, (name, peer)) {
                         log::warn!("cannot register a connection: {e}");
                     }
                 }
@@ -250,13 +271,25 @@ impl Server {
         let mut events = Events::with_capacity(1024);
         let mut stopping: Option<Instant> = None;
         loop {
+            // Upstream timers: reconnect backoff, waiting requests.
+            let now = Instant::now();
+            for u in &mut self.shared.upstreams {
+                u.tick(now);
+            }
             let upstream_done = self.shared.upstreams.iter().any(|u| !u.done.is_empty());
+            let upstream_timer = self
+                .shared
+                .upstreams
+                .iter()
+                .filter_map(Upstream::next_deadline)
+                .min()
+                .map(|d| d.saturating_duration_since(now));
             let timeout = if !self.ready.is_empty() || upstream_done {
                 Some(Duration::ZERO)
             } else if stopping.is_some() || self.has_deadlines {
-                Some(EXPIRY_SCAN)
+                Some(upstream_timer.map_or(EXPIRY_SCAN, |t| t.min(EXPIRY_SCAN)))
             } else {
-                None
+                upstream_timer
             };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {

@@ -48,7 +48,7 @@ fn help_lists_every_nbdkit_option() {
         assert!(help.contains(opt), "--help lacks {opt}:\n{help}");
     }
     // -t is accepted but the help must say why it does nothing.
-    assert!(help.contains("event-loop thread"), "{help}");
+    assert!(help.contains("one event loop"), "{help}");
 }
 
 #[test]

@@ -79,6 +79,7 @@ fn measured_server(
                 exports,
                 tls: None,
                 tls_mode: TlsMode::Off,
+                handshake: Default::default(),
                 oldstyle: false,
                 single: None,
                 handshake_limit: None,

@@ -18,6 +18,8 @@ enum Probe {
 const NEEDS: &[(&str, Probe, &str)] = &[
     ("qemu-img", Probe::Tool("qemu-img"), "qemu-utils"),
     ("qemu-io", Probe::Tool("qemu-io"), "qemu-utils"),
+    // Allocation-depth tests compare with qemu-nbd -A.
+    ("qemu-nbd", Probe::Tool("qemu-nbd"), "qemu-utils"),
     ("nbdinfo", Probe::Tool("nbdinfo"), "libnbd-bin"),
     ("nbdcopy", Probe::Tool("nbdcopy"), "libnbd-bin"),
     ("nbdsh", Probe::Tool("nbdsh"), "libnbd-bin"),
@@ -33,6 +35,10 @@ const NEEDS: &[(&str, Probe, &str)] = &[
     ("certtool", Probe::Tool("certtool"), "gnutls-bin"),
     ("psktool", Probe::Tool("psktool"), "gnutls-bin"),
     ("gnutls-cli", Probe::Tool("gnutls-cli"), "gnutls-bin"),
+    // cli_compat: an immutable file for the read-only fallback.
+    ("chattr", Probe::Tool("chattr"), "e2fsprogs"),
+    // cli_man: the generated nbdd(1) must format without warnings.
+    ("groff", Probe::Tool("groff"), "groff-base"),
     // Partition-filter tests label disk images with sfdisk.
     ("sfdisk", Probe::Tool("sfdisk"), "fdisk"),
     // Service tests: socket activation and the sample unit files.
