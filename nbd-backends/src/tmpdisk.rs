@@ -208,6 +208,18 @@ impl Backend for TmpDisk {
             log::error!("tmpdisk: client {}: {e}", client.id);
             e
         })?;
+        // The driver announces the export's size from this shared value,
+        // so a disk of another size (nbdkit lets command= decide it) would
+        // be served wrongly: refuse the client instead, saying why.
+        if disk.size() != self.size {
+            let e = io::Error::other(format!(
+                "command made a disk of {} bytes, not size={} (nbdd serves size= exactly)",
+                disk.size(),
+                self.size
+            ));
+            log::error!("tmpdisk: client {}: {e}", client.id);
+            return Err(e);
+        }
         Ok(Some(Arc::new(OwnDisk(disk))))
     }
 
@@ -293,25 +305,28 @@ mod tests {
     fn each_open_is_a_fresh_private_disk() {
         let t = tmp(
             Some(
-                "truncate -s $((size / 2)) \"$disk\" && printf \"$greeting\" > \"$disk\".x && cat \"$disk\".x >> \"$disk\"",
+                "truncate -s $size \"$disk\" && printf %s \"$greeting\" | dd of=\"$disk\" bs=1 seek=$((size - 2)) conv=notrunc status=none",
             ),
             &[("greeting", "hi")],
         );
         let a = t.open(&client()).unwrap().unwrap();
         let b = t.open(&client()).unwrap().unwrap();
-        assert_eq!(a.size(), (2 << 20) + 2, "the command decides the size");
+        assert_eq!(a.size(), 4 << 20);
         a.write_at(0, b"mine", false).unwrap();
         let mut buf = [0u8; 4];
         b.read_at(0, &mut buf).unwrap();
         assert_eq!(buf, [0; 4], "connections do not share a disk");
         assert!(!a.caps().contains(Caps::MULTI_CONN));
         let mut tail = [0u8; 2];
-        a.read_at(2 << 20, &mut tail).unwrap();
+        a.read_at((4 << 20) - 2, &mut tail).unwrap();
         assert_eq!(&tail, b"hi", "parameters are shell variables");
         assert_eq!(
             t.read_at(0, &mut buf).unwrap_err().raw_os_error(),
             Some(libc::EIO)
         );
+        let other = tmp(Some("truncate -s 1M \"$disk\""), &[]);
+        let e = other.open(&client()).err().unwrap();
+        assert!(e.to_string().contains("not size=4194304"), "{e}");
     }
 
     #[test]
