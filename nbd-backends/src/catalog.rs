@@ -213,8 +213,8 @@ pub const PLUGINS: &[Plugin] = &[
         about: "Runs of 4 KiB data blocks separated by holes, chosen at start-up from the seed \
                 (the same layout and bytes as nbdkit's sparse-random plugin for aligned reads). \
                 Writes must match what is there (EIO otherwise); trim and zero succeed only on \
-                holes. The block map costs 1 bit per 4 KiB block, computed at start-up; sizes \
-                up to 16T.",
+                holes. The block map costs at most 1 bit per 4 KiB block, computed at start-up; \
+                sizes up to 16T.",
         params: &[
             p("size", "SIZE", SIZE_DOC),
             p("seed", "N", "32-bit seed (default: the time at start-up)"),

@@ -19,9 +19,8 @@ use crate::{Backend, Caps, Extent, ExtentFlags, ZeroFlags};
 const BLOCK: u64 = 4096;
 /// Blocks per chunk of the map: 4096 bits, 16 MiB of disk.
 const CHUNK_BLOCKS: u64 = 4096;
-/// Largest size: the map is walked block by block at start-up (~2 ns a
-/// block) and costs up to a bit per block, so 16 TiB means at most a few
-/// seconds and 512 MiB.
+/// Largest size: the map is walked block by block at start-up and costs
+/// up to a bit per block, so 16 TiB means 2^32 steps and at most 512 MiB.
 pub const MAX_SPARSE_RANDOM: u64 = 16 << 40;
 
 /// 16 MiB of the disk: all hole, all data, or a bitmap.

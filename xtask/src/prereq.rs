@@ -54,9 +54,17 @@ const NEEDS: &[(&str, Probe, &str)] = &[
     // (keys from ssh-keygen), tmpdisk's default mkfs.ext4.
     ("nginx", Probe::Tool("nginx"), "nginx-light"),
     ("openssl", Probe::Tool("openssl"), "openssl"),
-    ("sshd", Probe::Cmd(&["test", "-x", "/usr/sbin/sshd"]), "openssh-server"),
+    (
+        "sshd",
+        Probe::Cmd(&["test", "-x", "/usr/sbin/sshd"]),
+        "openssh-server",
+    ),
     ("ssh-keygen", Probe::Tool("ssh-keygen"), "openssh-client"),
-    ("mkfs.ext4", Probe::Cmd(&["test", "-x", "/usr/sbin/mkfs.ext4"]), "e2fsprogs"),
+    (
+        "mkfs.ext4",
+        Probe::Cmd(&["test", "-x", "/usr/sbin/mkfs.ext4"]),
+        "e2fsprogs",
+    ),
     // The openssl crate (TLS backend) builds against the system headers.
     (
         "OpenSSL headers",
