@@ -239,13 +239,24 @@ fn split_serves_files_as_one_disk_and_writes_land_in_the_right_file() {
     args.extend(names.iter().map(String::as_str));
     let srv = Server::start(Transport::Unix, &args);
     assert_eq!(bytes_of(&srv.uri(), tmp.path()), whole);
-    // A write across the first boundary, through nbdsh.
-    let at = (1 << 20) - 3;
-    nbdsh(&srv.uri(), &format!("h.pwrite(b'ABCDEF', {at})\nh.flush()"));
-    assert_eq!(&std::fs::read(&parts[0]).unwrap()[at..], b"ABC");
-    assert_eq!(&std::fs::read(&parts[1]).unwrap()[..3], b"DEF");
     let info = run_ok(nbdinfo().args(["--size", &srv.uri()]));
     assert_eq!(info.trim(), whole.len().to_string());
+    if common::flavor() == Flavor::Nbdkit {
+        // nbdkit 1.32's split writes only the first file's part of a write
+        // that crosses a boundary (and the rest past the end of the next
+        // file): the check below holds for nbdd only.
+        return;
+    }
+    // A write across the first boundary, through nbdsh.
+    let at = (1 << 20) - 3;
+    // nbdd flushes every file; nbdkit 1.32's split has no flush.
+    let out = nbdsh(
+        &srv.uri(),
+        &format!("h.pwrite(b'ABCDEF', {at})\nif h.can_flush(): h.flush()\nprint(h.can_flush())"),
+    );
+    assert_eq!(out.trim() == "True", common::flavor() == Flavor::Nbdd);
+    assert_eq!(&std::fs::read(&parts[0]).unwrap()[at..], b"ABC");
+    assert_eq!(&std::fs::read(&parts[1]).unwrap()[..3], b"DEF");
 }
 
 #[test]
@@ -333,7 +344,13 @@ fn curl_reads_ranges_from_nginx_with_headers_cookies_auth_and_tls() {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        assert_eq!(out.trim(), format!("True {hex}"), "{args:?}");
+        // nbdd's curl is read-only; nbdkit's offers writes (HTTP PUT).
+        let ro = if common::flavor() == Flavor::Nbdd {
+            "True"
+        } else {
+            "False"
+        };
+        assert_eq!(out.trim(), format!("{ro} {hex}"), "{args:?}");
     };
     check(&["curl", &http("disk.img")]);
     check(&[
