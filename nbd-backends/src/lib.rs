@@ -306,6 +306,14 @@ pub trait Backend: Send + Sync {
         let _ = new_size;
         Err(io::Error::from(io::ErrorKind::Unsupported))
     }
+    /// The concrete value, for a driver that drives some backends itself
+    /// instead of calling this trait (nbdd's event loop serves the `nbd`
+    /// proxy's upstream socket directly). `None` (the default): the driver
+    /// calls the trait as [`Backend::execution`] says. A filter never
+    /// forwards this: it calls its inner backend through the trait.
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
     /// A one-line human description (NBD_INFO_DESCRIPTION / LIST).
     fn description(&self) -> Option<String> {
         None

@@ -15,7 +15,7 @@ use nbd_proto::server::{
 use nbd_proto::{OptReplyType, TransmissionFlags};
 
 use crate::buffer::{Buf, ReadEnd};
-use crate::dispatch::{self, Executed, Shared, Target, put};
+use crate::dispatch::{self, Exec, Executed, Shared, Target, put};
 use crate::listen::Stream;
 use crate::tls::{TlsServerConfig, TlsSession};
 
@@ -74,8 +74,9 @@ pub struct Conn {
     /// The STARTTLS the TLS session answers, until its handshake is done.
     tls_pending: Option<StartTls>,
     proto: Connection,
-    /// The connection's handle on its export, once negotiated.
-    export: Option<Arc<dyn Backend>>,
+    /// The connection's handle on its export, once negotiated, and how its
+    /// requests run.
+    export: Option<(Arc<dyn Backend>, Exec)>,
     /// A LIST answer in progress: the question and the next export.
     listing: Option<(ListQuestion, usize)>,
     /// Jobs on the pool.
@@ -373,15 +374,12 @@ impl Conn {
                 }
                 Input::Continue | Input::Disconnect => false,
                 Input::Export(q) => {
-                    answer_export(
-                        &mut self.proto,
-                        &mut self.wbuf,
-                        cfg,
-                        q,
-                        &mut self.export,
-                        self.id,
-                        self.peer_kind,
-                    );
+                    let who = (self.id, self.peer_kind);
+                    let chosen = answer_export(&mut self.proto, &mut self.wbuf, cfg, q, who);
+                    if let Some((handle, name)) = chosen {
+                        let exec = shared.exec_for(&handle, &name);
+                        self.export = Some((handle, exec));
+                    }
                     false
                 }
                 Input::List(q) => {
@@ -405,7 +403,7 @@ impl Conn {
                 }
                 Input::Request { op, reply } => {
                     log_request(&self.peer, &reply);
-                    let Some(backend) = &self.export else {
+                    let Some((backend, exec)) = &self.export else {
                         return Err(nbd_proto::ProtocolError::Violation(
                             "request without an export",
                         ));
@@ -413,6 +411,7 @@ impl Conn {
                     let target = Target {
                         conn: (self.id, token),
                         backend,
+                        exec: *exec,
                     };
                     if dispatch::execute(
                         &mut self.proto,
@@ -516,6 +515,15 @@ impl Conn {
         Ok(())
     }
 
+    /// The upstream this connection owns (a per-client `nbd` proxy
+    /// connection), to close with it.
+    pub fn owned_upstream(&self) -> Option<usize> {
+        match self.export {
+            Some((_, Exec::Upstream { key, owned: true })) => Some(key),
+            _ => None,
+        }
+    }
+
     /// A pool job for this connection finished.
     pub fn on_job_done(&mut self, job: &mut crate::workers::Job, shared: &mut Shared) {
         self.queued = self.queued.saturating_sub(1);
@@ -554,17 +562,16 @@ fn log_request(peer: &str, p: &nbd_proto::server::Pending) {
     );
 }
 
-/// Answer an export question; on GO / EXPORT_NAME success the connection
-/// gets its handle on the export (the backend's per-connection `open`).
+/// Answer an export question; on GO / EXPORT_NAME success, the
+/// connection's handle on the export (the backend's per-connection
+/// `open`) and the export's canonical name.
 fn answer_export(
     proto: &mut Connection,
     out: &mut Buf,
     cfg: &ConnConfig,
     q: ExportQuestion,
-    chosen: &mut Option<Arc<dyn Backend>>,
-    id: u64,
-    peer: Peer,
-) {
+    (id, peer): (u64, Peer),
+) -> Option<(Arc<dyn Backend>, String)> {
     let name = proto.asked_name();
     let export = cfg.exports.get(name);
     let mut handle = None;
@@ -581,7 +588,7 @@ fn answer_export(
             };
             match e.backend.open(&client) {
                 Ok(h) => {
-                    handle = Some(h.unwrap_or_else(|| Arc::clone(&e.backend)));
+                    handle = Some((h.unwrap_or_else(|| Arc::clone(&e.backend)), e.name.clone()));
                     Ok(export_info(e))
                 }
                 Err(err) => {
@@ -597,7 +604,9 @@ fn answer_export(
         proto.answer_export(q, answer, b)
     });
     if proto.negotiated().is_some() {
-        *chosen = handle;
+        handle
+    } else {
+        None
     }
 }
 

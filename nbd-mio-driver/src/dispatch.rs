@@ -8,8 +8,12 @@
 //! copied once, from the store into the socket buffer. Other backends run on
 //! the worker pool and their replies are encoded when the job comes back.
 
+use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
+
+use mio::Registry;
+use slab::Slab;
 
 use nbd_backends::{Backend, Caps, Execution, Extent, ExtentFlags, ZeroFlags};
 use nbd_proto::server::{Connection, NeedRoom, OK_REPLY_MAX, Op, Pending, error_reply_len};
@@ -41,21 +45,92 @@ pub struct Shared {
     pub extents: Vec<Extent>,
     /// Scratch descriptors for the wire.
     pub descriptors: Vec<BlockStatusExtent>,
-    /// Upstream connections of `nbd` proxy exports, driven by the loop.
-    pub upstreams: Vec<Upstream>,
+    /// Upstream connections of `nbd` proxy exports, driven by the loop:
+    /// one per client (`shared=false`) or per export (`shared=true`).
+    pub upstreams: Slab<Upstream>,
+    /// The upstream serving each `shared=true` proxy export on this loop.
+    pub shared_upstreams: HashMap<String, usize>,
+    /// This loop's registry, for sockets opened while serving (upstreams).
+    pub registry: Registry,
 }
 
 impl Shared {
     /// Scratch space sized once.
-    pub fn new(pool: Option<Pool>) -> Self {
+    pub fn new(pool: Option<Pool>, registry: Registry) -> Self {
         Self {
             pool,
             free_jobs: Vec::new(),
             extents: vec![Extent::default(); MAX_EXTENTS],
             descriptors: Vec::with_capacity(MAX_EXTENTS),
-            upstreams: Vec::new(),
+            upstreams: Slab::new(),
+            shared_upstreams: HashMap::new(),
+            registry,
         }
     }
+
+    /// How requests on `handle` (a connection's handle on export `name`)
+    /// run: a proxy's upstream socket served by this loop, the worker pool,
+    /// or inline. Decided once, when the client selects the export.
+    pub fn exec_for(&mut self, handle: &Arc<dyn Backend>, name: &str) -> Exec {
+        if let Some(p) = crate::proxy::as_proxy(&**handle) {
+            return self
+                .upstream_for(p, name)
+                .map_or(Exec::Pool, |(key, owned)| Exec::Upstream { key, owned });
+        }
+        match handle.execution() {
+            Execution::Blocking if self.pool.is_some() => Exec::Pool,
+            _ => Exec::Inline,
+        }
+    }
+
+    /// The upstream for a proxy: its own (a per-client handle), or the
+    /// export's on this loop (`shared=true`; the first loop takes the one
+    /// opened at start-up, the others connect their own).
+    fn upstream_for(&mut self, p: &crate::proxy::Proxy, name: &str) -> Option<(usize, bool)> {
+        if p.is_shared()
+            && let Some(&key) = self.shared_upstreams.get(name)
+        {
+            return Some((key, false));
+        }
+        let taken = match crate::proxy::Proxy::take_for_loop(p) {
+            Some(t) => t,
+            None if p.is_shared() => p.another_upstream(),
+            None => return None,
+        };
+        let entry = self.upstreams.vacant_entry();
+        let token = crate::event_loop::upstream_token(entry.key());
+        match Upstream::from_taken(taken, &self.registry, token) {
+            Ok(u) => {
+                let key = entry.key();
+                entry.insert(u);
+                if p.is_shared() {
+                    self.shared_upstreams.insert(name.to_owned(), key);
+                }
+                Some((key, !p.is_shared()))
+            }
+            Err(e) => {
+                log::warn!("nbd proxy: cannot register the upstream socket: {e}");
+                None
+            }
+        }
+    }
+}
+
+/// How a connection's requests run (see [`Shared::exec_for`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exec {
+    /// On the loop thread (memory-only backends).
+    Inline,
+    /// On the worker pool.
+    Pool,
+    /// Forwarded to upstream `key` of this loop; `owned`: the connection's
+    /// own, closed with it.
+    Upstream {
+        /// Slab key in [`Shared::upstreams`].
+        key: usize,
+        /// Per-client (closed with the connection).
+        owned: bool,
+    },
 }
 
 /// The map from a backend error to the wire: the single place that decides.
@@ -139,6 +214,8 @@ pub struct Target<'a> {
     pub conn: (u64, usize),
     /// The export's backend (the connection's own handle).
     pub backend: &'a Arc<dyn Backend>,
+    /// How its requests run.
+    pub exec: Exec,
 }
 
 /// The job form of an operation.
@@ -183,30 +260,36 @@ pub fn execute(
     shared: &mut Shared,
 ) -> Executed {
     let backend = target.backend;
-    if !shared.upstreams.is_empty() {
-        // An `nbd` proxy export: forward on the loop (proxy/upstream.rs).
-        let id = crate::proxy::backend_id(backend);
-        if let Some(i) = shared.upstreams.iter().position(|u| u.backend_id == id) {
+    match target.exec {
+        Exec::Upstream { key, .. } => {
             let data = match op {
                 Op::Write { data, .. } => data,
                 _ => &[],
             };
             let job = new_job(shared, target, job_op(&op), p);
-            return match shared.upstreams[i].submit(job, data) {
+            let Some(up) = shared.upstreams.get_mut(key) else {
+                let mut job = job;
+                job.result = Err(io::Error::from_raw_os_error(libc::EIO));
+                complete(conn, out, &mut job, &mut shared.descriptors);
+                shared.free_jobs.push(job);
+                return Executed::Done;
+            };
+            match up.submit(job, data) {
                 Submitted::Queued => Executed::Queued,
                 Submitted::Now(mut job) => {
                     complete(conn, out, &mut job, &mut shared.descriptors);
+                    job.reply = None;
                     shared.free_jobs.push(job);
                     Executed::Done
                 }
-            };
+            }
+        }
+        Exec::Pool => queue(conn, target, op, p, shared),
+        Exec::Inline => {
+            run_inline(conn, out, backend, op, p, shared);
+            Executed::Done
         }
     }
-    if backend.execution() == Execution::Blocking && shared.pool.is_some() {
-        return queue(conn, target, op, p, shared);
-    }
-    run_inline(conn, out, backend, op, p, shared);
-    Executed::Done
 }
 
 /// Put the request on the worker pool.

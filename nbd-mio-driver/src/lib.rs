@@ -7,6 +7,7 @@
 // cli, listen, errno, main.rs, activation, captive, daemon, logging,
 // notify, banner, errors, exports, info, man, privileges, tlsdefault: startup; tls: TLS sessions;
 // server, conn, buffer, workers, dispatch: the event loop.
+pub(crate) mod acceptor;
 pub mod activation;
 pub mod banner;
 pub mod buffer;
@@ -17,6 +18,7 @@ pub mod daemon;
 pub mod dispatch;
 pub mod errno;
 pub mod errors;
+pub(crate) mod event_loop;
 pub mod exports;
 pub mod info;
 pub mod listen;

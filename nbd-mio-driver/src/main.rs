@@ -136,6 +136,7 @@ fn run() -> anyhow::Result<u8> {
         tls_mode: cfg.tls,
         handshake: cfg.handshake(),
         oldstyle: cfg.oldstyle,
+        threads: cfg.threads.map_or(0, |t| t as usize),
         single,
         handshake_limit: (cfg.handshake_limit > 0)
             .then(|| std::time::Duration::from_secs(cfg.handshake_limit)),

@@ -81,6 +81,7 @@ fn measured_server(
                 tls_mode: TlsMode::Off,
                 handshake: Default::default(),
                 oldstyle: false,
+                threads: 1,
                 single: None,
                 handshake_limit: None,
             })

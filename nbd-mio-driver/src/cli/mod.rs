@@ -414,8 +414,6 @@ fn apply(
         "group" => cfg.group = Some(v),
         "swap" => cfg.swap = true,
         "threads" => {
-            // Validated as before so a typo is caught; the lead's event
-            // loops use it later.
             cfg.threads = Some(
                 v.parse::<u32>()
                     .map_err(|_| format!("-t: invalid thread count '{v}'"))?,

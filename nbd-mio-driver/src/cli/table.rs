@@ -102,7 +102,7 @@ pub const SECTIONS: &[Section] = &[
             o("user", Some('u'), Some("USER"), "switch to USER (name or number) once listening"),
             o("group", Some('g'), Some("GROUP"), "switch to GROUP (name or number) once listening"),
             o("swap", None, None, "lock the server in memory (mlockall), for swap on this host"),
-            o("threads", Some('t'), Some("N"), "accepted; nbdd runs one event loop, file I/O has its own pool"),
+            o("threads", Some('t'), Some("N"), "event loops (threads), each serving its own connections (default: one per CPU, at most 8)"),
         ],
     },
     Section {

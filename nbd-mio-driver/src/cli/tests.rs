@@ -168,7 +168,7 @@ fn help_lists_every_option() {
             assert!(h.contains(&format!("-{c}, --{}", o.long)), "-{c}");
         }
     }
-    assert!(h.contains("one event loop"));
+    assert!(h.contains("event loops (threads)"));
 }
 
 #[test]

@@ -45,7 +45,7 @@ mod upstream_tests;
 pub mod uri;
 
 use std::io::{Error, ErrorKind};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use nbd_backends::{
@@ -152,16 +152,7 @@ fn open_params(params: &[(String, String)], readonly: bool) -> Result<Arc<dyn Ba
     let t = target(params)?;
     let s = settings(params)?;
     let p = Proxy::connect(&t, readonly, s).map_err(|e| format!("nbd: {}: {e}", describe(&t)))?;
-    Ok(register(p))
-}
-
-fn register(p: Proxy) -> Arc<dyn Backend> {
-    let p = Arc::new(p);
-    let mut opened = OPENED.lock().unwrap_or_else(PoisonError::into_inner);
-    // Per-client handles come and go: never keep dead entries.
-    opened.retain(|w| w.strong_count() > 0);
-    opened.push(Arc::downgrade(&p));
-    p
+    Ok(Arc::new(p))
 }
 
 fn describe(t: &Target) -> String {
@@ -170,11 +161,6 @@ fn describe(t: &Target) -> String {
         Address::Unix(s) => format!("nbd+unix:///{}?socket={}", t.export, s.display()),
     }
 }
-
-/// Every proxy (export value or per-client handle) alive in this
-/// process, so the server can find the upstream behind an
-/// `Arc<dyn Backend>` (the trait has no downcast).
-static OPENED: Mutex<Vec<Weak<Proxy>>> = Mutex::new(Vec::new());
 
 /// An upstream the server takes over: the negotiated socket (or `None`:
 /// connect in the background) and what negotiation produced.
@@ -190,45 +176,17 @@ pub struct Taken {
 /// The largest reply payload accepted from an upstream.
 pub const MAX_REPLY: u64 = MAX_PAYLOAD as u64 + 4096;
 
-/// The identity of a backend: the data pointer of its `Arc`.
-pub fn backend_id(b: &Arc<dyn Backend>) -> usize {
-    Arc::as_ptr(b).cast::<()>() as usize
+/// The proxy `backend` is, if it is one (an export's value or a
+/// per-client handle from [`Backend::open`]; not one a filter wraps, which
+/// the filter calls through the trait).
+pub fn as_proxy(backend: &dyn Backend) -> Option<&Proxy> {
+    backend.as_any()?.downcast_ref::<Proxy>()
 }
 
-/// Take the upstream of the proxy that *is* `backend` (an export's value
-/// or a per-client handle from [`Backend::open`], not one a filter
-/// wraps); `None` for other backends or when already taken.
-pub fn take_upstream(backend: &Arc<dyn Backend>) -> Option<Taken> {
-    let id = backend_id(backend);
-    let p = {
-        let opened = OPENED.lock().unwrap_or_else(PoisonError::into_inner);
-        opened
-            .iter()
-            .filter_map(Weak::upgrade)
-            .find(|p| Arc::as_ptr(p).cast::<()>() as usize == id)?
-    };
-    let direct = p
-        .conn
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .take()?;
-    Some(Taken {
-        stream: direct.into_stream(),
-        negotiated: p.neg,
-        reconnect: p.reconnect.clone(),
-    })
-}
-
-/// True when a live proxy still holds its connection: a filter wraps it,
-/// so it serves requests itself, one at a time ([`direct`]).
-pub fn any_untaken() -> bool {
-    let opened = OPENED.lock().unwrap_or_else(PoisonError::into_inner);
-    opened.iter().filter_map(Weak::upgrade).any(|p| {
-        p.conn
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_some()
-    })
+/// Take the upstream of the proxy that *is* `backend`, so the event loop
+/// serves its socket; `None` for other backends or when already taken.
+pub fn take_upstream(backend: &dyn Backend) -> Option<Taken> {
+    as_proxy(backend)?.take()
 }
 
 /// The `nbd` backend as `nbd_backends` sees it: the export's description,
@@ -248,6 +206,40 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// Hand the connection to the event loop (see [`take_upstream`]).
+    pub fn take_for_loop(&self) -> Option<Taken> {
+        self.take()
+    }
+
+    fn take(&self) -> Option<Taken> {
+        let direct = self
+            .conn
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()?;
+        Some(Taken {
+            stream: direct.into_stream(),
+            negotiated: self.neg,
+            reconnect: self.reconnect.clone(),
+        })
+    }
+
+    /// A new upstream for another event loop's clients of a `shared=true`
+    /// export (one connection per loop: loops share nothing), connected in
+    /// the background.
+    pub fn another_upstream(&self) -> Taken {
+        Taken {
+            stream: None,
+            negotiated: self.neg,
+            reconnect: self.reconnect.clone(),
+        }
+    }
+
+    /// `shared=true`: every client (of one event loop) uses one upstream.
+    pub fn is_shared(&self) -> bool {
+        self.shared
+    }
+
     /// Connect and negotiate (retrying as `settings.retry` says); with
     /// `shared=false` the connection only probes the upstream and is
     /// closed again.
@@ -370,6 +362,10 @@ impl Backend for Proxy {
         Execution::Blocking
     }
 
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
     /// `shared=false`: a handle of its own per client, connected lazily
     /// (by the event loop through [`take_upstream`], or at the first
     /// request under a filter), so opening never blocks.
@@ -389,7 +385,7 @@ impl Backend for Proxy {
             reconnect: self.reconnect.clone(),
             shared: false,
         };
-        Ok(Some(register(handle)))
+        Ok(Some(Arc::new(handle)))
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
@@ -521,24 +517,24 @@ mod tests {
                 retry: Duration::ZERO,
                 shared,
             };
-            let p: Arc<dyn Backend> = register(Proxy::connect(&target, false, s).unwrap());
+            let p: Arc<dyn Backend> = Arc::new(Proxy::connect(&target, false, s).unwrap());
             let caps = p.caps();
             assert!(caps.contains(Caps::FUA), "FUA emulated with FLUSH");
             assert_eq!(caps.contains(Caps::MULTI_CONN), shared);
             let handle = p.open(&client).unwrap();
             assert_eq!(handle.is_some(), !shared);
             if let Some(h) = handle {
-                assert_ne!(backend_id(&h), backend_id(&p));
-                let taken = take_upstream(&h).expect("a per-client upstream");
+                assert!(!Arc::ptr_eq(&h, &p), "a handle of its own");
+                let taken = take_upstream(&*h).expect("a per-client upstream");
                 assert!(
                     taken.stream.is_none(),
                     "connected by the loop, never blocking open"
                 );
                 assert_eq!(taken.reconnect.peer, handshake::Peer::Unix(path.clone()));
-                assert!(take_upstream(&h).is_none(), "taken once");
+                assert!(take_upstream(&*h).is_none(), "taken once");
             } else {
                 assert!(
-                    take_upstream(&p).unwrap().stream.is_some(),
+                    take_upstream(&*p).unwrap().stream.is_some(),
                     "shared: kept connected"
                 );
             }

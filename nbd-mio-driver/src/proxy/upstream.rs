@@ -90,9 +90,6 @@ pub struct Upstream {
     tasks: Tasks,
     /// Finished jobs for the server to deliver.
     pub done: Vec<Box<Job>>,
-    /// Identity of the export backend this upstream serves (the data
-    /// pointer of its `Arc<dyn Backend>`), for the dispatcher's lookup.
-    pub backend_id: usize,
     reconnect: Option<Reconnect>,
     registry: Option<Registry>,
     token: Token,
@@ -116,7 +113,6 @@ impl Upstream {
         stream: Stream,
         neg: ClientNegotiated,
         max_payload: u64,
-        backend_id: usize,
         registry: &Registry,
         token: Token,
     ) -> io::Result<Self> {
@@ -133,7 +129,6 @@ impl Upstream {
             rbuf: Buf::with_capacity(BUF_INITIAL),
             tasks: Tasks::new(SLOTS, MAX_EXTENTS),
             done: Vec::new(),
-            backend_id,
             reconnect: None,
             registry: None,
             token,
@@ -152,29 +147,11 @@ impl Upstream {
     /// # Errors
     ///
     /// Registration errors.
-    pub fn from_taken(
-        taken: super::Taken,
-        backend_id: usize,
-        registry: &Registry,
-        token: Token,
-    ) -> io::Result<Self> {
+    pub fn from_taken(taken: super::Taken, registry: &Registry, token: Token) -> io::Result<Self> {
         let Some(stream) = taken.stream else {
-            return Self::connect(
-                taken.reconnect,
-                taken.negotiated,
-                backend_id,
-                registry,
-                token,
-            );
+            return Self::connect(taken.reconnect, taken.negotiated, registry, token);
         };
-        let mut u = Self::new(
-            stream,
-            taken.negotiated,
-            super::MAX_REPLY,
-            backend_id,
-            registry,
-            token,
-        )?;
+        let mut u = Self::new(stream, taken.negotiated, super::MAX_REPLY, registry, token)?;
         u.reconnect = Some(taken.reconnect);
         u.registry = Some(registry.try_clone()?);
         Ok(u)
@@ -189,7 +166,6 @@ impl Upstream {
     pub fn connect(
         reconnect: Reconnect,
         first: ClientNegotiated,
-        backend_id: usize,
         registry: &Registry,
         token: Token,
     ) -> io::Result<Self> {
@@ -205,7 +181,6 @@ impl Upstream {
             rbuf: Buf::with_capacity(BUF_INITIAL),
             tasks: Tasks::new(SLOTS, MAX_EXTENTS),
             done: Vec::new(),
-            backend_id,
             reconnect: Some(reconnect),
             registry: Some(registry.try_clone()?),
             token,

@@ -152,7 +152,7 @@ impl Harness {
                 retry,
             },
         };
-        let up = Upstream::from_taken(taken, 0, poll.registry(), Token(7)).unwrap();
+        let up = Upstream::from_taken(taken, poll.registry(), Token(7)).unwrap();
         Self { poll, up }
     }
 

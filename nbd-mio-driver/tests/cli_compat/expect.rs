@@ -244,6 +244,12 @@ impl Live<'_> {
                     return Err(format!("{k} {got}, expected {v}"));
                 }
             }
+            "threads" => {
+                let got = self.proc_field("Threads:")?;
+                if got != v {
+                    return Err(format!("{got} threads, expected {v}"));
+                }
+            }
             "locked" => {
                 let kb: u64 = self.proc_field("VmLck:")?.parse().unwrap_or(0);
                 if kb == 0 {
