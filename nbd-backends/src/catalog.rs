@@ -278,12 +278,12 @@ pub const PLUGINS: &[Plugin] = &[
         about: "Each connection gets its own sparse file in $TMPDIR (default /var/tmp), made \
                 with mkfs (ext4 unless type= says otherwise) or with command=, a shell fragment \
                 that must create \"$disk\" (with $size and every other parameter as shell \
-                variables). The file is deleted when the client disconnects.",
+                variables). The file is deleted when the client disconnects. Not multi-conn.",
         params: &[
             p(
                 "size",
                 "SIZE",
-                "size of each disk (with command=, only a suggestion: the disk is as large as the command makes it)",
+                "size of each disk (a command= must make a disk of exactly this size)",
             ),
             p("type", "FS", "filesystem for mkfs -t (default ext4)"),
             p("label", "LABEL", "filesystem label (mkfs -L)"),

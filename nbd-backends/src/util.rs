@@ -141,3 +141,28 @@ pub(crate) fn push_depth(
         None => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn booleans_and_secrets_in_nbdkits_forms() {
+        for t in ["1", "true", "T", "yes", "y", "ON"] {
+            assert_eq!(parse_bool(t), Some(true), "{t}");
+        }
+        for f in ["0", "false", "F", "no", "n", "off"] {
+            assert_eq!(parse_bool(f), Some(false), "{f}");
+        }
+        assert_eq!(parse_bool("maybe"), None);
+        let path = std::env::temp_dir().join(format!("nbd-secret-{}", std::process::id()));
+        std::fs::write(&path, "s3cret\nsecond line\n").unwrap();
+        let plus = format!("+{}", path.display());
+        assert_eq!(read_secret("x", "password", &plus).unwrap(), "s3cret");
+        assert_eq!(read_secret("x", "password", "plain").unwrap(), "plain");
+        assert_eq!(read_secret("x", "password", "-x").unwrap(), "-x");
+        let _ = std::fs::remove_file(&path);
+        let e = read_secret("curl", "password", "+/nonexistent-nbdd").unwrap_err();
+        assert!(e.starts_with("curl: password: /nonexistent-nbdd: "), "{e}");
+    }
+}
