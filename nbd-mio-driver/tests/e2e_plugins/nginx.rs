@@ -2,7 +2,8 @@
 //! self-signed certificate for `localhost`) on free loopback ports, its
 //! own configuration, logs and document root in the test's directory.
 //! Locations that need a header, a cookie or basic authentication stand
-//! in for the servers people point the curl plugin at. Killed on drop.
+//! in for the servers people point the curl plugin at. One process
+//! (`master_process off`), so killing it on drop leaves no worker behind.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -84,7 +85,7 @@ impl Nginx {
         let (port, tls_port) = (free_port(), free_port());
         let d = dir.display();
         let conf = format!(
-            "user root;\nworker_processes 1;\nerror_log {d}/error.log;\npid {d}/nginx.pid;\n\
+            "user root;\nmaster_process off;\nerror_log {d}/error.log;\npid {d}/nginx.pid;\n\
              events {{ worker_connections 64; }}\n\
              http {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/tmp;\n  proxy_temp_path {d}/tmp;\n\
                fastcgi_temp_path {d}/tmp;\n  uwsgi_temp_path {d}/tmp;\n  scgi_temp_path {d}/tmp;\n\
