@@ -131,6 +131,16 @@ impl FileBackend {
         self.io.direct
     }
 
+    /// Tell the kernel how the file will be read (nbdkit's `fadvise=`):
+    /// `Random` turns read-ahead off, `Sequential` doubles it on Linux.
+    ///
+    /// # Errors
+    ///
+    /// Those of `posix_fadvise(2)`.
+    pub fn advise(&self, advice: Advice) -> io::Result<()> {
+        rustix::fs::fadvise(&self.io.file, 0, None, advice).map_err(Into::into)
+    }
+
     /// The path this backend was opened from.
     pub fn path(&self) -> &Path {
         &self.path

@@ -23,27 +23,45 @@
 
 use std::io;
 
+mod catalog;
+#[cfg(feature = "curl")]
+mod curl;
+mod data;
 mod export;
 mod file;
 pub mod filters;
+mod full;
+mod make;
 mod memory;
 mod null;
 mod pattern;
 pub mod qcow2;
+mod random;
 mod registry;
 mod size;
+mod sparse_random;
+mod split;
+#[cfg(feature = "ssh")]
+mod ssh;
+mod tmpdisk;
 mod util;
 
+pub use catalog::{PLUGINS, Param, Plugin, plugin, plugin_help};
 pub use export::{Export, ExportPolicy, ExportSet, FixedSize};
 pub use file::{FileBackend, open_dir, open_or_read_only};
+pub use full::{FullBackend, ZeroBackend};
 pub use memory::{MemoryBackend, PAGE_SIZE};
 pub use null::NullBackend;
 pub use pattern::PatternBackend;
 pub use qcow2::{ImageBackend, ImageFormat, ImageOptions};
+pub use random::RandomBackend;
 pub use registry::{
     BACKENDS, ExtBackend, ExtOpen, build, build_with_filters, build_with_filters_ext,
 };
 pub use size::{MAX_SIZE, parse_size};
+pub use sparse_random::{MAX_SPARSE_RANDOM, SparseRandom};
+pub use split::SplitBackend;
+pub use tmpdisk::TmpDisk;
 pub use util::plain_error;
 
 bitflags::bitflags! {

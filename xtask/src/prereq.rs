@@ -49,6 +49,22 @@ const NEEDS: &[(&str, Probe, &str)] = &[
     ),
     ("systemd-analyze", Probe::Tool("systemd-analyze"), "systemd"),
     ("pkg-config", Probe::Tool("pkg-config"), "pkg-config"),
+    // Plugin tests (e2e_plugins): curl against a local nginx over HTTP and
+    // HTTPS (certificates made with openssl), ssh against a local sshd
+    // (keys from ssh-keygen), tmpdisk's default mkfs.ext4.
+    ("nginx", Probe::Tool("nginx"), "nginx-light"),
+    ("openssl", Probe::Tool("openssl"), "openssl"),
+    (
+        "sshd",
+        Probe::Cmd(&["test", "-x", "/usr/sbin/sshd"]),
+        "openssh-server",
+    ),
+    ("ssh-keygen", Probe::Tool("ssh-keygen"), "openssh-client"),
+    (
+        "mkfs.ext4",
+        Probe::Cmd(&["test", "-x", "/usr/sbin/mkfs.ext4"]),
+        "e2fsprogs",
+    ),
     // The openssl crate (TLS backend) builds against the system headers.
     (
         "OpenSSL headers",
