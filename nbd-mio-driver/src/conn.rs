@@ -96,9 +96,10 @@ pub struct Conn {
     active: bool,
 }
 
-/// The wire description of an export.
-fn export_info(e: &Export) -> ExportInfo<'_> {
-    let b = &e.backend;
+/// The wire description of export `e` as served through `b` (the shared
+/// backend, or a connection's own handle: a `tmpdisk` per client may
+/// differ in size).
+fn export_info<'a>(e: &'a Export, b: &dyn Backend) -> ExportInfo<'a> {
     let caps = b.caps();
     let mut f = TransmissionFlags::SEND_WRITE_ZEROES
         | TransmissionFlags::SEND_FAST_ZERO
@@ -612,8 +613,10 @@ fn answer_export(
             };
             match e.backend.open(&client) {
                 Ok(h) => {
-                    handle = Some((h.unwrap_or_else(|| Arc::clone(&e.backend)), e.name.clone()));
-                    Ok(export_info(e))
+                    let h = h.unwrap_or_else(|| Arc::clone(&e.backend));
+                    let info = export_info(e, &*h);
+                    handle = Some((h, e.name.clone()));
+                    Ok(info)
                 }
                 Err(err) => {
                     log::info!("export '{}' refused the client: {err}", e.name);
@@ -621,7 +624,7 @@ fn answer_export(
                 }
             }
         }
-        Some(e) => Ok(export_info(e)),
+        Some(e) => Ok(export_info(e, &*e.backend)),
         None => Err(OptReplyType::ErrUnknown),
     };
     put(out, EXPORT_ANSWER_MAX, q, |q, b| {
