@@ -27,7 +27,7 @@ use crate::conn::{Conn, ConnConfig};
 use crate::dispatch::Shared;
 use crate::listen::Stream;
 use crate::server::Control;
-use crate::workers::Job;
+use crate::workers::{Job, Pool};
 
 pub(crate) const WAKER: Token = Token(0);
 pub(crate) const SIGNALS: Token = Token(1);
@@ -345,7 +345,7 @@ impl Loop {
             }
         }
         loop {
-            let Some(job) = self.shared.pool.as_ref().and_then(|p| p.try_finished()) else {
+            let Some(job) = self.shared.pool.as_mut().and_then(Pool::try_finished) else {
                 return;
             };
             self.deliver(job);

@@ -138,6 +138,7 @@ fn run() -> anyhow::Result<u8> {
         oldstyle: cfg.oldstyle,
         threads: cfg.threads.map_or(0, |t| t as usize),
         busy_poll: std::time::Duration::from_micros(cfg.busy_poll_us),
+        workers: cfg.workers,
         single,
         handshake_limit: (cfg.handshake_limit > 0)
             .then(|| std::time::Duration::from_secs(cfg.handshake_limit)),

@@ -83,6 +83,7 @@ fn measured_server(
                 oldstyle: false,
                 threads: 1,
                 busy_poll: std::time::Duration::ZERO,
+                workers: 0,
                 single: None,
                 handshake_limit: None,
             })
