@@ -124,6 +124,9 @@ pub struct Pool {
     shared: Arc<PoolShared>,
     threads: Vec<JoinHandle<()>>,
     /// The loop's side of the finished list (swapped with the workers').
+    /// Jobs stay boxed: they travel between the loop, the pool and the
+    /// free list as one pointer each.
+    #[allow(clippy::vec_box)]
     taken: Vec<Box<Job>>,
 }
 
@@ -139,6 +142,7 @@ struct PoolState {
     queues: Vec<VecDeque<Box<Job>>>,
     /// Connections with queued jobs, in turn order (each at most once).
     turns: VecDeque<usize>,
+    #[allow(clippy::vec_box)]
     done: Vec<Box<Job>>,
     closing: bool,
 }
