@@ -60,6 +60,22 @@ pub struct ServerOptions {
     pub busy_poll: Duration,
     /// Worker threads per loop (`--workers`); 0 = [`DEFAULT_WORKERS`].
     pub workers: usize,
+    /// `--max-connection-buffer`; 0 = the default.
+    pub max_connection_buffer: usize,
+    /// `--max-memory`; 0 = [`default_max_memory`].
+    pub max_memory: usize,
+}
+
+/// The default `--max-memory`: a quarter of the machine's RAM (1 GiB if
+/// /proc/meminfo cannot be read).
+#[must_use]
+pub fn default_max_memory() -> usize {
+    let kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<usize>().ok())
+    });
+    kib.map_or(1 << 30, |k| k.saturating_mul(1024) / 4)
 }
 
 /// The default number of event loops: one per CPU, at most
@@ -256,6 +272,7 @@ fn conn_config(
         TlsMode::Require => ProtoTlsMode::Require,
     };
     ConnConfig {
+        limits: crate::conn::Limits::default(),
         exports: Arc::clone(exports),
         proto: ConnectionConfig {
             handshake: HandshakeConfig {

@@ -60,6 +60,9 @@ pub struct Job {
     pub data_at: usize,
     /// Extents out.
     pub extents: Vec<Extent>,
+    /// Bytes this job holds against its connection's budget (a READ's
+    /// reply data, a WRITE's payload), given back when it completes.
+    pub cost: usize,
     /// Result.
     pub result: io::Result<()>,
 }

@@ -84,6 +84,8 @@ fn measured_server(
                 threads: 1,
                 busy_poll: std::time::Duration::ZERO,
                 workers: 0,
+                max_connection_buffer: 0,
+                max_memory: 0,
                 single: None,
                 handshake_limit: None,
             })

@@ -138,6 +138,10 @@ pub struct Config {
     /// `--workers=N`: worker threads per event loop for backends that may
     /// block (0 = the default).
     pub workers: usize,
+    /// `--max-connection-buffer=SIZE` (0 = the default).
+    pub max_connection_buffer: u64,
+    /// `--max-memory=SIZE` (0 = the default).
+    pub max_memory: u64,
     /// `-s`: serve one client on stdin/stdout.
     pub single: bool,
     /// `--log`, resolved: stderr in the foreground, syslog once daemonized.
@@ -193,6 +197,8 @@ impl Default for Config {
             handshake_limit: 60,
             busy_poll_us: 0,
             workers: 0,
+            max_connection_buffer: 0,
+            max_memory: 0,
             single: false,
             log: LogTarget::Stderr,
             vsock: false,
@@ -408,6 +414,17 @@ fn apply(
         "vsock" => cfg.vsock = true,
         "single" => cfg.single = true,
         "selinux-label" => cfg.selinux_label = Some(v),
+        "max-connection-buffer" | "max-memory" => {
+            let n = nbd_backends::parse_size(&v)
+                .ok()
+                .filter(|&n| n >= 1 << 20)
+                .ok_or_else(|| format!("--{name}: expected a size of at least 1M, got '{v}'"))?;
+            if name == "max-memory" {
+                cfg.max_memory = n;
+            } else {
+                cfg.max_connection_buffer = n;
+            }
+        }
         "workers" => {
             cfg.workers = v
                 .parse()
