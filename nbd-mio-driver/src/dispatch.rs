@@ -15,7 +15,7 @@ use std::sync::Arc;
 use mio::Registry;
 use slab::Slab;
 
-use nbd_backends::{Backend, Caps, Execution, Extent, ExtentFlags, ZeroFlags};
+use nbd_backends::{Backend, Caps, DepthExtent, Execution, Extent, ExtentFlags, ZeroFlags};
 use nbd_proto::server::{Connection, NeedRoom, OK_REPLY_MAX, Op, Pending, error_reply_len};
 use nbd_proto::wire::reply::BlockStatusExtent;
 use nbd_proto::{ErrorCode, HeaderMode};
@@ -43,6 +43,8 @@ pub struct Shared {
     pub free_jobs: Vec<Box<Job>>,
     /// Scratch extents from a backend.
     pub extents: Vec<Extent>,
+    /// Scratch allocation depths from a backend.
+    pub depths: Vec<DepthExtent>,
     /// Scratch descriptors for the wire.
     pub descriptors: Vec<BlockStatusExtent>,
     /// Upstream connections of `nbd` proxy exports, driven by the loop:
@@ -64,6 +66,7 @@ impl Shared {
             pool,
             free_jobs: Vec::new(),
             extents: vec![Extent::default(); MAX_EXTENTS],
+            depths: vec![DepthExtent::default(); MAX_EXTENTS],
             descriptors: Vec::with_capacity(MAX_EXTENTS),
             upstreams: Slab::new(),
             shared_upstreams: HashMap::new(),
@@ -231,8 +234,16 @@ pub struct Target<'a> {
     pub exec: Exec,
 }
 
-/// The job form of an operation.
-fn job_op(op: &Op<'_>) -> workers::Op {
+/// The job form of an operation, and for BLOCK_STATUS the contexts asked.
+fn job_op(op: &Op<'_>) -> (workers::Op, u64) {
+    let contexts = match *op {
+        Op::BlockStatus { contexts, .. } => contexts,
+        _ => 0,
+    };
+    (job_op_only(op), contexts)
+}
+
+fn job_op_only(op: &Op<'_>) -> workers::Op {
     match *op {
         Op::Read { offset, len, .. } => workers::Op::Read { offset, len },
         Op::Write { offset, fua, .. } => workers::Op::Write { offset, fua },
@@ -348,16 +359,22 @@ fn run_inline(
             let r = backend.write_at(offset, data, fua);
             reply_result(conn, out, p, &r);
         }
-        Op::BlockStatus { offset, len, .. } => {
-            match backend.extents(offset, len, &mut shared.extents) {
-                Ok(n) => {
-                    let n = n.min(shared.extents.len());
-                    let (ext, desc) = (&shared.extents[..n], &mut shared.descriptors);
-                    reply_extents(conn, out, p, ext, desc);
-                }
-                Err(e) => reply_result(conn, out, p, &Err(e)),
+        Op::BlockStatus {
+            offset,
+            len,
+            contexts,
+            ..
+        } => match status_inline(&**backend, offset, len, contexts, shared) {
+            Ok((n, d)) => {
+                let runs = Runs {
+                    contexts,
+                    extents: &shared.extents[..n],
+                    depths: &shared.depths[..d],
+                };
+                reply_block_status(conn, out, p, &runs, &mut shared.descriptors);
             }
-        }
+            Err(e) => reply_result(conn, out, p, &Err(e)),
+        },
         Op::Resize { size } => {
             let r = backend.resize(size);
             reply_result(conn, out, p, &r);
@@ -381,7 +398,12 @@ fn run_inline(
 }
 
 /// A recycled (or, until the free list warms up, new) job for `op`.
-fn new_job(shared: &mut Shared, target: &Target<'_>, op: workers::Op, p: Pending) -> Box<Job> {
+fn new_job(
+    shared: &mut Shared,
+    target: &Target<'_>,
+    (op, contexts): (workers::Op, u64),
+    p: Pending,
+) -> Box<Job> {
     let flags = p.flags();
     let mut job = shared.free_jobs.pop().unwrap_or_else(|| {
         Box::new(Job {
@@ -394,6 +416,8 @@ fn new_job(shared: &mut Shared, target: &Target<'_>, op: workers::Op, p: Pending
             buf: Vec::new(),
             data_at: 0,
             extents: Vec::with_capacity(MAX_EXTENTS),
+            contexts: 0,
+            depths: Vec::new(),
             result: Ok(()),
             cost: 0,
         })
@@ -407,6 +431,7 @@ fn new_job(shared: &mut Shared, target: &Target<'_>, op: workers::Op, p: Pending
     job.data_at = 0;
     job.result = Ok(());
     job.cost = cost_of(&op);
+    job.contexts = contexts;
     job
 }
 
@@ -536,24 +561,86 @@ fn read_inline(
     put(out, OK_REPLY_MAX, p, |p, b| conn.reply_done(p, b));
 }
 
-/// Encode the block-status reply for `base:allocation` (context ID 1, the
-/// only context nbdd offers) from backend extents; nbd-proto applies the
-/// spec's clipping and merging rules.
-pub fn reply_extents(
+/// What a BLOCK_STATUS found, per context.
+pub struct Runs<'a> {
+    /// The contexts asked about (`conn::META_*` bits).
+    pub contexts: u64,
+    /// `base:allocation` runs.
+    pub extents: &'a [Extent],
+    /// `qemu:allocation-depth` runs.
+    pub depths: &'a [DepthExtent],
+}
+
+/// Ask an inline backend for the runs `contexts` need, into the loop's
+/// scratch lists; returns how many of each.
+fn status_inline(
+    b: &dyn Backend,
+    offset: u64,
+    len: u64,
+    contexts: u64,
+    shared: &mut Shared,
+) -> io::Result<(usize, usize)> {
+    let mut n = 0;
+    let mut d = 0;
+    if contexts & crate::conn::META_BASE != 0 {
+        n = b
+            .extents(offset, len, &mut shared.extents)?
+            .min(shared.extents.len());
+    }
+    if contexts & crate::conn::META_DEPTH != 0 {
+        d = b
+            .allocation_depth(offset, len, &mut shared.depths)?
+            .min(shared.depths.len());
+    }
+    Ok((n, d))
+}
+
+/// Encode the block-status reply: one chunk per context asked about (ID 1
+/// `base:allocation`, ID 2 `qemu:allocation-depth`), the last one final;
+/// nbd-proto applies the spec's clipping and merging rules.
+pub fn reply_block_status(
     conn: &mut Connection,
     out: &mut Buf,
     p: Pending,
-    extents: &[Extent],
+    runs: &Runs<'_>,
     desc: &mut Vec<BlockStatusExtent>,
 ) {
-    desc.clear();
-    desc.extend(extents.iter().take(MAX_EXTENTS).map(|e| BlockStatusExtent {
-        len: e.len,
-        flags: u64::from((e.flags & (ExtentFlags::HOLE | ExtentFlags::ZERO)).bits()),
-    }));
     let mode = conn.negotiated().map_or(HeaderMode::Structured, |n| n.mode);
+    let base = runs.contexts & crate::conn::META_BASE != 0;
+    let depth = runs.contexts & crate::conn::META_DEPTH != 0;
+    if base {
+        desc.clear();
+        desc.extend(
+            runs.extents
+                .iter()
+                .take(MAX_EXTENTS)
+                .map(|e| BlockStatusExtent {
+                    len: e.len,
+                    flags: u64::from((e.flags & (ExtentFlags::HOLE | ExtentFlags::ZERO)).bits()),
+                }),
+        );
+        let room = nbd_proto::wire::reply::block_status_len(mode, desc.len().max(1));
+        if !depth {
+            put(out, room, p, |p, b| conn.reply_block_status(p, 1, desc, b));
+            return;
+        }
+        let n = conn
+            .block_status_chunk(&p, 1, desc, out.spare(room))
+            .unwrap_or(0);
+        out.commit(n);
+    }
+    desc.clear();
+    desc.extend(
+        runs.depths
+            .iter()
+            .take(MAX_EXTENTS)
+            .map(|d| BlockStatusExtent {
+                len: d.len,
+                flags: u64::from(d.depth),
+            }),
+    );
     let room = nbd_proto::wire::reply::block_status_len(mode, desc.len().max(1));
-    put(out, room, p, |p, b| conn.reply_block_status(p, 1, desc, b));
+    put(out, room, p, |p, b| conn.reply_block_status(p, 2, desc, b));
 }
 
 /// Encode the reply of a finished pool or upstream job.
@@ -595,9 +682,18 @@ pub fn complete(
             }
         }
         workers::Op::Extents { .. } => {
-            let ext = std::mem::take(&mut job.extents);
-            reply_extents(conn, out, p, &ext, desc);
-            job.extents = ext;
+            // Upstream (proxy) jobs only ever carry base:allocation.
+            let contexts = if job.contexts == 0 {
+                crate::conn::META_BASE
+            } else {
+                job.contexts
+            };
+            let runs = Runs {
+                contexts,
+                extents: &job.extents,
+                depths: &job.depths,
+            };
+            reply_block_status(conn, out, p, &runs, desc);
         }
         _ => reply_ok(conn, out, p),
     }
