@@ -15,7 +15,8 @@ use super::table::Table;
 use super::{ClientConfig, ClientEvent, ClientNegotiated};
 
 /// Default bound on a reply chunk that is not READ data (block status,
-/// error messages): 2^20 extents in extended layout (checklist 108) plus
+/// error messages): 2^20 extents in extended layout (the most a server
+/// SHOULD send in one chunk) plus
 /// the chunk's fixed fields.
 pub const DEFAULT_MAX_CHUNK: u32 = (1 << 24) + 8;
 

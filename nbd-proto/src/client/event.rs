@@ -249,7 +249,8 @@ pub enum ReplyError {
     #[error("server error {0:?}")]
     Server(ErrorCode),
     /// The server reported success for a READ whose chunks did not cover
-    /// the whole range (checklist 97): the missing bytes were never sent.
+    /// the whole range (the spec requires it): the missing bytes were never
+    /// sent.
     #[error("READ reply did not cover the whole request")]
     Incomplete,
     /// The connection ended (closed, failed, or a protocol error) before

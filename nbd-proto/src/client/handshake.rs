@@ -1,9 +1,11 @@
-//! The client negotiation state machine (proto.md "Handshake", "Option
+//! The client negotiation state machine ([proto.md "Handshake"], "Option
 //! haggling", from the client's side).
 //!
 //! It sends options one at a time and waits for each answer, so one output
 //! buffer of [`CLIENT_TRANSMIT_MAX`] bytes always suffices and a reply can
 //! never be confused with the answer to another option.
+//!
+//! [proto.md "Handshake"]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#handshake
 
 use crate::error::{BufferTooSmall, DecodeError, ProtocolError};
 use crate::flags::{ClientFlags, HandshakeFlags, TransmissionFlags};

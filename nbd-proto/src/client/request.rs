@@ -1,6 +1,9 @@
 //! Requests a client sends, checked against what was negotiated before a
-//! byte is written (proto.md "Request types", "Command flags", "Block
+//! byte is written ([proto.md "Request types"], [proto.md "Command flags"], "Block
 //! size constraints"): a request the server must reject never leaves.
+//!
+//! [proto.md "Request types"]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#request-types
+//! [proto.md "Command flags"]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#command-flags
 
 use crate::error::BufferTooSmall;
 use crate::flags::{CmdFlags, TransmissionFlags as TF};
@@ -169,7 +172,9 @@ pub struct Sent {
 }
 
 /// The largest READ/WRITE payload: the advertised maximum, or the spec's
-/// 32 MiB default (proto.md "Block size constraints").
+/// 32 MiB default ([proto.md "Size constraints"]).
+///
+/// [proto.md "Size constraints"]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#size-constraints
 pub(crate) fn max_payload(neg: &ClientNegotiated) -> u64 {
     u64::from(neg.block_sizes.unwrap_or(BlockSizes::DEFAULT).maximum)
 }
@@ -211,7 +216,9 @@ fn allowed_flags(cmd: Command, neg: &ClientNegotiated) -> CmdFlags {
 }
 
 /// Check `cmd` against the negotiated state (client obligations of
-/// proto.md "Request message" and "Block size constraints").
+/// [proto.md "Request message"] and "Block size constraints").
+///
+/// [proto.md "Request message"]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#request-message
 pub(crate) fn validate(cmd: &Cmd<'_>, neg: &ClientNegotiated) -> Result<(), RequestError> {
     let c = cmd.command;
     let bad = cmd.flags.difference(allowed_flags(c, neg));

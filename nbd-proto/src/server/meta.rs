@@ -1,7 +1,9 @@
-//! Meta-context matching (proto.md "Metadata querying", "`base:` meta
+//! Meta-context matching ([proto.md "Metadata querying"], "`base:` meta
 //! context"), the fixed-capacity buffer holding the export name a question
 //! is about, and the fingerprint of the export the last
 //! `NBD_OPT_SET_META_CONTEXT` named.
+//!
+//! [proto.md "Metadata querying"]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#metadata-querying
 
 use crate::error::BufferTooSmall;
 use crate::types::{OptReplyType, OptionCode};
@@ -79,8 +81,10 @@ fn matches(list: bool, query: &str, context: &str) -> bool {
 /// The catalogue entries (bit i = `catalogue[i]`, at most 64) that the
 /// request's queries name, by the spec's matching rules: unknown
 /// namespaces and leaves are ignored, an empty leaf lists a namespace but
-/// never selects, zero queries list everything or select nothing (proto.md
-/// "Metadata querying").
+/// never selects, zero queries list everything or select nothing
+/// ([proto.md "Metadata querying"]).
+///
+/// [proto.md "Metadata querying"]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#metadata-querying
 pub(crate) fn matched(list: bool, request: &MetaContextRequest<'_>, catalogue: &[&str]) -> u64 {
     let mut selected = 0u64;
     for (i, ctx) in catalogue.iter().enumerate().take(64) {

@@ -8,7 +8,9 @@ use crate::wire::request::Request;
 
 /// One validated operation, with the spec's per-command rules already
 /// applied: bounds, flags against what was advertised, read-only, the
-/// BLOCK_STATUS payload parsed (proto.md "Request types").
+/// BLOCK_STATUS payload parsed ([proto.md "Request types"]).
+///
+/// [proto.md "Request types"]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#request-types
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op<'a> {
     /// `NBD_CMD_READ`: reply with [`super::Connection::reply_read`] (or
