@@ -3,7 +3,7 @@
 //! - [`DecodeError`]: bytes that can never become a valid frame (the codec).
 //! - [`ProtocolError`]: why a connection must end (the state machines).
 //!   Errors the peer should hear are not errors here but values: option
-//!   error replies and [`crate::server::Input::Reject`].
+//!   error replies and [`server::Input::Reject`](crate::server::Input::Reject).
 //! - [`BufferTooSmall`]: an output slice was short; it says how long it
 //!   must be. Nothing was written.
 //!

@@ -158,9 +158,9 @@ enum State {
 /// The client negotiation state machine: [`ClientHandshake::poll_transmit`]
 /// then [`ClientHandshake::handle_input`] until [`ClientEvent::Ready`].
 ///
-/// [`super::Connection`] covers negotiation *and* transmission in one
+/// [`Connection`](super::Connection) covers negotiation *and* transmission in one
 /// value and borrows nothing; this type remains for callers that drive
-/// transmission themselves with [`super::ReplyDecoder`].
+/// transmission themselves with [`ReplyDecoder`](super::ReplyDecoder).
 #[derive(Debug, Clone)]
 pub struct ClientHandshake<'a> {
     core: Negotiation,
@@ -224,7 +224,7 @@ impl<'a> ClientHandshake<'a> {
 }
 
 /// The negotiation logic shared by [`ClientHandshake`] and
-/// [`super::Connection`]. It holds no borrowed data: the export name is
+/// [`Connection`](super::Connection). It holds no borrowed data: the export name is
 /// passed to each [`Negotiation::poll_transmit`].
 #[derive(Debug, Clone)]
 pub(crate) struct Negotiation {

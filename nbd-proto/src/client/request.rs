@@ -105,8 +105,9 @@ impl<'d> Cmd<'d> {
     }
 }
 
-/// A request [`super::Connection::encode_request`] did not send. Nothing
-/// changed: no slot was taken and nothing was written.
+/// A request [`Connection::encode_request`](super::Connection::encode_request)
+/// did not send. Nothing changed: no slot was taken and nothing was
+/// written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RequestError {
@@ -158,14 +159,14 @@ impl From<BufferTooSmall> for RequestError {
     }
 }
 
-/// A request written by [`super::Connection::encode_request`].
+/// A request written by [`Connection::encode_request`](super::Connection::encode_request).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use]
 pub struct Sent {
     /// The cookie the reply will carry.
     pub cookie: Cookie,
     /// The request's slot in the in-flight table (see
-    /// [`super::ReadData::slot`]); `None` for `NBD_CMD_DISC`.
+    /// [`ReadData::slot`](super::ReadData::slot)); `None` for `NBD_CMD_DISC`.
     pub slot: Option<usize>,
     /// Bytes written to the output slice (header and payload).
     pub len: usize,

@@ -234,7 +234,7 @@ impl Connection {
     ///
     /// # Errors
     /// [`BufferTooSmall`] when `out` cannot hold the next message (at most
-    /// [`super::error_reply_len`]`(64)` bytes); nothing is lost then.
+    /// [`error_reply_len`](super::error_reply_len)`(64)` bytes); nothing is lost then.
     pub fn poll_transmit(&mut self, out: &mut [u8]) -> Result<usize, BufferTooSmall> {
         match &mut self.phase {
             Phase::Handshake(h) => h.poll_transmit(out),
@@ -402,7 +402,7 @@ impl Connection {
     /// RESIZE answered so records the new size.
     ///
     /// # Errors
-    /// [`NeedRoom`] when `out` is shorter than [`super::OK_REPLY_MAX`].
+    /// [`NeedRoom`] when `out` is shorter than [`OK_REPLY_MAX`](super::OK_REPLY_MAX).
     pub fn reply_ok(&mut self, p: Pending, out: &mut [u8]) -> Result<usize, NeedRoom<Pending>> {
         match self.transmission() {
             Some(t) => t.reply_ok(p, out),
@@ -416,7 +416,7 @@ impl Connection {
     ///
     /// # Errors
     /// [`NeedRoom`] when `out` is shorter than
-    /// [`super::error_reply_len`]`(message.len())`.
+    /// [`error_reply_len`](super::error_reply_len)`(message.len())`.
     pub fn reply_error(
         &mut self,
         p: Pending,
@@ -452,7 +452,9 @@ impl Connection {
     /// [`Connection::read_prefix_len`]:
     ///
     /// ```text
-    /// out[prefix..prefix + len] <- data;  n = reply_read(p, &mut out[..prefix]);  send out[..n + len]
+    /// out[prefix..prefix + len] <- the data
+    /// n = reply_read(p, &mut out[..prefix])
+    /// send out[..n + len]
     /// ```
     /// (`n + len` is right in the empty case too: `len` is 0 there.)
     ///
@@ -504,7 +506,7 @@ impl Connection {
     /// End a chunked reply with a NONE chunk.
     ///
     /// # Errors
-    /// [`NeedRoom`] when `out` is shorter than [`super::OK_REPLY_MAX`].
+    /// [`NeedRoom`] when `out` is shorter than [`OK_REPLY_MAX`](super::OK_REPLY_MAX).
     pub fn reply_done(&mut self, p: Pending, out: &mut [u8]) -> Result<usize, NeedRoom<Pending>> {
         match self.transmission() {
             Some(t) => t.reply_done(p, out),

@@ -78,8 +78,9 @@ pub struct ExportInfo<'a> {
     /// Constraints; `None` means the defaults.
     pub block_sizes: Option<BlockSizes>,
     /// The meta contexts this export offers: bit i =
-    /// [`super::HandshakeConfig::meta_contexts`]`[i]`. A selection made by
-    /// SET_META_CONTEXT is kept for transmission only where this allows it.
+    /// [`HandshakeConfig::meta_contexts`](super::HandshakeConfig::meta_contexts)`[i]`.
+    /// A selection made by SET_META_CONTEXT is kept for transmission only
+    /// where this allows it.
     pub meta_contexts: u64,
 }
 

@@ -1,11 +1,11 @@
 //! The server negotiation state machine ([proto.md "Handshake"], "Option
-//! haggling", "TLS support"), used by [`super::Connection`].
+//! haggling", "TLS support"), used by [`Connection`](super::Connection).
 //!
 //! It processes one option frame per [`Handshake::handle_input`] call and
 //! answers options that need no outside knowledge itself (through
 //! [`Handshake::poll_transmit`]). Options that need the caller (export
 //! lookup, LIST, meta contexts, STARTTLS) come back as owned questions
-//! ([`super::question`]); the answers are encoded in `answer.rs`.
+//! ([`question`](super::question)); the answers are encoded in `answer.rs`.
 //!
 //! [proto.md "Handshake"]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#handshake
 
@@ -56,7 +56,7 @@ pub struct HandshakeConfig {
     /// Largest option the server parses (INFO/GO/meta contexts); larger
     /// ones are drained and refused with `NBD_REP_ERR_TOO_BIG`. The caller's
     /// input buffer must hold `16 + max_option_len` bytes
-    /// ([`super::Connection::needed`] says how many are needed now).
+    /// ([`Connection::needed`](super::Connection::needed) says how many are needed now).
     pub max_option_len: u32,
     /// Largest option the server drains at all; larger ones end the
     /// connection (a denial of service; nbdkit uses 64 MiB).
@@ -66,7 +66,7 @@ pub struct HandshakeConfig {
     /// The meta contexts this server knows, in ID order: entry `i` gets
     /// context ID `i + 1` (at most 64 entries). Which of them an export
     /// offers is the caller's answer to a [`MetaQuestion`] and
-    /// [`super::ExportInfo::meta_contexts`].
+    /// [`ExportInfo::meta_contexts`](super::ExportInfo::meta_contexts).
     pub meta_contexts: &'static [&'static str],
 }
 

@@ -52,7 +52,9 @@ impl NameBuf {
 /// A fingerprint of an export name (FNV-1a, 64 bits, plus the length):
 /// enough to tell whether GO names the export the last SET named. A
 /// collision could only hand a client the selection it made for another
-/// name, which [`crate::server::ExportInfo::meta_contexts`] still filters.
+/// name, which
+/// [`ExportInfo::meta_contexts`](crate::server::ExportInfo::meta_contexts)
+/// still filters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct NameHash(u64, usize);
 

@@ -1,5 +1,5 @@
 //! The server transmission state machine ([proto.md "Transmission phase"]),
-//! used by [`super::Connection`].
+//! used by [`Connection`](super::Connection).
 //!
 //! [`Transmission::handle_request`] frames and validates each request
 //! against the negotiated state and says either "execute this operation"
