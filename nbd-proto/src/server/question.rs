@@ -69,7 +69,9 @@ impl ExportQuestion {
     }
 
     /// True when the client asked for `NBD_INFO_BLOCK_SIZE` and so promised
-    /// to honour the constraints (GO only; checklist 29).
+    /// to honour the constraints (GO only; [proto.md "Size constraints"]).
+    ///
+    /// [proto.md "Size constraints"]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#size-constraints
     #[must_use]
     pub fn agrees_block_sizes(&self) -> bool {
         self.wanted.block_size
