@@ -544,6 +544,13 @@ impl Conn {
                     dispatch::reply_error(&mut self.proto, &mut self.wbuf, reply, error, message);
                     false
                 }
+                // nbd-proto's `Input` may grow (it is `#[non_exhaustive]`):
+                // an event this driver does not know ends the connection.
+                _ => {
+                    return Err(nbd_proto::ProtocolError::Violation(
+                        "unknown nbd-proto event",
+                    ));
+                }
             };
             self.rbuf.consume(consumed);
             if stop {
@@ -557,7 +564,7 @@ impl Conn {
     /// the output.
     fn drain_transmit(&mut self) {
         loop {
-            let spare = self.wbuf.spare(256);
+            let spare = self.wbuf.spare(nbd_proto::server::POLL_TRANSMIT_MAX);
             match self.proto.poll_transmit(spare) {
                 Ok(0) => return,
                 Ok(n) => self.wbuf.commit(n),

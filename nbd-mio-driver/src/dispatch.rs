@@ -263,6 +263,8 @@ fn job_op_only(op: &Op<'_>) -> workers::Op {
         Op::Cache { offset, len } => workers::Op::Cache { offset, len },
         Op::BlockStatus { offset, len, .. } => workers::Op::Extents { offset, len },
         Op::Resize { size } => workers::Op::Resize { size },
+        // `execute` answers operations it does not know before this.
+        _ => workers::Op::Flush,
     }
 }
 
@@ -284,6 +286,10 @@ pub fn execute(
     shared: &mut Shared,
 ) -> Executed {
     let backend = target.backend;
+    if !known(&op) {
+        reply_error(conn, out, p, ErrorCode::Inval, "unsupported command");
+        return Executed::Done;
+    }
     match target.exec {
         Exec::Upstream { key, .. } => {
             let data = match op {
@@ -314,6 +320,22 @@ pub fn execute(
             Executed::Done
         }
     }
+}
+
+/// True for the operations this driver implements (nbd-proto's `Op` may
+/// grow: it is `#[non_exhaustive]`).
+fn known(op: &Op<'_>) -> bool {
+    matches!(
+        op,
+        Op::Read { .. }
+            | Op::Write { .. }
+            | Op::Flush
+            | Op::Trim { .. }
+            | Op::WriteZeroes { .. }
+            | Op::Cache { .. }
+            | Op::BlockStatus { .. }
+            | Op::Resize { .. }
+    )
 }
 
 /// Put the request on the worker pool.
@@ -394,6 +416,7 @@ fn run_inline(
             reply_result(conn, out, p, &r);
         }
         Op::Cache { offset, len } => reply_result(conn, out, p, &backend.cache(offset, len)),
+        _ => reply_error(conn, out, p, ErrorCode::Inval, "unsupported command"),
     }
 }
 

@@ -115,6 +115,8 @@ fn serve(mut sock: impl Read + Write, disk: &Mutex<Memory>) -> io::Result<()> {
             // TLS is off (the default config), and every request is
             // answered before the next one is read.
             Input::StartTls(_) | Input::Blocked => unreachable!("{next:?}"),
+            // `Input` is non-exhaustive: close on anything else.
+            other => return Err(io::Error::other(format!("unexpected {other:?}"))),
         }
     }
 }
@@ -151,6 +153,11 @@ fn execute(
         }
         // Memory needs no flush or cache; RESIZE is not advertised.
         Op::Flush | Op::Cache { .. } | Op::Resize { .. } => {}
+        // `Op` is non-exhaustive: refuse what this server does not know.
+        _ => {
+            let e = nbd_proto::ErrorCode::Inval;
+            return put(out, p, |p, b| conn.reply_error(p, e, "unsupported", b));
+        }
     }
     put(out, p, |p, b| conn.reply_ok(p, b))
 }

@@ -114,6 +114,8 @@ async fn serve(
                 })?;
             }
             Input::StartTls(_) | Input::Blocked => unreachable!("{next:?}"),
+            // `Input` is non-exhaustive: close on anything else.
+            other => return Err(io::Error::other(format!("unexpected {other:?}"))),
         }
     }
 }
@@ -153,6 +155,11 @@ fn execute(
             return put(out, p, |p, b| conn.reply_block_status(p, 1, &runs, b));
         }
         Op::Flush | Op::Cache { .. } | Op::Resize { .. } => {}
+        // `Op` is non-exhaustive: refuse what this server does not know.
+        _ => {
+            let e = nbd_proto::ErrorCode::Inval;
+            return put(out, p, |p, b| conn.reply_error(p, e, "unsupported", b));
+        }
     }
     put(out, p, |p, b| conn.reply_ok(p, b))
 }

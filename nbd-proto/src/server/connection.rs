@@ -31,6 +31,7 @@ pub struct ConnectionConfig {
 /// be answered before the connection asks anything new.
 #[must_use]
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Input<'a> {
     /// The input holds no complete frame: read more from the peer
     /// ([`Connection::needed`] says how much must be buffered).
@@ -160,6 +161,18 @@ impl Connection {
         match &self.phase {
             Phase::Handshake(h) => h.asked.as_str(),
             Phase::Transmission(_) => "",
+        }
+    }
+
+    /// The largest READ or WRITE payload this connection hands over (the
+    /// advertised maximum, or more for a client that did not agree to block
+    /// sizes; see [`TransmissionConfig::max_unnegotiated_payload`]): size
+    /// buffers with it. `None` before transmission.
+    #[must_use]
+    pub fn max_request_len(&self) -> Option<u64> {
+        match &self.phase {
+            Phase::Transmission(t) => Some(t.max_payload()),
+            Phase::Handshake(_) => None,
         }
     }
 
@@ -551,6 +564,11 @@ impl Connection {
         }
     }
 }
+
+/// Room that always holds what [`Connection::poll_transmit`] writes in one
+/// call (the greeting, or an option reply with one of the connection's
+/// short messages).
+pub const POLL_TRANSMIT_MAX: usize = 256;
 
 /// Room for any negotiation answer but LIST entries and meta contexts
 /// (which report what they need).

@@ -84,6 +84,23 @@ pub struct ExportInfo<'a> {
     pub meta_contexts: u64,
 }
 
+impl<'a> ExportInfo<'a> {
+    /// An export of `size` bytes with `flags`: no name or description to
+    /// report, default block sizes, offering the first catalogue context
+    /// (`base:allocation` in the default configuration).
+    #[must_use]
+    pub fn new(size: u64, flags: TransmissionFlags) -> Self {
+        Self {
+            size,
+            flags,
+            name: "",
+            description: "",
+            block_sizes: None,
+            meta_contexts: 1,
+        }
+    }
+}
+
 /// The result of a successful negotiation: everything transmission needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Negotiated {

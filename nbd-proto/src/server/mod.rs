@@ -45,7 +45,9 @@ mod request;
 mod transmission;
 
 pub use answer::EXPORT_ANSWER_MAX;
-pub use connection::{Connection, ConnectionConfig, HANDSHAKE_ANSWER_MAX, Input};
+pub use connection::{
+    Connection, ConnectionConfig, HANDSHAKE_ANSWER_MAX, Input, POLL_TRANSMIT_MAX,
+};
 pub use export::{BlockSizes, ExportInfo, Negotiated, TlsMode};
 pub use handshake::{BASE_ALLOCATION, HandshakeConfig, QEMU_ALLOCATION_DEPTH};
 pub use question::{ExportOption, ExportQuestion, ListQuestion, MetaQuestion, NeedRoom, StartTls};

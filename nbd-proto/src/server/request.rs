@@ -12,6 +12,7 @@ use crate::wire::request::Request;
 ///
 /// [proto.md "Request types"]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#request-types
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Op<'a> {
     /// `NBD_CMD_READ`: reply with [`Connection::reply_read`](super::Connection::reply_read) (or
     /// chunks, when structured). `len` is at most the maximum payload.

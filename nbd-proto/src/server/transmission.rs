@@ -110,7 +110,7 @@ impl Transmission {
 
     /// The largest READ/WRITE payload accepted: the advertised maximum, or
     /// more for a client that never agreed to block sizes.
-    fn max_payload(&self) -> u64 {
+    pub(crate) fn max_payload(&self) -> u64 {
         let advertised = self.neg.block_sizes.maximum;
         if self.neg.block_sizes_agreed {
             u64::from(advertised)
