@@ -50,11 +50,14 @@ fn panel<'a>(area: &Area<'a>, p: &Panel) -> Res<'a> {
         .margin(8)
         .x_label_area_size(28)
         .y_label_area_size(44)
-        .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), 0f64..top * 1.18)?;
+        // Headroom above the tallest bar for its label and the legend.
+        .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), 0f64..top * 1.4)?;
     let jobs = p.jobs.clone();
     chart
         .configure_mesh()
         .disable_x_mesh()
+        .light_line_style(TRANSPARENT)
+        .bold_line_style(BLACK.mix(0.12))
         .x_labels(n)
         .x_label_formatter(&move |x| {
             let i = x.round();

@@ -176,6 +176,20 @@ fn table(s: &mut String, r: &TableResult, raw: Option<&Summary>) {
     }
 }
 
+/// A command line without this run's temporary paths: `/tmp/x/pki` is
+/// shown as `pki`, `--opt=/a/b` as `--opt=b`.
+fn display_argv(argv: &[String]) -> String {
+    let base = |p: &str| p.rsplit('/').next().unwrap_or(p).to_owned();
+    argv.iter()
+        .map(|a| match a.split_once("=/") {
+            Some((k, v)) => format!("{k}={}", base(v)),
+            None if a.starts_with('/') => base(a),
+            None => a.clone(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// A sample's one-line log form.
 pub fn brief(s: &Sample) -> String {
     format!(
@@ -184,4 +198,35 @@ pub fn brief(s: &Sample) -> String {
         s.mib_s(),
         s.cpu_us_per_req()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_are_shown_without_temporary_paths() {
+        let argv: Vec<String> = [
+            "/w/target/release/nbdd",
+            "-U",
+            "{sock}",
+            "--tls-certificates=/tmp/b-1/pki",
+            "file",
+            "/dev/shm/img.raw",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        assert_eq!(
+            display_argv(&argv),
+            "nbdd -U {sock} --tls-certificates=pki file img.raw"
+        );
+    }
+
+    #[test]
+    fn ratios_need_both_sides() {
+        assert_eq!(ratio(3.0, 2.0), Some(1.5));
+        assert_eq!(ratio(3.0, 0.0), None);
+        assert_eq!(ratio(f64::NAN, 2.0), None);
+    }
 }
