@@ -163,7 +163,7 @@ fn table(s: &mut String, r: &TableResult, raw: Option<&Summary>) {
     let cmds: Vec<String> = t
         .servers
         .iter()
-        .map(|sp| format!("`{}`", sp.argv.join(" ")))
+        .map(|sp| format!("`{}`", display_argv(&sp.argv)))
         .collect();
     let _ = writeln!(s, "Servers: {}.\n", cmds.join(", "));
     if !r.errors.is_empty() {
