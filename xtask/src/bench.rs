@@ -25,6 +25,7 @@ mod report;
 mod runner;
 mod server;
 mod stats;
+mod targets;
 
 use crate::util::{cargo, on_path, root, sh, target_dir};
 use opts::{Options, Section};

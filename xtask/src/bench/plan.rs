@@ -189,6 +189,8 @@ impl Paths {
 /// One table: servers that all run the same jobs, round robin.
 #[derive(Clone, Debug)]
 pub struct Table {
+    /// `memory`, `file`, `tls` (or an extension's own).
+    pub key: &'static str,
     pub title: String,
     /// One paragraph on what is served and how.
     pub note: String,
@@ -238,6 +240,7 @@ pub fn memory_table(nbdd: &Path, variants: &[super::opts::Variant]) -> Table {
         &["nbdkit", "-f", "-U", "{sock}", "memory", "1G"],
     ));
     Table {
+        key: "memory",
         title: "memory backend (nbdd vs nbdkit)".into(),
         note: "`memory 1G` on each server, pre-filled with random data through nbdcopy; \
                Unix socket; fio `--ioengine=nbd`, one connection per job."
@@ -289,6 +292,7 @@ pub fn file_table(nbdd: &Path, variants: &[super::opts::Variant], paths: &Paths)
     ));
     let images = servers.iter().map(|s| paths.image(&s.name)).collect();
     Table {
+        key: "file",
         title: "file backend (nbdd vs nbdkit vs qemu-nbd)".into(),
         note: "one 1 GiB raw image on tmpfs (/dev/shm) per server, pre-filled with random data; \
                `nbdd file`, `nbdkit file`, `qemu-nbd -f raw --cache=writeback --aio=threads`; \
@@ -323,6 +327,7 @@ pub fn tls_table(nbdd: &Path, variants: &[super::opts::Variant], paths: &Paths) 
         argv: kit,
     });
     Table {
+        key: "tls",
         title: "TLS (X.509, nbdd rustls vs nbdkit GnuTLS)".into(),
         note: "`--tls=require` with a test CA (tests/pki/make-pki.sh), `memory 1G` pre-filled; \
                the client is libnbd (GnuTLS), which finds the CA in `$HOME/.pki/libnbd`."

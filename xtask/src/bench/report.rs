@@ -69,6 +69,7 @@ pub fn render(
             raw.n, raw.mib_s, raw.cpu_s_per_gib
         );
     }
+    super::targets::render(&mut s, results);
     for r in results {
         table(&mut s, r, raw.as_ref());
     }
