@@ -144,19 +144,21 @@ fn table(s: &mut String, r: &TableResult, raw: Option<&Summary>) {
                 continue;
             }
             let raw_pct = match raw {
-                Some(raw) if job.vs_raw() => format!("{:.0} %", x.mib_s / raw.mib_s * 100.0),
+                // Over TLS the reference (plain bytes) is no bound.
+                Some(raw) if job.vs_raw() && t.tls_home.is_none() => {
+                    format!("{:.0} %", x.mib_s / raw.mib_s * 100.0)
+                }
                 _ => String::new(),
+            };
+            let spread = if x.n > 1 {
+                format!("{:.0} %", x.spread_pct)
+            } else {
+                "–".into()
             };
             let _ = writeln!(
                 s,
-                "| {} | {} | {:.0} | {:.1} | {:.2} | {:.3} | {:.0} % | {raw_pct} |",
-                job.label,
-                spec.name,
-                x.iops,
-                x.mib_s,
-                x.cpu_us_per_req,
-                x.cpu_s_per_gib,
-                x.spread_pct
+                "| {} | {} | {:.0} | {:.1} | {:.2} | {:.3} | {spread} | {raw_pct} |",
+                job.label, spec.name, x.iops, x.mib_s, x.cpu_us_per_req, x.cpu_s_per_gib,
             );
         }
     }
