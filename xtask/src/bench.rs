@@ -89,10 +89,12 @@ pub fn main(args: &[String]) -> Result<(), String> {
             "nbdd",
         ]))?;
     }
-    std::fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+    for d in [&dir, &paths.shm] {
+        std::fs::create_dir_all(d).map_err(|e| format!("mkdir {}: {e}", d.display()))?;
+    }
     let result = measure(&o, &nbdd, &paths, &tables);
     let _ = std::fs::remove_dir_all(&dir);
-    let _ = std::fs::remove_file(&paths.source);
+    let _ = std::fs::remove_dir_all(&paths.shm);
     drop(keep);
     result
 }

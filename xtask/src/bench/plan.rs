@@ -158,8 +158,9 @@ pub struct Paths {
     pub dir: PathBuf,
     /// 1 GiB of random data on /dev/shm, the nbdcopy source.
     pub source: PathBuf,
-    /// Per-server images for the file table are `{image_prefix}-NAME.raw`.
-    pub image_prefix: PathBuf,
+    /// The directory on /dev/shm holding the source and the file table's
+    /// images (`NAME.raw`, one per server).
+    pub shm: PathBuf,
 }
 
 impl Paths {
@@ -167,8 +168,8 @@ impl Paths {
         let pid = std::process::id();
         Self {
             dir: dir.to_path_buf(),
-            source: PathBuf::from(format!("/dev/shm/nbdd-bench-{pid}-source.raw")),
-            image_prefix: PathBuf::from(format!("/dev/shm/nbdd-bench-{pid}-image")),
+            source: PathBuf::from(format!("/dev/shm/nbdd-bench-{pid}/source.raw")),
+            shm: PathBuf::from(format!("/dev/shm/nbdd-bench-{pid}")),
         }
     }
 
@@ -182,7 +183,7 @@ impl Paths {
     }
 
     pub fn image(&self, server: &str) -> PathBuf {
-        PathBuf::from(format!("{}-{server}.raw", self.image_prefix.display()))
+        self.shm.join(format!("{server}.raw"))
     }
 }
 
