@@ -89,6 +89,7 @@ pub fn main(args: &[String]) -> Result<(), String> {
             "nbdd",
         ]))?;
     }
+    remove_stale_runs();
     for d in [&dir, &paths.shm] {
         std::fs::create_dir_all(d).map_err(|e| format!("mkdir {}: {e}", d.display()))?;
     }
@@ -97,6 +98,31 @@ pub fn main(args: &[String]) -> Result<(), String> {
     let _ = std::fs::remove_dir_all(&paths.shm);
     drop(keep);
     result
+}
+
+/// A run killed before its cleanup (Ctrl-C) leaves gigabytes on /dev/shm:
+/// remove the directories of bench processes that no longer exist.
+fn remove_stale_runs() {
+    for base in [Path::new("/dev/shm").to_path_buf(), std::env::temp_dir()] {
+        let Ok(entries) = std::fs::read_dir(&base) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pid = name
+                .strip_prefix("nbdd-bench-")
+                .and_then(|p| p.parse::<u32>().ok());
+            if let Some(pid) = pid
+                && !Path::new(&format!("/proc/{pid}")).exists()
+            {
+                eprintln!(
+                    "bench: removing {} (left by an interrupted run)",
+                    e.path().display()
+                );
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
 }
 
 fn tables(o: &Options, nbdd: &Path, paths: &Paths) -> Vec<Table> {
