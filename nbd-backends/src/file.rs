@@ -245,6 +245,12 @@ impl Backend for FileBackend {
         self.io.read(offset, buf)
     }
 
+    fn try_read_cached(&self, offset: u64, buf: &mut [u8]) -> bool {
+        // A short read (EOF, or part not cached) goes the slow way, which
+        // also handles the file shrinking behind our back.
+        check_read(offset, len64(buf), self.size).is_ok() && self.io.read_cached(offset, buf)
+    }
+
     fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> io::Result<()> {
         if self.readonly {
             return Err(read_only());

@@ -245,6 +245,17 @@ pub trait Backend: Send + Sync {
     }
     /// Fill `buf` from `offset`.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// Fill `buf` from `offset` only if that cannot block (the data is in
+    /// the page cache): `true` when done, `false` to go the slow way
+    /// ([`Backend::read_at`] on a worker). Lets a driver answer cached
+    /// reads of a [`Execution::Blocking`] backend on its event loop,
+    /// without the hand-off to a worker and back (at queue depth 1 that
+    /// hand-off is most of a request's cost: futexes, an eventfd write, a
+    /// second epoll_wait). The default never tries.
+    fn try_read_cached(&self, offset: u64, buf: &mut [u8]) -> bool {
+        let _ = (offset, buf);
+        false
+    }
     /// Write `data` at `offset`; with `fua`, durably.
     fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> io::Result<()>;
     /// Make every completed write durable.
