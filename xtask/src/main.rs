@@ -7,8 +7,10 @@
 //! - `cargo xtask ci`: what `.ci/run` calls; `test` with installing allowed.
 //! - `cargo xtask fuzz [TARGET] [--secs N]`: cargo-fuzz on nightly.
 //! - `cargo xtask bench`: criterion benches, then fio nbdd-vs-nbdkit.
+//! - `cargo xtask ceph CMD...`: CMD with a throwaway Ceph cluster up.
 
 mod bench;
+mod ceph;
 mod fuzz;
 mod prereq;
 mod test;
@@ -30,7 +32,10 @@ commands:
   fuzz [TARGET] [--secs N]
         run each fuzz target (or TARGET) for N seconds (default 60) on nightly
   bench run nbd-proto criterion benches, then fio nbdd vs nbdkit;
-        report in target/bench-report.md";
+        report in target/bench-report.md
+  ceph CMD [ARGS...]
+        run CMD with a throwaway Ceph cluster up (NBDD_TEST_CEPH_CONF set),
+        e.g. cargo xtask ceph cargo test -p nbd-mio-driver --features rbd --test e2e_rbd";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -46,6 +51,7 @@ fn main() -> ExitCode {
         }),
         "fuzz" => fuzz::parse(rest).and_then(|o| fuzz::run(&o)),
         "bench" if rest.is_empty() => bench::run(),
+        "ceph" => ceph::run_with(rest),
         "help" | "-h" | "--help" => {
             println!("{USAGE}");
             Ok(())
