@@ -19,23 +19,33 @@
 //! client, a per-client upstream connection); dropping the handle is the
 //! connection's close.
 
-#![forbid(unsafe_code)]
+// Unsafe code is forbidden, except with the `rbd` feature, whose FFI
+// module (rbd/ffi) is the one place allowed to hold it (Cargo.toml sets the
+// crate-wide level to deny for that reason).
+#![cfg_attr(not(feature = "rbd"), forbid(unsafe_code))]
+#![cfg_attr(feature = "rbd", deny(unsafe_code))]
 
 use std::io;
 
+pub mod aio;
 mod file;
 pub mod filters;
 mod memory;
 mod null;
 mod pattern;
+#[cfg(feature = "rbd")]
+pub mod rbd;
 mod registry;
 mod size;
 mod util;
 
+pub use aio::AsyncBackend;
 pub use file::{FileBackend, open_dir};
 pub use memory::{MemoryBackend, PAGE_SIZE};
 pub use null::NullBackend;
 pub use pattern::PatternBackend;
+#[cfg(feature = "rbd")]
+pub use rbd::RbdBackend;
 pub use registry::{
     BACKENDS, Export, ExportSet, ExtBackend, ExtOpen, build, build_with_filters,
     build_with_filters_ext,
@@ -247,6 +257,13 @@ pub trait Backend: Send + Sync {
             }
             _ => Ok(0),
         }
+    }
+    /// The asynchronous interface, for backends the event loop can drive
+    /// with many requests in flight (see [`aio`]); `None` (the default)
+    /// means every operation goes through the methods here. Filters do not
+    /// forward it: they call their inner backend synchronously.
+    fn as_async(&self) -> Option<&dyn AsyncBackend> {
+        None
     }
     /// Change the size (NBD_CMD_RESIZE).
     fn resize(&self, new_size: u64) -> io::Result<()> {

@@ -97,6 +97,8 @@ pub const BACKENDS: &[(&str, &str, &str)] = &[
         "size",
         "read-only, every 8-byte word holds its offset: pattern SIZE",
     ),
+    #[cfg(feature = "rbd")]
+    ("rbd", "image", crate::rbd::params::HELP),
 ];
 
 /// Keys each backend accepts.
@@ -104,6 +106,8 @@ fn backend_keys(backend: &str) -> &'static [&'static str] {
     match backend {
         "memory" | "null" | "pattern" => &["size"],
         "file" => &["file", "cache", "dir"],
+        #[cfg(feature = "rbd")]
+        "rbd" => crate::rbd::params::KEYS,
         _ => &[],
     }
 }
@@ -377,6 +381,13 @@ fn make_backend(
                 (None, None) => Err("file: missing parameter file (e.g. file disk.img)".to_owned()),
             }
         }
+        #[cfg(feature = "rbd")]
+        "rbd" => {
+            let params = crate::rbd::Params::parse(|k| p.take(k))?;
+            let b = crate::RbdBackend::open(&params, readonly)?;
+            let d = b.description().unwrap_or_default();
+            one(Arc::new(b), d)
+        }
         _ => Err(format!("unknown backend '{backend}'")),
     }
 }
@@ -531,7 +542,8 @@ mod tests {
     fn every_listed_backend_builds() {
         for &(name, magic, help) in BACKENDS {
             assert!(!help.is_empty() && !magic.is_empty());
-            if name != "file" {
+            // file needs a path, rbd a cluster (tests/conformance.rs, e2e_rbd).
+            if name != "file" && name != "rbd" {
                 build(name, &words("4k"), "", false).unwrap();
             }
         }
