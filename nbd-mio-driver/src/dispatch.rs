@@ -42,6 +42,8 @@ pub struct Shared {
     pub descriptors: Vec<BlockStatusExtent>,
     /// Upstream connections of `nbd` proxy exports, driven by the loop.
     pub upstreams: Vec<Upstream>,
+    /// [aio hook] Exports with an async backend (rbd), driven by the loop.
+    pub aio: crate::aio::Aio,
 }
 
 impl Shared {
@@ -53,6 +55,7 @@ impl Shared {
             extents: vec![Extent::default(); MAX_EXTENTS],
             descriptors: Vec::with_capacity(MAX_EXTENTS),
             upstreams: Vec::new(),
+            aio: crate::aio::Aio::default(), // [aio hook]
         }
     }
 }
@@ -197,6 +200,12 @@ pub fn execute(
                 }
             };
         }
+    }
+    // [aio hook] An async backend (rbd): submitted on the loop (aio.rs).
+    if let Some(i) = shared.aio.index(backend, &op) {
+        let job = new_job(shared, conn, to, h.flags, backend, op);
+        shared.aio.submit(i, job, req.data, t.read_prefix_len());
+        return Executed::Queued;
     }
     if backend.execution() == nbd_backends::Execution::Blocking && shared.pool.is_some() {
         let mut job = new_job(shared, conn, to, h.flags, backend, op);

@@ -8,6 +8,8 @@
 // notify: startup; tls: TLS sessions;
 // server, conn, buffer, workers, dispatch: the event loop.
 pub mod activation;
+// rbd branch: async backends on the loop (aio.rs).
+pub mod aio;
 pub mod buffer;
 pub mod captive;
 pub mod cli;

@@ -152,6 +152,7 @@ impl Server {
         } else {
             None
         };
+        let aio = crate::aio::Aio::new(&opts.exports, poll.registry())?; // [aio hook]
         let tls = match opts.tls_mode {
             TlsMode::Off => ProtoTlsMode::Off,
             TlsMode::On => ProtoTlsMode::On,
@@ -168,6 +169,7 @@ impl Server {
         };
         let mut shared = Shared::new(pool);
         shared.upstreams = upstreams;
+        shared.aio = aio; // [aio hook]
         let mut server = Self {
             poll,
             listeners,
@@ -250,7 +252,8 @@ impl Server {
         let mut events = Events::with_capacity(1024);
         let mut stopping: Option<Instant> = None;
         loop {
-            let upstream_done = self.shared.upstreams.iter().any(|u| !u.done.is_empty());
+            let upstream_done = self.shared.upstreams.iter().any(|u| !u.done.is_empty())
+                || !self.shared.aio.done.is_empty(); // [aio hook]
             let timeout = if !self.ready.is_empty() || upstream_done {
                 Some(Duration::ZERO)
             } else if stopping.is_some() || self.has_deadlines {
@@ -267,6 +270,7 @@ impl Server {
             for ev in &events {
                 match ev.token() {
                     WAKER => {}
+                    Token(t) if crate::aio::owns(t) => self.shared.aio.on_ready(t), // [aio hook]
                     SIGNALS => {
                         for sig in self.signals.pending() {
                             log::info!("signal {sig}: shutting down");
@@ -347,6 +351,9 @@ impl Server {
             while let Some(job) = self.shared.upstreams.get_mut(i).and_then(|u| u.done.pop()) {
                 self.deliver(job);
             }
+        }
+        while let Some(job) = self.shared.aio.done.pop() {
+            self.deliver(job); // [aio hook]
         }
         let Some(pool) = &self.shared.pool else {
             return;
