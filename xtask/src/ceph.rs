@@ -395,6 +395,35 @@ log to file = false
     )
 }
 
+/// The test targets that need the cluster (built with `--features rbd`):
+/// the backends' conformance suite and rbd tests, the driver's protocol
+/// conformance suite (its export becomes an rbd image) and rbd e2e tests.
+const RBD_TESTS: &[&str] = &["conformance", "rbd", "e2e_rbd", "e2e_rbd_fault"];
+
+/// `cargo xtask test`'s rbd step: bring a cluster up, run [`RBD_TESTS`]
+/// with the `rbd` feature, tear the cluster down (on every path).
+///
+/// # Errors
+/// Bring-up failures, or test failures.
+pub fn test_step() -> Result<(), String> {
+    let cluster = Cluster::up()?;
+    let mut cmd = crate::util::cargo();
+    cmd.args([
+        "test",
+        "-p",
+        "nbd-backends",
+        "-p",
+        "nbd-mio-driver",
+        "--features",
+        "rbd",
+    ]);
+    for t in RBD_TESTS {
+        cmd.args(["--test", t]);
+    }
+    cmd.env(CONF_ENV, cluster.conf());
+    crate::util::sh(&mut cmd)
+}
+
 /// `cargo xtask ceph CMD [ARGS...]`: run a command with a cluster up and
 /// [`CONF_ENV`] set (for iterating on the rbd tests by hand).
 ///

@@ -24,7 +24,8 @@ usage: cargo xtask <command> [options]
 commands:
   test [--quick] [--no-install] [--against-nbdkit]
         check/install interop tools, then fmt --check, clippy -D warnings,
-        cargo test --workspace (unit, property and end-to-end tests).
+        cargo test --workspace (unit, property and end-to-end tests), then
+        the rbd tests (--features rbd) against a throwaway Ceph cluster.
         --quick           skip fmt and clippy
         --no-install      never run apt-get; print the install line instead
         --against-nbdkit  run the e2e suite against nbdkit (validates the tests)
