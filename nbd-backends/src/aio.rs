@@ -1,10 +1,11 @@
 //! Asynchronous backends: many requests in flight from the event loop, no
 //! thread per request (the `rbd` backend, through librbd's aio calls).
 //!
-//! The driver submits an operation with an owned buffer and a tag of its
-//! own, registers [`AsyncBackend::notify_fd`] in its poller, and when the fd
-//! is readable calls [`AsyncBackend::poll_completions`], which hands back
-//! each finished operation's tag, result and buffer. The buffer is the
+//! Each event loop of the driver opens its own queue
+//! ([`AsyncBackend::queue`]), registers the queue's [`AioQueue::notify_fd`]
+//! in its poller, submits operations with an owned buffer and a tag of its
+//! own, and when the fd is readable calls [`AioQueue::poll_completions`],
+//! which hands back each finished operation's tag, result and buffer. The buffer is the
 //! driver's: a READ's data lands in it at the offset the driver chose (so
 //! the reply header can sit in front of it and the whole buffer becomes the
 //! output without a copy); a WRITE's payload is read from it. Operations the
@@ -75,23 +76,35 @@ pub enum Submitted {
     Now(io::Result<()>, Vec<u8>),
 }
 
-/// A backend that runs operations asynchronously and signals completions
-/// through a file descriptor. Offsets and lengths are validated by the
-/// driver as for [`Backend`](crate::Backend); implementations still check.
+/// A backend that runs operations asynchronously. Each event loop opens
+/// its own [`AioQueue`], so completions return to the loop that submitted
+/// them. Offsets and lengths are validated by the driver as for
+/// [`Backend`](crate::Backend); implementations still check.
 pub trait AsyncBackend: Send + Sync {
+    /// A new completion queue, for one event loop.
+    ///
+    /// # Errors
+    ///
+    /// When the queue's notification fd cannot be created.
+    fn queue(&self) -> io::Result<Box<dyn AioQueue>>;
+}
+
+/// One event loop's handle on an [`AsyncBackend`]: operations submitted
+/// here complete here.
+pub trait AioQueue: Send {
     /// Start `op`. Its completion comes later from
-    /// [`AsyncBackend::poll_completions`] with `tag` and `buf`, unless it
+    /// [`AioQueue::poll_completions`] with `tag` and `buf`, unless it
     /// finished at once ([`Submitted::Now`]: out of range, read-only, a
     /// FAST_ZERO that would not be fast, zero length).
-    fn submit(&self, op: AioOp, buf: Vec<u8>, tag: u64) -> Submitted;
+    fn submit(&mut self, op: AioOp, buf: Vec<u8>, tag: u64) -> Submitted;
 
     /// Readable when completions may be waiting. Polled edge-triggered:
-    /// each readiness is followed by [`AsyncBackend::poll_completions`],
-    /// which drains everything.
+    /// each readiness is followed by [`AioQueue::poll_completions`], which
+    /// drains everything.
     fn notify_fd(&self) -> BorrowedFd<'_>;
 
     /// Hand every finished operation to `done` and return how many. Never
     /// blocks. Resets the fd's readiness first, so a completion that lands
     /// during the call makes the fd readable again.
-    fn poll_completions(&self, done: &mut dyn FnMut(Completion)) -> usize;
+    fn poll_completions(&mut self, done: &mut dyn FnMut(Completion)) -> usize;
 }

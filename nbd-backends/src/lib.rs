@@ -39,7 +39,7 @@ mod registry;
 mod size;
 mod util;
 
-pub use aio::AsyncBackend;
+pub use aio::{AioQueue, AsyncBackend};
 pub use file::{FileBackend, open_dir};
 pub use memory::{MemoryBackend, PAGE_SIZE};
 pub use null::NullBackend;

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
-use nbd_backends::aio::{AioOp, AsyncBackend, Completion, Submitted};
+use nbd_backends::aio::{AioOp, AioQueue, Completion, Submitted};
 use nbd_backends::rbd::Params;
 use nbd_backends::{Backend, Caps, Extent, ExtentFlags, RbdBackend, ZeroFlags};
 
@@ -129,7 +129,7 @@ fn caps_block_size_and_snapshots() {
 
 /// Wait for `n` completions, blocking in poll(2) on the notify fd so that
 /// the test fails if librbd never signals it.
-fn collect(a: &dyn AsyncBackend, n: usize) -> Vec<Completion> {
+fn collect(a: &mut dyn AioQueue, n: usize) -> Vec<Completion> {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut got = Vec::new();
     while got.len() < n {
@@ -157,7 +157,8 @@ fn collect(a: &dyn AsyncBackend, n: usize) -> Vec<Completion> {
 fn async_requests_in_flight_complete_through_the_eventfd() {
     let image = ceph::Image::simple("4M", "64K");
     let b = open(&image);
-    let a = b.as_async().expect("rbd is asynchronous");
+    let mut q = b.as_async().expect("rbd is asynchronous").queue().unwrap();
+    let a = &mut *q;
     let _ = a.notify_fd().as_fd();
     let block = |i: u64| vec![(i as u8).wrapping_mul(13) | 1; 4096];
     for i in 0..64u64 {
@@ -230,7 +231,7 @@ fn async_requests_in_flight_complete_through_the_eventfd() {
     b.read_at(8192, &mut z).unwrap();
     assert_eq!(z, [0; 4096]);
     // What completes at once: nothing to do, refused, out of range.
-    let now = |op, buf| match a.submit(op, buf, 9) {
+    let mut now = |op, buf| match a.submit(op, buf, 9) {
         Submitted::Now(r, _) => r,
         Submitted::Pending => panic!("{op:?} should complete at once"),
     };
@@ -270,6 +271,24 @@ fn async_requests_in_flight_complete_through_the_eventfd() {
     );
     assert_eq!(past.unwrap_err().raw_os_error(), Some(libc::ENOSPC));
     assert_eq!(a.poll_completions(&mut |_| panic!("no completion")), 0);
+    // A second queue (another event loop) gets its own completions only.
+    let mut q2 = b.as_async().unwrap().queue().unwrap();
+    for i in 0..8u64 {
+        let op = AioOp::Read {
+            offset: i * 8192,
+            at: 0,
+            len: 4096,
+        };
+        assert!(matches!(
+            q2.submit(op, Vec::new(), 500 + i),
+            Submitted::Pending
+        ));
+    }
+    let mut tags: Vec<u64> = collect(&mut *q2, 8).into_iter().map(|c| c.0).collect();
+    tags.sort_unstable();
+    assert_eq!(tags, (500..508).collect::<Vec<_>>());
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(q.poll_completions(&mut |c| panic!("q1 got {}", c.0)), 0);
 }
 
 /// Data a FUA write acknowledged is visible to a fresh client at once.
@@ -277,7 +296,8 @@ fn async_requests_in_flight_complete_through_the_eventfd() {
 fn fua_write_is_in_the_cluster_when_it_completes() {
     let image = ceph::Image::simple("1M", "64K");
     let b = open(&image);
-    let a = b.as_async().unwrap();
+    let mut q = b.as_async().unwrap().queue().unwrap();
+    let a = &mut *q;
     let data = vec![0xc3; 70_000];
     assert!(matches!(
         a.submit(

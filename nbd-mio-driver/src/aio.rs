@@ -1,7 +1,8 @@
 //! Exports whose backend is asynchronous ([`nbd_backends::AsyncBackend`],
 //! e.g. `rbd`), driven by the event loop like the `nbd` proxy's upstreams
-//! (proxy/upstream.rs): each backend's notify fd is registered in the
-//! server's `Poll`, the dispatcher submits READ/WRITE/FLUSH/TRIM/
+//! (proxy/upstream.rs): the loop opens one queue per such export
+//! ([`nbd_backends::AioQueue`]; with several loops, one each) and registers
+//! its notify fd in the loop's `Poll`, the dispatcher submits READ/WRITE/FLUSH/TRIM/
 //! WRITE_ZEROES as pool-style [`Job`]s parked here under a tag (their slot),
 //! and when the fd is readable the finished ones move to `done`, which the
 //! server delivers exactly as finished pool jobs. No thread per request,
@@ -21,7 +22,7 @@ use std::sync::Arc;
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use nbd_backends::aio::{AioOp, Submitted};
-use nbd_backends::{Backend, ExportSet};
+use nbd_backends::{AioQueue, Backend, ExportSet};
 use slab::Slab;
 
 use crate::proxy::backend_id;
@@ -37,7 +38,8 @@ pub fn owns(token: usize) -> bool {
 }
 
 struct Entry {
-    backend: Arc<dyn Backend>,
+    /// This loop's queue on the export's backend.
+    queue: Box<dyn AioQueue>,
     id: usize,
     /// Jobs in flight, keyed by the tag given to the backend.
     jobs: Slab<Box<Job>>,
@@ -63,11 +65,12 @@ impl Aio {
             let Some(a) = e.backend.as_async() else {
                 continue;
             };
-            let fd: RawFd = a.notify_fd().as_raw_fd();
+            let queue = a.queue()?;
+            let fd: RawFd = queue.notify_fd().as_raw_fd();
             let token = Token(TOKEN_BASE + aio.exports.len());
             registry.register(&mut SourceFd(&fd), token, Interest::READABLE)?;
             aio.exports.push(Entry {
-                backend: Arc::clone(&e.backend),
+                queue,
                 id: backend_id(&e.backend),
                 jobs: Slab::new(),
             });
@@ -92,9 +95,6 @@ impl Aio {
         let Some(entry) = self.exports.get_mut(i) else {
             return;
         };
-        let Some(a) = entry.backend.as_async() else {
-            return;
-        };
         let Some(op) = to_aio(&job.op, prefix) else {
             return;
         };
@@ -110,7 +110,7 @@ impl Aio {
         let slot = entry.jobs.vacant_entry();
         let tag = slot.key() as u64;
         slot.insert(job);
-        if let Submitted::Now(result, buf) = a.submit(op, buf, tag) {
+        if let Submitted::Now(result, buf) = entry.queue.submit(op, buf, tag) {
             let job = entry.jobs.remove(tag as usize);
             self.done.push(finished(job, result, buf));
         }
@@ -121,11 +121,8 @@ impl Aio {
         let Some(entry) = self.exports.get_mut(token - TOKEN_BASE) else {
             return;
         };
-        let Some(a) = entry.backend.as_async() else {
-            return;
-        };
         let (jobs, done) = (&mut entry.jobs, &mut self.done);
-        a.poll_completions(&mut |(tag, result, buf)| {
+        entry.queue.poll_completions(&mut |(tag, result, buf)| {
             if let Some(job) = usize::try_from(tag).ok().and_then(|t| jobs.try_remove(t)) {
                 done.push(finished(job, result, buf));
             }

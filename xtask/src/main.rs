@@ -10,6 +10,7 @@
 //! - `cargo xtask ceph CMD...`: CMD with a throwaway Ceph cluster up.
 
 mod bench;
+mod bench_rbd;
 mod ceph;
 mod fuzz;
 mod prereq;
@@ -34,6 +35,9 @@ commands:
         run each fuzz target (or TARGET) for N seconds (default 60) on nightly
   bench run nbd-proto criterion benches, then fio nbdd vs nbdkit;
         report in target/bench-report.md
+  bench --rbd
+        nbdd rbd vs librbd (rbd bench, fio's rbd engine) on a throwaway Ceph
+        cluster; table in the RBD section of BENCHMARKS.md
   ceph CMD [ARGS...]
         run CMD with a throwaway Ceph cluster up (NBDD_TEST_CEPH_CONF set),
         e.g. cargo xtask ceph cargo test -p nbd-mio-driver --features rbd --test e2e_rbd";
@@ -52,6 +56,7 @@ fn main() -> ExitCode {
         }),
         "fuzz" => fuzz::parse(rest).and_then(|o| fuzz::run(&o)),
         "bench" if rest.is_empty() => bench::run(),
+        "bench" if rest == ["--rbd"] => bench_rbd::run(),
         "ceph" => ceph::run_with(rest),
         "help" | "-h" | "--help" => {
             println!("{USAGE}");

@@ -1,17 +1,33 @@
-//! The rbd backend driven from the event loop: each NBD request becomes one
-//! librbd aio call (two for FUA: the operation, then a flush), and
-//! completions come back through the eventfd librbd signals.
+//! The rbd backend driven from an event loop: each NBD request becomes one
+//! librbd aio call (two for FUA: the operation, then a flush), completing
+//! into the loop's own queue (ffi/aio.rs).
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
+use std::sync::Arc;
 
-use super::RbdBackend;
-use super::ffi::AioKind;
-use crate::aio::{AioOp, AsyncBackend, Completion, Submitted};
+use super::ffi::{AioKind, Queue};
+use super::{Inner, RbdBackend};
+use crate::ZeroFlags;
+use crate::aio::{AioOp, AioQueue, AsyncBackend, Completion, Submitted};
 use crate::util::{check_read, check_write, out_of_range};
-use crate::{Backend, ZeroFlags};
 
-impl RbdBackend {
+/// One loop's queue on the image.
+struct RbdQueue {
+    inner: Arc<Inner>,
+    queue: Queue,
+}
+
+impl AsyncBackend for RbdBackend {
+    fn queue(&self) -> io::Result<Box<dyn AioQueue>> {
+        Ok(Box::new(RbdQueue {
+            inner: Arc::clone(&self.inner),
+            queue: Queue::new()?,
+        }))
+    }
+}
+
+impl Inner {
     /// The librbd call for `op` and whether a flush must follow it, or the
     /// immediate result.
     fn plan(&self, op: AioOp, buf_len: usize) -> Result<(AioKind, bool), io::Result<()>> {
@@ -79,29 +95,30 @@ impl RbdBackend {
     }
 }
 
-impl AsyncBackend for RbdBackend {
-    fn submit(&self, op: AioOp, buf: Vec<u8>, tag: u64) -> Submitted {
-        let (kind, then_flush) = match self.plan(op, buf.len()) {
+impl AioQueue for RbdQueue {
+    fn submit(&mut self, op: AioOp, buf: Vec<u8>, tag: u64) -> Submitted {
+        let (kind, then_flush) = match self.inner.plan(op, buf.len()) {
             Ok(k) => k,
             Err(result) => return Submitted::Now(result, buf),
         };
-        match self.image.submit(kind, then_flush, buf, tag) {
+        match self
+            .inner
+            .image
+            .submit(&mut self.queue, kind, then_flush, buf, tag)
+        {
             Ok(()) => Submitted::Pending,
-            Err((f, buf)) => Submitted::Now(Err(self.error(f)), buf),
+            Err((f, buf)) => Submitted::Now(Err(self.inner.error(f)), buf),
         }
     }
 
     fn notify_fd(&self) -> BorrowedFd<'_> {
-        self.events.as_fd()
+        self.queue.fd()
     }
 
-    fn poll_completions(&self, done: &mut dyn FnMut(Completion)) -> usize {
-        // Reset the counter before draining: a completion queued after this
-        // read writes to the fd again, so none is missed (edge-triggered).
-        let mut counter = [0u8; 8];
-        let _ = rustix::io::read(&self.events, &mut counter);
-        self.image.poll(&mut |c| {
-            let result = c.result.map_err(|f| self.error(f));
+    fn poll_completions(&mut self, done: &mut dyn FnMut(Completion)) -> usize {
+        let inner = &self.inner;
+        self.queue.poll(&inner.image, &mut |c| {
+            let result = c.result.map_err(|f| inner.error(f));
             done((c.tag, result, c.buf));
         })
     }

@@ -1,11 +1,12 @@
 //! A Ceph RBD image (`nbdd rbd pool/image`), through librbd.
 //!
-//! One image handle serves every connection. The event loop drives it
-//! asynchronously ([`AsyncBackend`], `aio.rs`: many requests in flight,
-//! completions through an eventfd librbd signals); the synchronous
-//! [`Backend`] methods (used on the worker pool for extents, resize and
-//! cache, and for everything when a filter wraps the export) call librbd's
-//! blocking functions on the same handle.
+//! One image handle serves every connection. Event loops drive it
+//! asynchronously ([`AsyncBackend`], `aio.rs`): each loop opens a queue with
+//! its own eventfd, many requests are in flight, and librbd's completion
+//! callbacks hand finished requests to the queue of the loop that sent
+//! them. The synchronous [`Backend`] methods (used on the worker pool for
+//! extents, resize and cache, and for everything when a filter wraps the
+//! export) call librbd's blocking functions on the same handle.
 //!
 //! Semantics (docs/RBD.md): FLUSH is `rbd_flush` (librbd's cache acknowledges
 //! writes before the OSDs do, so FUA is the write followed by a flush); TRIM
@@ -20,7 +21,7 @@ mod ffi;
 pub mod params;
 
 use std::io;
-use std::os::fd::OwnedFd;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::util::{check_read, check_write, out_of_range, push_extent, read_only};
@@ -42,9 +43,12 @@ const MAX_PAYLOAD: u32 = 32 << 20;
 
 /// An open RBD image.
 pub struct RbdBackend {
+    inner: Arc<Inner>,
+}
+
+/// What the backend and its event-loop queues (aio.rs) share.
+struct Inner {
     image: Image,
-    /// librbd's completion signal (declared after `image`: closed after it).
-    events: OwnedFd,
     spec: String,
     read_only: bool,
     object_size: u64,
@@ -86,12 +90,6 @@ impl RbdBackend {
         let fail = |f: Fail| format!("rbd: {spec}: {}: {}", f.call, errno_text(f.errno));
         let stat = image.stat().map_err(fail)?;
         let exclusive = image.has_exclusive_lock().map_err(fail)?;
-        use rustix::event::{EventfdFlags, eventfd};
-        let events = eventfd(0, EventfdFlags::NONBLOCK | EventfdFlags::CLOEXEC)
-            .map_err(|e| format!("rbd: {spec}: eventfd: {e}"))?;
-        image
-            .enable_events(std::os::fd::AsFd::as_fd(&events))
-            .map_err(fail)?;
         log::info!(
             "rbd: {spec}: {} bytes, {}-byte objects{}{}",
             stat.size,
@@ -99,20 +97,58 @@ impl RbdBackend {
             if exclusive { ", exclusive-lock" } else { "" },
             if read_only { ", read-only" } else { "" },
         );
-        Ok(Self {
+        let inner = Inner {
             image,
-            events,
             spec,
             read_only,
             object_size: stat.object_size.max(512),
             size: AtomicU64::new(stat.size),
             warned: AtomicU64::new(0),
+        };
+        Ok(Self {
+            inner: Arc::new(inner),
         })
     }
 
     /// `pool/[namespace/]image[@snap]`.
     pub fn spec(&self) -> &str {
-        &self.spec
+        &self.inner.spec
+    }
+
+    /// The extent list for `[offset, end)` from the allocated ranges.
+    fn fill_extents(&self, offset: u64, end: u64, out: &mut [Extent]) -> io::Result<usize> {
+        let alloc = self
+            .inner
+            .image
+            .allocated(offset, end - offset, EXTENT_RANGES)
+            .map_err(|f| self.inner.error(f))?;
+        let end = match (alloc.truncated, alloc.ranges.last()) {
+            // Past the last range collected nothing is known.
+            (true, Some(&(o, l))) => end.min(o.saturating_add(l)),
+            _ => end,
+        };
+        let hole = ExtentFlags::HOLE | ExtentFlags::ZERO;
+        let (mut n, mut pos) = (0, offset);
+        for &(o, l) in &alloc.ranges {
+            let (start, stop) = (o.max(pos), o.saturating_add(l).min(end));
+            if stop <= start {
+                continue;
+            }
+            if !push_extent(out, &mut n, start - pos, hole)
+                || !push_extent(out, &mut n, stop - start, ExtentFlags::empty())
+            {
+                return Ok(n);
+            }
+            pos = stop;
+        }
+        push_extent(out, &mut n, end.saturating_sub(pos), hole);
+        Ok(n)
+    }
+}
+
+impl Inner {
+    fn size(&self) -> u64 {
+        self.size.load(Ordering::Relaxed)
     }
 
     /// A cluster error as an `io::Error` naming the image (the kind follows
@@ -138,35 +174,6 @@ impl RbdBackend {
         } else {
             Ok(())
         }
-    }
-
-    /// The extent list for `[offset, end)` from the allocated ranges.
-    fn fill_extents(&self, offset: u64, end: u64, out: &mut [Extent]) -> io::Result<usize> {
-        let alloc = self
-            .image
-            .allocated(offset, end - offset, EXTENT_RANGES)
-            .map_err(|f| self.error(f))?;
-        let end = match (alloc.truncated, alloc.ranges.last()) {
-            // Past the last range collected nothing is known.
-            (true, Some(&(o, l))) => end.min(o.saturating_add(l)),
-            _ => end,
-        };
-        let hole = ExtentFlags::HOLE | ExtentFlags::ZERO;
-        let (mut n, mut pos) = (0, offset);
-        for &(o, l) in &alloc.ranges {
-            let (start, stop) = (o.max(pos), o.saturating_add(l).min(end));
-            if stop <= start {
-                continue;
-            }
-            if !push_extent(out, &mut n, start - pos, hole)
-                || !push_extent(out, &mut n, stop - start, ExtentFlags::empty())
-            {
-                return Ok(n);
-            }
-            pos = stop;
-        }
-        push_extent(out, &mut n, end.saturating_sub(pos), hole);
-        Ok(n)
     }
 }
 
@@ -215,12 +222,12 @@ fn open_error(p: &Params, f: Fail) -> String {
 
 impl Backend for RbdBackend {
     fn size(&self) -> u64 {
-        self.size.load(Ordering::Relaxed)
+        self.inner.size()
     }
 
     fn caps(&self) -> Caps {
         let base = Caps::FLUSH | Caps::EXTENTS | Caps::CACHE | Caps::MULTI_CONN;
-        if self.read_only {
+        if self.inner.read_only {
             base | Caps::READ_ONLY
         } else {
             base | Caps::FUA | Caps::TRIM | Caps::WRITE_ZEROES | Caps::FAST_ZERO | Caps::RESIZE
@@ -230,7 +237,7 @@ impl Backend for RbdBackend {
     /// Byte-granular I/O; objects are where RBD allocates, discards and
     /// reads ahead, so the object size is the preferred block size.
     fn block_size(&self) -> Option<BlockSize> {
-        let preferred = self.object_size.clamp(4096, u64::from(MAX_PAYLOAD));
+        let preferred = self.inner.object_size.clamp(4096, u64::from(MAX_PAYLOAD));
         Some(BlockSize {
             minimum: 1,
             preferred: u32::try_from(preferred).unwrap_or(MAX_PAYLOAD),
@@ -247,38 +254,45 @@ impl Backend for RbdBackend {
         if buf.is_empty() {
             return Ok(());
         }
-        self.image
+        self.inner
+            .image
             .read(offset, buf, false)
-            .map_err(|f| self.error(f))
+            .map_err(|f| self.inner.error(f))
     }
 
     fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> io::Result<()> {
-        self.writable()?;
+        self.inner.writable()?;
         check_write(offset, data.len() as u64, self.size())?;
         if !data.is_empty() {
-            self.image.write(offset, data).map_err(|f| self.error(f))?;
+            self.inner
+                .image
+                .write(offset, data)
+                .map_err(|f| self.inner.error(f))?;
         }
         if fua { self.flush() } else { Ok(()) }
     }
 
     fn flush(&self) -> io::Result<()> {
-        self.image.flush().map_err(|f| self.error(f))
+        self.inner.image.flush().map_err(|f| self.inner.error(f))
     }
 
     fn trim(&self, offset: u64, len: u64, fua: bool) -> io::Result<()> {
-        self.writable()?;
+        self.inner.writable()?;
         let end = check_read(offset, len, self.size())?;
         let mut pos = offset;
         while pos < end {
             let n = (end - pos).min(DISCARD_CHUNK);
-            self.image.discard(pos, n).map_err(|f| self.error(f))?;
+            self.inner
+                .image
+                .discard(pos, n)
+                .map_err(|f| self.inner.error(f))?;
             pos += n;
         }
         if fua { self.flush() } else { Ok(()) }
     }
 
     fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> io::Result<()> {
-        self.writable()?;
+        self.inner.writable()?;
         check_write(offset, len, self.size())?;
         let thick = !flags.contains(ZeroFlags::MAY_TRIM);
         if flags.contains(ZeroFlags::FAST) && thick {
@@ -288,9 +302,10 @@ impl Backend for RbdBackend {
         }
         if len > 0 {
             let len = usize::try_from(len).map_err(|_| out_of_range())?;
-            self.image
+            self.inner
+                .image
                 .write_zeroes(offset, len, thick)
-                .map_err(|f| self.error(f))?;
+                .map_err(|f| self.inner.error(f))?;
         }
         if flags.contains(ZeroFlags::FUA) {
             self.flush()
@@ -306,9 +321,10 @@ impl Backend for RbdBackend {
         let mut pos = offset;
         while pos < end {
             let n = (end - pos).min(CACHE_CHUNK) as usize;
-            self.image
+            self.inner
+                .image
                 .read(pos, &mut buf[..n], true)
-                .map_err(|f| self.error(f))?;
+                .map_err(|f| self.inner.error(f))?;
             pos += n as u64;
         }
         Ok(())
@@ -319,7 +335,7 @@ impl Backend for RbdBackend {
         if offset > size {
             return Err(out_of_range());
         }
-        let window = self.object_size.saturating_mul(EXTENT_OBJECTS);
+        let window = self.inner.object_size.saturating_mul(EXTENT_OBJECTS);
         let end = offset.saturating_add(len.min(window)).min(size);
         if end == offset || out.is_empty() {
             return Ok(0);
@@ -328,20 +344,23 @@ impl Backend for RbdBackend {
     }
 
     fn resize(&self, new_size: u64) -> io::Result<()> {
-        self.writable()?;
+        self.inner.writable()?;
         if new_size > crate::MAX_SIZE {
             return Err(out_of_range());
         }
-        self.image.resize(new_size).map_err(|f| self.error(f))?;
-        let size = self.image.size().map_err(|f| self.error(f))?;
-        self.size.store(size, Ordering::Relaxed);
+        self.inner
+            .image
+            .resize(new_size)
+            .map_err(|f| self.inner.error(f))?;
+        let size = self.inner.image.size().map_err(|f| self.inner.error(f))?;
+        self.inner.size.store(size, Ordering::Relaxed);
         Ok(())
     }
 
     fn description(&self) -> Option<String> {
         Some(format!(
             "RBD image {}, {}-byte objects",
-            self.spec, self.object_size
+            self.inner.spec, self.inner.object_size
         ))
     }
 }

@@ -1,15 +1,19 @@
-//! Asynchronous librbd calls, completed through the image's event fd.
+//! Asynchronous librbd calls, completed into per-event-loop queues.
 //!
-//! Each request takes a slot in [`Table`] that owns its buffer until librbd
-//! is done with it; the slot index is the completion's `arg` (an integer,
-//! never dereferenced). librbd queues finished completions on the image and
-//! bumps the eventfd; [`Image::poll`] drains them with `rbd_poll_io_events`.
-//! No completion callback is ever set: with an event fd librbd queues the
-//! completion anyway, so a callback releasing it would race the poll.
+//! Each request is a boxed [`Slot`] owning its buffer; librbd holds the box
+//! (as the completion's callback argument) until the request finishes. The
+//! callback, on a librbd thread, releases the completion, moves the slot
+//! into its [`Queue`]'s list and bumps the queue's eventfd; the event loop
+//! that owns the queue drains it ([`Queue::poll`]). Every loop has its own
+//! queue and fd, so completions go straight to the loop that submitted them
+//! (librbd's per-image event socket, `rbd_set_image_notification`, has one
+//! fd per image and could not tell loops apart). The callback does nothing
+//! else: a FUA write's flush is issued by the loop when it sees the write
+//! done.
 
 use std::ffi::c_void;
-use std::sync::PoisonError;
-use std::sync::atomic::Ordering;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use super::{Fail, Image, check, sys};
 
@@ -29,7 +33,7 @@ pub enum AioKind {
     Flush,
 }
 
-/// A finished operation, as [`Image::poll`] hands it back.
+/// A finished operation, as [`Queue::poll`] hands it back.
 pub struct Completed {
     /// The caller's tag from [`Image::submit`].
     pub tag: u64,
@@ -39,120 +43,251 @@ pub struct Completed {
     pub buf: Vec<u8>,
 }
 
+/// Requests started and not yet called back, so that closing the image
+/// can wait for them.
+#[derive(Default)]
+pub(super) struct InFlight {
+    n: Mutex<usize>,
+    idle: Condvar,
+}
+
+impl InFlight {
+    fn start(&self) {
+        *self.n.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+    }
+
+    fn finish(&self) {
+        let mut n = self.n.lock().unwrap_or_else(PoisonError::into_inner);
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            self.idle.notify_all();
+        }
+    }
+
+    /// Block until every started request has been called back.
+    pub(super) fn wait_idle(&self) {
+        let mut n = self.n.lock().unwrap_or_else(PoisonError::into_inner);
+        while *n > 0 {
+            n = self.idle.wait(n).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+/// The part of a queue librbd's callback threads touch.
+// The slots stay boxed: each travels to librbd as a raw pointer (a stable
+// address) and is recycled through `Queue::free`, so steady state allocates
+// nothing per request.
+#[allow(clippy::vec_box)]
+struct Shared {
+    /// Signalled once per completion (a counter; one read resets it).
+    events: OwnedFd,
+    done: Mutex<Vec<Box<Slot>>>,
+}
+
+/// A completion queue for one event loop.
+#[allow(clippy::vec_box)]
+pub struct Queue {
+    shared: Arc<Shared>,
+    /// Reused to take the finished list without allocating.
+    scratch: Vec<Box<Slot>>,
+    /// Slots of finished requests, for the next ones.
+    free: Vec<Box<Slot>>,
+}
+
 struct Slot {
     tag: u64,
     buf: Vec<u8>,
-    comp: sys::CompletionT,
-    /// Issue a flush when this (write-like) operation succeeds, and
-    /// complete only after it (FUA).
+    kind: AioKind,
+    /// Issue a flush when this (write-like) operation succeeds, and report
+    /// it only after that (FUA).
     then_flush: bool,
-    /// For reads: the length asked for (a short read is an error).
-    read_len: Option<usize>,
     call: &'static str,
+    /// librbd's return value, set by the callback.
+    ret: isize,
+    queue: Arc<Shared>,
+    inflight: Arc<InFlight>,
 }
 
-/// Requests in flight, indexed by the completion's `arg`.
-#[derive(Default)]
-pub struct Table {
-    slots: Vec<Option<Slot>>,
-    free: Vec<usize>,
-}
-
-impl Table {
-    fn insert(&mut self, slot: Slot) -> usize {
-        match self.free.pop() {
-            Some(i) => {
-                self.slots[i] = Some(slot);
-                i
-            }
-            None => {
-                self.slots.push(Some(slot));
-                self.slots.len() - 1
-            }
-        }
+impl Queue {
+    /// A queue with its own eventfd.
+    ///
+    /// # Errors
+    ///
+    /// eventfd(2)'s.
+    pub fn new() -> std::io::Result<Self> {
+        use rustix::event::{EventfdFlags, eventfd};
+        let events = eventfd(0, EventfdFlags::NONBLOCK | EventfdFlags::CLOEXEC)?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                events,
+                done: Mutex::new(Vec::new()),
+            }),
+            scratch: Vec::new(),
+            free: Vec::new(),
+        })
     }
 
-    fn take(&mut self, i: usize) -> Option<Slot> {
-        let slot = self.slots.get_mut(i)?.take()?;
-        self.free.push(i);
-        Some(slot)
+    /// Readable when completions are waiting.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.shared.events.as_fd()
+    }
+
+    /// Hand every finished request to `done` (issuing the flush of a FUA
+    /// write first); returns how many were handed over. Never blocks.
+    pub fn poll(&mut self, image: &Image, done: &mut dyn FnMut(Completed)) -> usize {
+        // Reset the counter before taking the list: a completion pushed
+        // after this read bumps it again, so none is missed.
+        let mut counter = [0u8; 8];
+        let _ = rustix::io::read(&self.shared.events, &mut counter);
+        std::mem::swap(
+            &mut self.scratch,
+            &mut *self
+                .shared
+                .done
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        let mut delivered = 0;
+        let (finished, free) = (&mut self.scratch, &mut self.free);
+        for mut slot in finished.drain(..) {
+            if slot.ret >= 0 && slot.then_flush {
+                slot.then_flush = false;
+                slot.kind = AioKind::Flush;
+                match issue(image, slot) {
+                    Ok(()) => continue,
+                    Err((e, s)) => {
+                        slot = s;
+                        slot.ret = -isize::try_from(e.errno).unwrap_or(5);
+                    }
+                }
+            }
+            let result = match (check(slot.call, slot.ret), slot.kind) {
+                (Err(e), _) => Err(e),
+                (Ok(n), AioKind::Read { len, .. }) if n != len => Err(Fail {
+                    call: slot.call,
+                    errno: libc::EIO,
+                }),
+                (Ok(_), _) => Ok(()),
+            };
+            done(Completed {
+                tag: slot.tag,
+                result,
+                buf: std::mem::take(&mut slot.buf),
+            });
+            free.push(slot);
+            delivered += 1;
+        }
+        delivered
     }
 }
 
-/// Create a completion for slot `i` and start `kind` on it, with pointers
-/// into the slot's buffer. On failure nothing stays with librbd.
-fn issue(image: sys::ImageT, slot: &mut Slot, i: usize, kind: AioKind) -> Result<(), Fail> {
-    let mut comp: sys::CompletionT = std::ptr::null_mut();
-    let arg = std::ptr::without_provenance_mut::<c_void>(i);
-    // SAFETY: valid out-pointer; no callback, so `arg` is only handed back
-    // by rbd_aio_get_arg.
-    let r = unsafe { sys::rbd_aio_create_completion(arg, None, &raw mut comp) };
-    check("rbd_aio_create_completion", r as isize)?;
-    slot.comp = comp;
-    let (call, r) = match kind {
-        AioKind::Read { off, at, len } => {
-            let dst = slot.buf[at..at + len].as_mut_ptr().cast();
-            // SAFETY: open image with an event fd; `dst` is valid for `len`
-            // bytes and stays so (the slot owns the heap buffer and never
-            // touches it) until the completion is polled.
-            ("rbd_aio_read", unsafe {
-                sys::rbd_aio_read2(image, off, len, dst, comp, 0)
-            })
-        }
-        AioKind::Write { off } => {
-            let (src, len) = (slot.buf.as_ptr().cast(), slot.buf.len());
-            // SAFETY: as for reads: the buffer outlives the request.
-            ("rbd_aio_write", unsafe {
-                sys::rbd_aio_write2(image, off, len, src, comp, 0)
-            })
-        }
-        // SAFETY (the next three): open image; plain integers; `comp` is
-        // owned by the slot until polled.
-        AioKind::Discard { off, len } => ("rbd_aio_discard", unsafe {
-            sys::rbd_aio_discard(image, off, len, comp)
-        }),
-        AioKind::Zero { off, len, thick } => {
-            let flags = if thick { sys::WRITE_ZEROES_THICK } else { 0 };
-            ("rbd_aio_write_zeroes", unsafe {
-                sys::rbd_aio_write_zeroes(image, off, len, comp, flags, 0)
-            })
-        }
-        AioKind::Flush => ("rbd_aio_flush", unsafe { sys::rbd_aio_flush(image, comp) }),
+impl Shared {
+    fn push(&self, slot: Box<Slot>) {
+        self.done
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(slot);
+        let _ = rustix::io::write(&self.events, &1u64.to_ne_bytes());
+    }
+}
+
+/// The librbd call behind `kind`, for messages.
+fn call_name(kind: AioKind) -> &'static str {
+    match kind {
+        AioKind::Read { .. } => "rbd_aio_read",
+        AioKind::Write { .. } => "rbd_aio_write",
+        AioKind::Discard { .. } => "rbd_aio_discard",
+        AioKind::Zero { .. } => "rbd_aio_write_zeroes",
+        AioKind::Flush => "rbd_aio_flush",
+    }
+}
+
+/// librbd's completion callback (on one of its threads): hand the slot to
+/// its queue. Kept to what cannot block or panic.
+unsafe extern "C" fn on_complete(comp: sys::CompletionT, arg: *mut c_void) {
+    // SAFETY: `arg` is the `Box<Slot>` that `issue` leaked for this very
+    // completion; librbd calls back exactly once per completion, so the box
+    // is reclaimed exactly once.
+    let mut slot = unsafe { Box::from_raw(arg.cast::<Slot>()) };
+    // SAFETY: `comp` is complete (we are its callback) and ours; it is
+    // released exactly once, here, and not used afterwards.
+    slot.ret = unsafe {
+        let r = sys::rbd_aio_get_return_value(comp);
+        sys::rbd_aio_release(comp);
+        r
     };
+    let (queue, inflight) = (Arc::clone(&slot.queue), Arc::clone(&slot.inflight));
+    queue.push(slot);
+    inflight.finish();
+}
+
+/// Start `slot`'s operation with pointers into its buffer; on failure the
+/// slot comes back and nothing stays with librbd.
+fn issue(image: &Image, mut slot: Box<Slot>) -> Result<(), (Fail, Box<Slot>)> {
+    let kind = slot.kind;
+    let call = call_name(kind);
     slot.call = call;
+    let inflight = Arc::clone(&slot.inflight);
+    let raw = Box::into_raw(slot);
+    let mut comp: sys::CompletionT = std::ptr::null_mut();
+    // SAFETY: valid out-pointer; `raw` is handed to `on_complete` only.
+    let r = unsafe { sys::rbd_aio_create_completion(raw.cast(), Some(on_complete), &raw mut comp) };
+    if let Err(e) = check("rbd_aio_create_completion", r as isize) {
+        // SAFETY: no completion exists, so the box is still ours alone.
+        return Err((e, unsafe { Box::from_raw(raw) }));
+    }
+    // SAFETY: librbd does not touch `raw` until the callback, so reading
+    // the buffer's address and length through it here is unshared.
+    let (buf, len) = unsafe { ((*raw).buf.as_mut_ptr(), (*raw).buf.len()) };
+    let img = image.image;
+    inflight.start();
+    // SAFETY (every arm): open image; the buffer pointers stay valid until
+    // the callback, because the slot owning the heap buffer is not touched
+    // (nor the buffer reallocated) until librbd hands it back; `comp` is
+    // released by the callback, or below if the call is refused.
+    let r = unsafe {
+        match kind {
+            AioKind::Read { off, at, len } => {
+                sys::rbd_aio_read2(img, off, len, buf.add(at).cast(), comp, 0)
+            }
+            AioKind::Write { off } => sys::rbd_aio_write2(img, off, len, buf.cast(), comp, 0),
+            AioKind::Discard { off, len } => sys::rbd_aio_discard(img, off, len, comp),
+            AioKind::Zero { off, len, thick } => {
+                let flags = if thick { sys::WRITE_ZEROES_THICK } else { 0 };
+                sys::rbd_aio_write_zeroes(img, off, len, comp, flags, 0)
+            }
+            AioKind::Flush => sys::rbd_aio_flush(img, comp),
+        }
+    };
     if let Err(e) = check(call, r as isize) {
-        // SAFETY: the request was refused, so librbd holds no reference to
-        // the completion, which we release once.
+        inflight.finish();
+        // SAFETY: the request was refused: librbd holds no reference to the
+        // completion (released once, here) and will never call back, so
+        // the box is ours again.
         unsafe { sys::rbd_aio_release(comp) };
-        return Err(e);
+        // SAFETY: see above: sole owner again.
+        return Err((e, unsafe { Box::from_raw(raw) }));
     }
     Ok(())
 }
 
 impl Image {
-    /// Start `kind` with `buf`; with `then_flush`, a flush follows a
-    /// successful write-like operation before it completes. The buffer
-    /// comes back from [`Image::poll`] with `tag`, or at once with the error
-    /// if the request could not be started.
+    /// Start `kind` with `buf`, completing into `queue`; with `then_flush`,
+    /// a flush follows a successful write-like operation before it is
+    /// reported. The buffer comes back from [`Queue::poll`] with `tag`, or
+    /// at once with the error if the request could not be started.
     ///
     /// # Errors
     ///
-    /// EINVAL before [`Image::enable_events`]; librbd refusing the request.
+    /// librbd refusing the request (or a READ range that overflows).
     pub fn submit(
         &self,
+        queue: &mut Queue,
         kind: AioKind,
         then_flush: bool,
         mut buf: Vec<u8>,
         tag: u64,
     ) -> Result<(), (Fail, Vec<u8>)> {
-        if !self.events.load(Ordering::Acquire) {
-            let fail = Fail {
-                call: "rbd_aio",
-                errno: libc::EINVAL,
-            };
-            return Err((fail, buf));
-        }
-        let mut read_len = None;
         if let AioKind::Read { at, len, .. } = kind {
             let Some(end) = at.checked_add(len) else {
                 let fail = Fail {
@@ -164,139 +299,34 @@ impl Image {
             if buf.len() < end {
                 buf.resize(end, 0);
             }
-            read_len = Some(len);
         }
-        let mut table = self.inflight.lock().unwrap_or_else(PoisonError::into_inner);
-        let slot = Slot {
-            tag,
-            buf,
-            comp: std::ptr::null_mut(),
-            then_flush,
-            read_len,
-            call: "rbd_aio",
+        let fields = |slot: &mut Slot| {
+            slot.tag = tag;
+            slot.kind = kind;
+            slot.then_flush = then_flush;
+            slot.ret = 0;
         };
-        let i = table.insert(slot);
-        let Some(slot) = table.slots[i].as_mut() else {
-            unreachable!("slot {i} was just filled")
-        };
-        match issue(self.image, slot, i, kind) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let slot = table.take(i).map(|s| s.buf).unwrap_or_default();
-                Err((e, slot))
+        let slot = match queue.free.pop() {
+            Some(mut slot) => {
+                fields(&mut slot);
+                slot.buf = buf;
+                slot
             }
-        }
-    }
-
-    /// Hand every finished request to `done`; returns how many. Never
-    /// blocks. The caller reads the event fd first, so a completion that
-    /// arrives during the drain signals it again.
-    pub fn poll(&self, done: &mut dyn FnMut(Completed)) -> usize {
-        let mut comps = [std::ptr::null_mut(); 32];
-        let mut delivered = 0;
-        loop {
-            // SAFETY: open image; `comps` has room for 32 handles.
-            let n = unsafe { sys::rbd_poll_io_events(self.image, comps.as_mut_ptr(), 32) };
-            let Ok(n) = usize::try_from(n) else { break };
-            if n == 0 {
-                break;
-            }
-            for &comp in &comps[..n.min(32)] {
-                if let Some(c) = self.finish(comp) {
-                    done(c);
-                    delivered += 1;
-                }
-            }
-        }
-        delivered
-    }
-
-    /// Release one polled completion; `None` when it continues as a flush.
-    fn finish(&self, comp: sys::CompletionT) -> Option<Completed> {
-        // SAFETY: `comp` came from rbd_poll_io_events, so it is complete and
-        // ours; it is released exactly once, here.
-        let (i, r) = unsafe {
-            let i = sys::rbd_aio_get_arg(comp).addr();
-            let r = sys::rbd_aio_get_return_value(comp);
-            sys::rbd_aio_release(comp);
-            (i, r)
-        };
-        let mut table = self.inflight.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut slot = table.take(i)?;
-        if r >= 0 && slot.then_flush {
-            slot.then_flush = false;
-            let i = table.insert(slot);
-            let Some(s) = table.slots[i].as_mut() else {
-                unreachable!("slot {i} was just filled")
-            };
-            match issue(self.image, s, i, AioKind::Flush) {
-                Ok(()) => return None,
-                Err(e) => {
-                    let slot = table.take(i)?;
-                    return Some(Completed {
-                        tag: slot.tag,
-                        result: Err(e),
-                        buf: slot.buf,
-                    });
-                }
-            }
-        }
-        let result = match (check(slot.call, r), slot.read_len) {
-            (Err(e), _) => Err(e),
-            (Ok(n), Some(want)) if n != want => Err(Fail {
-                call: slot.call,
-                errno: libc::EIO,
+            None => Box::new(Slot {
+                tag,
+                buf,
+                kind,
+                then_flush,
+                call: call_name(kind),
+                ret: 0,
+                queue: Arc::clone(&queue.shared),
+                inflight: Arc::clone(&self.inflight),
             }),
-            (Ok(_), _) => Ok(()),
         };
-        Some(Completed {
-            tag: slot.tag,
-            result,
-            buf: slot.buf,
+        issue(self, slot).map_err(|(e, mut slot)| {
+            let buf = std::mem::take(&mut slot.buf);
+            queue.free.push(slot);
+            (e, buf)
         })
     }
-}
-
-/// Before closing: wait for everything in flight, release what the event
-/// queue gives back, and leak (never free) a completion it does not.
-pub(super) fn drain(image: &mut Image) {
-    let table = image
-        .inflight
-        .get_mut()
-        .unwrap_or_else(PoisonError::into_inner);
-    let mut pending = 0;
-    for slot in table.slots.iter().flatten() {
-        // SAFETY: the completion is live (released only when polled) and
-        // waiting on it does not consume it.
-        unsafe { sys::rbd_aio_wait_for_complete(slot.comp) };
-        pending += 1;
-    }
-    if pending == 0 {
-        return;
-    }
-    // Everything is complete, so its buffer is no longer used; chained
-    // flushes are not started (the image is about to be flushed by close).
-    for slot in image
-        .inflight
-        .get_mut()
-        .unwrap_or_else(PoisonError::into_inner)
-        .slots
-        .iter_mut()
-        .flatten()
-    {
-        slot.then_flush = false;
-    }
-    let mut comps = [std::ptr::null_mut(); 32];
-    loop {
-        // SAFETY: open image; room for 32 handles.
-        let n = unsafe { sys::rbd_poll_io_events(image.image, comps.as_mut_ptr(), 32) };
-        let Ok(n) = usize::try_from(n) else { break };
-        if n == 0 {
-            break;
-        }
-        for &comp in &comps[..n.min(32)] {
-            drop(image.finish(comp));
-        }
-    }
-    log::debug!("rbd: {pending} request(s) still in flight at close were waited for");
 }

@@ -5,17 +5,15 @@
 //! holds the [`Cluster`] (`rados_t`) in an `Arc`, so it is closed before
 //! the context is destroyed and the cluster shut down last, whatever order
 //! values are dropped in. Buffers handed to asynchronous calls are owned by
-//! the image's in-flight table until librbd reports them finished (`aio.rs`).
+//! their request until librbd calls back (`aio.rs`).
 
 mod aio;
 mod sys;
 
 use std::ffi::{CString, c_int, c_void};
-use std::os::fd::{AsRawFd, BorrowedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-pub use aio::AioKind;
+pub use aio::{AioKind, Queue};
 
 /// A failed librados/librbd call: what we were doing and the errno.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,10 +112,8 @@ pub struct Stat {
 pub struct Image {
     image: sys::ImageT,
     ioctx: sys::IoCtxT,
-    /// Asynchronous requests in flight, with their buffers (aio.rs).
-    inflight: Mutex<aio::Table>,
-    /// An event fd is registered, so asynchronous calls may be made.
-    events: AtomicBool,
+    /// Asynchronous requests not yet called back (aio.rs).
+    inflight: Arc<aio::InFlight>,
     _cluster: Arc<Cluster>,
 }
 
@@ -178,8 +174,7 @@ impl Image {
         Ok(Self {
             image,
             ioctx,
-            inflight: Mutex::new(aio::Table::default()),
-            events: AtomicBool::new(false),
+            inflight: Arc::default(),
             _cluster: Arc::clone(cluster),
         })
     }
@@ -338,30 +333,15 @@ impl Image {
         ranges.sort_unstable();
         Ok(Allocated { ranges, truncated })
     }
-
-    /// Deliver completions of asynchronous calls to `fd` (an eventfd);
-    /// from then on [`Image::submit`] may be used.
-    ///
-    /// # Errors
-    ///
-    /// `rbd_set_image_notification`'s.
-    pub fn enable_events(&self, fd: BorrowedFd<'_>) -> Result<(), Fail> {
-        // SAFETY: open image; librbd only writes to the fd, which the caller
-        // keeps open for as long as the image (it owns both).
-        let r = unsafe {
-            sys::rbd_set_image_notification(self.image, fd.as_raw_fd(), sys::EVENT_TYPE_EVENTFD)
-        };
-        check("rbd_set_image_notification", r as isize)?;
-        self.events.store(true, Ordering::Release);
-        Ok(())
-    }
 }
 
 impl Drop for Image {
     fn drop(&mut self) {
-        aio::drain(self);
-        // SAFETY: nothing is in flight any more (drained above); the image
-        // and context are closed once, image first.
+        // Every callback has run (so no buffer is still lent to librbd);
+        // rbd_close then waits for librbd's own tail of those completions.
+        self.inflight.wait_idle();
+        // SAFETY: nothing of ours is in flight; the image and context are
+        // closed once, image first.
         unsafe {
             sys::rbd_close(self.image);
             sys::rados_ioctx_destroy(self.ioctx);

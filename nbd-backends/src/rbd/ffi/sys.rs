@@ -11,8 +11,7 @@ pub type RadosT = *mut c_void;
 pub type IoCtxT = *mut c_void;
 pub type ImageT = *mut c_void;
 pub type CompletionT = *mut c_void;
-/// `rbd_callback_t`; we always pass `None` (completions come through the
-/// event fd, see `aio.rs`).
+/// `rbd_callback_t`: runs on a librbd thread when a request completes.
 pub type Callback = Option<unsafe extern "C" fn(CompletionT, *mut c_void)>;
 /// The `rbd_diff_iterate2` callback: (offset, length, exists, arg).
 pub type DiffCallback = unsafe extern "C" fn(u64, usize, c_int, *mut c_void) -> c_int;
@@ -29,8 +28,6 @@ pub struct ImageInfo {
     pub parent_name: [c_char; 96],
 }
 
-/// `EVENT_TYPE_EVENTFD` (`rbd_image_notification` types).
-pub const EVENT_TYPE_EVENTFD: c_int = 2;
 /// `RBD_FEATURE_EXCLUSIVE_LOCK`.
 pub const FEATURE_EXCLUSIVE_LOCK: u64 = 1 << 2;
 /// `RBD_WRITE_ZEROES_FLAG_THICK_PROVISION`: zeroes stay allocated (NBD's
@@ -70,7 +67,6 @@ unsafe extern "C" {
     pub fn rbd_get_size(image: ImageT, size: *mut u64) -> c_int;
     pub fn rbd_get_features(image: ImageT, features: *mut u64) -> c_int;
     pub fn rbd_resize(image: ImageT, size: u64) -> c_int;
-    pub fn rbd_set_image_notification(image: ImageT, fd: c_int, kind: c_int) -> c_int;
 
     pub fn rbd_read2(image: ImageT, ofs: u64, len: usize, buf: *mut c_char, flags: c_int) -> isize;
     pub fn rbd_write2(
@@ -103,9 +99,6 @@ unsafe extern "C" {
     pub fn rbd_aio_create_completion(arg: *mut c_void, cb: Callback, c: *mut CompletionT) -> c_int;
     pub fn rbd_aio_release(c: CompletionT);
     pub fn rbd_aio_get_return_value(c: CompletionT) -> isize;
-    pub fn rbd_aio_get_arg(c: CompletionT) -> *mut c_void;
-    pub fn rbd_aio_wait_for_complete(c: CompletionT) -> c_int;
-    pub fn rbd_poll_io_events(image: ImageT, comps: *mut CompletionT, n: c_int) -> c_int;
 
     pub fn rbd_aio_read2(
         image: ImageT,
