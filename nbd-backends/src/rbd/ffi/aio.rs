@@ -13,6 +13,7 @@
 
 use std::ffi::c_void;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use super::{Fail, Image, check, sys};
@@ -44,31 +45,34 @@ pub struct Completed {
 }
 
 /// Requests started and not yet called back, so that closing the image
-/// can wait for them.
+/// can wait for them. Counting is one atomic operation per request; the
+/// mutex and condvar are only for the waiter at close.
 #[derive(Default)]
 pub(super) struct InFlight {
-    n: Mutex<usize>,
+    n: AtomicUsize,
+    lock: Mutex<()>,
     idle: Condvar,
 }
 
 impl InFlight {
     fn start(&self) {
-        *self.n.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+        self.n.fetch_add(1, Ordering::AcqRel);
     }
 
     fn finish(&self) {
-        let mut n = self.n.lock().unwrap_or_else(PoisonError::into_inner);
-        *n = n.saturating_sub(1);
-        if *n == 0 {
+        if self.n.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // Under the lock, so a waiter between its check and its wait
+            // cannot miss this.
+            let _g = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
             self.idle.notify_all();
         }
     }
 
     /// Block until every started request has been called back.
     pub(super) fn wait_idle(&self) {
-        let mut n = self.n.lock().unwrap_or_else(PoisonError::into_inner);
-        while *n > 0 {
-            n = self.idle.wait(n).unwrap_or_else(PoisonError::into_inner);
+        let mut g = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
+        while self.n.load(Ordering::Acquire) > 0 {
+            g = self.idle.wait(g).unwrap_or_else(PoisonError::into_inner);
         }
     }
 }
@@ -182,12 +186,21 @@ impl Queue {
 }
 
 impl Shared {
+    /// Queue a finished slot; signal the fd only when the list was empty.
+    /// A non-empty list was signalled by the push that filled it, and the
+    /// loop resets the fd before it takes the list, so nothing is missed,
+    /// and under load one wake-up (and one write syscall) covers many
+    /// completions.
     fn push(&self, slot: Box<Slot>) {
-        self.done
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(slot);
-        let _ = rustix::io::write(&self.events, &1u64.to_ne_bytes());
+        let was_empty = {
+            let mut done = self.done.lock().unwrap_or_else(PoisonError::into_inner);
+            let was_empty = done.is_empty();
+            done.push(slot);
+            was_empty
+        };
+        if was_empty {
+            let _ = rustix::io::write(&self.events, &1u64.to_ne_bytes());
+        }
     }
 }
 
