@@ -25,12 +25,16 @@ use nbd_backends::aio::{AioOp, Submitted};
 use nbd_backends::{AioQueue, Backend, ExportSet};
 use slab::Slab;
 
-use crate::proxy::backend_id;
 use crate::workers::{Job, Op};
 
 /// Tokens of async exports: far above any connection's, so the server's
 /// other token ranges are unchanged.
 const TOKEN_BASE: usize = usize::MAX / 2;
+
+/// The identity of an export's backend: the data pointer of its `Arc`.
+fn backend_id(b: &Arc<dyn Backend>) -> usize {
+    Arc::as_ptr(b).cast::<()>() as usize
+}
 
 /// True for the tokens [`Aio`] registered.
 pub fn owns(token: usize) -> bool {

@@ -67,7 +67,15 @@ impl RbdBackend {
     /// timeout that ran out), the pool, the image.
     pub fn open(p: &Params, read_only: bool) -> Result<Self, String> {
         let spec = p.spec();
-        let mut settings = vec![("client_mount_timeout", p.connect_timeout.to_string())];
+        let mut settings = vec![
+            ("client_mount_timeout", p.connect_timeout.to_string()),
+            // Asynchronous writes from our buffers without librbd copying
+            // them: the buffer stays ours, untouched, until librbd calls
+            // back, and librbd delays that callback until it no longer
+            // references the memory. Our one copy of a WRITE's payload is
+            // from the socket buffer into the job's buffer.
+            ("rbd_disable_zero_copy_writes", "false".to_owned()),
+        ];
         if p.timeout > 0 {
             settings.push(("rados_osd_op_timeout", p.timeout.to_string()));
         }
