@@ -38,6 +38,9 @@ const EXTENT_RANGES: usize = 16 * 1024;
 const DISCARD_CHUNK: u64 = 1 << 30;
 /// Buffer for CACHE's prefetching reads.
 const CACHE_CHUNK: u64 = 4 << 20;
+/// Most bytes one CACHE prefetches: it is a hint, and a tiny request must
+/// not make the server read a whole image from the cluster.
+const CACHE_MAX: u64 = 64 << 20;
 /// The largest request payload the driver accepts.
 const MAX_PAYLOAD: u32 = 32 << 20;
 
@@ -322,9 +325,10 @@ impl Backend for RbdBackend {
         }
     }
 
-    /// Read the range with FADVISE_WILLNEED, so the OSDs keep it cached.
+    /// Read the range (its first 64 MiB) with FADVISE_WILLNEED, so the
+    /// OSDs keep it cached.
     fn cache(&self, offset: u64, len: u64) -> io::Result<()> {
-        let end = check_read(offset, len, self.size())?;
+        let end = check_read(offset, len, self.size())?.min(offset.saturating_add(CACHE_MAX));
         let mut buf = vec![0u8; len.min(CACHE_CHUNK) as usize];
         let mut pos = offset;
         while pos < end {
