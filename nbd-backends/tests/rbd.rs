@@ -289,6 +289,28 @@ fn async_requests_in_flight_complete_through_the_eventfd() {
     assert_eq!(tags, (500..508).collect::<Vec<_>>());
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(q.poll_completions(&mut |c| panic!("q1 got {}", c.0)), 0);
+    // A loop that ends with requests in flight: the queue goes first, the
+    // requests still finish (their buffers freed), and closing the image
+    // waits for them instead of hanging or crashing.
+    for i in 0..16u64 {
+        let op = AioOp::Write {
+            offset: i * 4096,
+            fua: true,
+        };
+        assert!(matches!(
+            q2.submit(op, vec![9; 4096], i),
+            Submitted::Pending
+        ));
+    }
+    drop(q2);
+    drop(q);
+    b.flush().unwrap();
+    drop(b);
+    assert_eq!(
+        image.export()[..4096],
+        [9; 4096],
+        "the orphaned writes landed"
+    );
 }
 
 /// Data a FUA write acknowledged is visible to a fresh client at once.

@@ -85,7 +85,10 @@ impl InFlight {
 struct Shared {
     /// Signalled once per completion (a counter; one read resets it).
     events: OwnedFd,
-    done: Mutex<Vec<Box<Slot>>>,
+    /// Finished slots; `None` once the queue is gone (its loop ended), so a
+    /// late completion is dropped instead of parked in a list nobody reads
+    /// (a slot holds the `Arc` of this very struct: that would leak both).
+    done: Mutex<Option<Vec<Box<Slot>>>>,
 }
 
 /// A completion queue for one event loop.
@@ -124,7 +127,7 @@ impl Queue {
         Ok(Self {
             shared: Arc::new(Shared {
                 events,
-                done: Mutex::new(Vec::new()),
+                done: Mutex::new(Some(Vec::new())),
             }),
             scratch: Vec::new(),
             free: Vec::new(),
@@ -143,14 +146,15 @@ impl Queue {
         // after this read bumps it again, so none is missed.
         let mut counter = [0u8; 8];
         let _ = rustix::io::read(&self.shared.events, &mut counter);
-        std::mem::swap(
-            &mut self.scratch,
-            &mut *self
-                .shared
-                .done
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        );
+        let mut list = self
+            .shared
+            .done
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(finished) = &mut *list {
+            std::mem::swap(&mut self.scratch, finished);
+        }
+        drop(list);
         let mut delivered = 0;
         let (finished, free) = (&mut self.scratch, &mut self.free);
         for mut slot in finished.drain(..) {
@@ -185,6 +189,19 @@ impl Queue {
     }
 }
 
+impl Drop for Queue {
+    fn drop(&mut self) {
+        // Finished slots go now; later completions are dropped by `push`.
+        let done = self
+            .shared
+            .done
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        drop(done);
+    }
+}
+
 impl Shared {
     /// Queue a finished slot; signal the fd only when the list was empty.
     /// A non-empty list was signalled by the push that filled it, and the
@@ -192,12 +209,16 @@ impl Shared {
     /// and under load one wake-up (and one write syscall) covers many
     /// completions.
     fn push(&self, slot: Box<Slot>) {
-        let was_empty = {
-            let mut done = self.done.lock().unwrap_or_else(PoisonError::into_inner);
-            let was_empty = done.is_empty();
-            done.push(slot);
-            was_empty
+        let mut guard = self.done.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(done) = &mut *guard else {
+            drop(guard);
+            // The queue is gone: nobody wants the result.
+            drop(slot);
+            return;
         };
+        let was_empty = done.is_empty();
+        done.push(slot);
+        drop(guard);
         if was_empty {
             let _ = rustix::io::write(&self.events, &1u64.to_ne_bytes());
         }
