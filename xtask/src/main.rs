@@ -6,7 +6,8 @@
 //!   runs fmt, clippy and every test including the end-to-end suite.
 //! - `cargo xtask ci`: what `.ci/run` calls; `test` with installing allowed.
 //! - `cargo xtask fuzz [TARGET] [--secs N]`: cargo-fuzz on nightly.
-//! - `cargo xtask bench`: criterion benches, then fio nbdd-vs-nbdkit.
+//! - `cargo xtask bench`: criterion benches, then fio nbdd-vs-nbdkit;
+//!   `cargo xtask bench --rbd`: nbdd rbd vs librbd on a throwaway cluster.
 //! - `cargo xtask ceph CMD...`: CMD with a throwaway Ceph cluster up.
 
 mod bench;

@@ -295,8 +295,10 @@ fn issue(image: &Image, mut slot: Box<Slot>) -> Result<(), (Fail, Box<Slot>)> {
     };
     if let Err(e) = check(call, r as isize) {
         inflight.finish();
-        // SAFETY: the request was refused: librbd holds no reference to the
-        // completion (released once, here) and will never call back, so
+        // SAFETY: the request was refused: librbd's C wrappers return an
+        // error only before handing the completion to the I/O path (errors
+        // after that arrive through the callback), so librbd holds no
+        // reference to it (released once, here) and will never call back;
         // the box is ours again.
         unsafe { sys::rbd_aio_release(comp) };
         // SAFETY: see above: sole owner again.
