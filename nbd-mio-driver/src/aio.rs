@@ -1,106 +1,123 @@
 //! Exports whose backend is asynchronous ([`nbd_backends::AsyncBackend`],
 //! e.g. `rbd`), driven by the event loop like the `nbd` proxy's upstreams
-//! (proxy/upstream.rs): the loop opens one queue per such export
-//! ([`nbd_backends::AioQueue`]; with several loops, one each) and registers
-//! its notify fd in the loop's `Poll`, the dispatcher submits READ/WRITE/FLUSH/TRIM/
-//! WRITE_ZEROES as pool-style [`Job`]s parked here under a tag (their slot),
-//! and when the fd is readable the finished ones move to `done`, which the
-//! server delivers exactly as finished pool jobs. No thread per request,
-//! any number in flight (bounded by each connection's back-pressure).
+//! (proxy/upstream.rs). Each loop opens its own queue on such a backend
+//! ([`nbd_backends::AioQueue`]) the first time one of its connections
+//! selects the export (`Shared::exec_for` gives the connection
+//! `Exec::Aio`), and registers the queue's notify fd in its `Poll` under
+//! [`crate::event_loop::aio_token`]. The dispatcher submits
+//! READ/WRITE/FLUSH/TRIM/WRITE_ZEROES as pool-style [`Job`]s parked here
+//! under a tag (their slab key); when the fd is readable the finished ones
+//! move to [`Aio::done`], which the loop delivers exactly as finished pool
+//! jobs. No thread per request, any number in flight (bounded by each
+//! connection's budget). Other commands (block status, resize, cache) go to
+//! the worker pool through the synchronous trait.
 //!
 //! Buffers: the job's own buffer travels to the backend and back. A WRITE's
-//! payload is copied once, from the connection's input buffer into it; a
-//! READ lands behind room for the reply prefix, so `dispatch::complete`
-//! hands the whole buffer to the connection without copying the data.
-//! Other commands (block status, resize, cache) still go to the worker pool
-//! through the synchronous trait.
+//! payload is copied once, from the connection's input buffer into it (the
+//! backend writes from it without copying); a READ lands behind room for
+//! the reply prefix, so `dispatch::complete` queues the whole buffer as an
+//! output segment without copying the data.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use mio::unix::SourceFd;
-use mio::{Interest, Registry, Token};
+use mio::{Interest, Registry};
 use nbd_backends::aio::{AioOp, Submitted};
-use nbd_backends::{AioQueue, Backend, ExportSet};
+use nbd_backends::{AioQueue, Backend};
 use slab::Slab;
 
+use crate::event_loop::aio_token;
 use crate::workers::{Job, Op};
 
-/// Tokens of async exports: far above any connection's, so the server's
-/// other token ranges are unchanged.
-const TOKEN_BASE: usize = usize::MAX / 2;
-
-/// The identity of an export's backend: the data pointer of its `Arc`.
-fn backend_id(b: &Arc<dyn Backend>) -> usize {
-    Arc::as_ptr(b).cast::<()>() as usize
-}
-
-/// True for the tokens [`Aio`] registered.
-pub fn owns(token: usize) -> bool {
-    token >= TOKEN_BASE
-}
-
+/// One loop's queue on one async backend.
 struct Entry {
-    /// This loop's queue on the export's backend.
+    /// The backend (a connection's handle on the export). Weak, so the
+    /// queue does not keep a closed per-connection handle alive; while it
+    /// is alive no other backend can share its address, so comparing
+    /// addresses identifies it. Jobs in flight hold it strongly.
+    backend: Weak<dyn Backend>,
     queue: Box<dyn AioQueue>,
-    id: usize,
     /// Jobs in flight, keyed by the tag given to the backend.
     jobs: Slab<Box<Job>>,
 }
 
-/// The loop's asynchronous exports.
+impl Entry {
+    fn serves(&self, handle: &Arc<dyn Backend>) -> bool {
+        self.backend.strong_count() > 0
+            && std::ptr::addr_eq(self.backend.as_ptr(), Arc::as_ptr(handle))
+    }
+}
+
+/// A loop's queues on async backends.
 #[derive(Default)]
 pub struct Aio {
-    exports: Vec<Entry>,
-    /// Finished jobs for the server to deliver.
+    queues: Slab<Entry>,
+    /// Finished jobs for the loop to deliver.
     pub done: Vec<Box<Job>>,
 }
 
 impl Aio {
-    /// Register the notify fd of every export whose backend is async.
-    ///
-    /// # Errors
-    ///
-    /// Registration errors.
-    pub fn new(exports: &ExportSet, registry: &Registry) -> io::Result<Self> {
-        let mut aio = Self::default();
-        for e in exports.list() {
-            let Some(a) = e.backend.as_async() else {
-                continue;
-            };
-            let queue = a.queue()?;
-            let fd: RawFd = queue.notify_fd().as_raw_fd();
-            let token = Token(TOKEN_BASE + aio.exports.len());
-            registry.register(&mut SourceFd(&fd), token, Interest::READABLE)?;
-            aio.exports.push(Entry {
-                queue,
-                id: backend_id(&e.backend),
-                jobs: Slab::new(),
-            });
+    /// This loop's queue on `handle`, opened and registered on first use;
+    /// `None` when `handle` is not asynchronous, or when its queue cannot
+    /// be opened (logged; the connection then runs on the pool).
+    pub fn queue_for(&mut self, handle: &Arc<dyn Backend>, registry: &Registry) -> Option<usize> {
+        let a = handle.as_async()?;
+        if let Some((key, _)) = self.queues.iter().find(|(_, e)| e.serves(handle)) {
+            return Some(key);
         }
-        Ok(aio)
-    }
-
-    /// The entry serving `backend` if `op` goes through the async
-    /// interface; `None` sends the request the usual way.
-    pub fn index(&self, backend: &Arc<dyn Backend>, op: &Op) -> Option<usize> {
-        if self.exports.is_empty() || to_aio(op, 0).is_none() {
+        self.prune(registry);
+        let queue = a
+            .queue()
+            .map_err(|e| log::warn!("cannot open an asynchronous queue: {e}"))
+            .ok()?;
+        let slot = self.queues.vacant_entry();
+        let fd: RawFd = queue.notify_fd().as_raw_fd();
+        let token = aio_token(slot.key());
+        if let Err(e) = registry.register(&mut SourceFd(&fd), token, Interest::READABLE) {
+            log::warn!("cannot register an asynchronous queue: {e}");
             return None;
         }
-        let id = backend_id(backend);
-        self.exports.iter().position(|e| e.id == id)
+        let key = slot.key();
+        slot.insert(Entry {
+            backend: Arc::downgrade(handle),
+            queue,
+            jobs: Slab::new(),
+        });
+        Some(key)
     }
 
-    /// Submit `job` to entry `i` (from [`Aio::index`]); `payload` is a
-    /// WRITE's data, `prefix` the room a READ leaves for its reply header.
-    /// The job always comes back through `done`.
-    pub fn submit(&mut self, i: usize, mut job: Box<Job>, payload: &[u8], prefix: usize) {
-        let Some(entry) = self.exports.get_mut(i) else {
-            return;
-        };
-        let Some(op) = to_aio(&job.op, prefix) else {
-            return;
+    /// Close the queues of handles that are gone (every connection that
+    /// used one closed and none of its jobs is in flight).
+    fn prune(&mut self, registry: &Registry) {
+        let dead: Vec<usize> = self
+            .queues
+            .iter()
+            .filter(|(_, e)| e.backend.strong_count() == 0 && e.jobs.is_empty())
+            .map(|(k, _)| k)
+            .collect();
+        for key in dead {
+            let e = self.queues.remove(key);
+            let fd = e.queue.notify_fd().as_raw_fd();
+            let _ = registry.deregister(&mut SourceFd(&fd));
+        }
+    }
+
+    /// Submit `job` to queue `key`; `payload` is a WRITE's data, `prefix`
+    /// the room a READ leaves for its reply header. `Err` gives back a job
+    /// that finished at once (refused, or nothing to do) with its result;
+    /// otherwise it comes back through [`Aio::done`].
+    pub fn submit(
+        &mut self,
+        key: usize,
+        mut job: Box<Job>,
+        payload: &[u8],
+        prefix: usize,
+    ) -> Result<(), Box<Job>> {
+        let (Some(entry), Some(op)) = (self.queues.get_mut(key), to_aio(&job.op, prefix)) else {
+            job.result = Err(io::Error::from_raw_os_error(libc::EIO));
+            return Err(job);
         };
         let mut buf = std::mem::take(&mut job.buf);
         match op {
@@ -114,24 +131,32 @@ impl Aio {
         let slot = entry.jobs.vacant_entry();
         let tag = slot.key() as u64;
         slot.insert(job);
-        if let Submitted::Now(result, buf) = entry.queue.submit(op, buf, tag) {
-            let job = entry.jobs.remove(tag as usize);
-            self.done.push(finished(job, result, buf));
+        match entry.queue.submit(op, buf, tag) {
+            Submitted::Pending => Ok(()),
+            Submitted::Now(result, buf) => {
+                Err(finished(entry.jobs.remove(key_of(tag)), result, buf))
+            }
         }
     }
 
-    /// The notify fd of `token` is readable: collect what finished.
-    pub fn on_ready(&mut self, token: usize) {
-        let Some(entry) = self.exports.get_mut(token - TOKEN_BASE) else {
+    /// Queue `key`'s notify fd is readable: collect what finished.
+    pub fn on_ready(&mut self, key: usize) {
+        let Some(entry) = self.queues.get_mut(key) else {
             return;
         };
         let (jobs, done) = (&mut entry.jobs, &mut self.done);
         entry.queue.poll_completions(&mut |(tag, result, buf)| {
-            if let Some(job) = usize::try_from(tag).ok().and_then(|t| jobs.try_remove(t)) {
+            if let Some(job) = jobs.try_remove(key_of(tag)) {
                 done.push(finished(job, result, buf));
             }
         });
     }
+}
+
+/// A tag back to the slab key it was made from (tags are keys, so one that
+/// does not fit matches no job).
+fn key_of(tag: u64) -> usize {
+    usize::try_from(tag).unwrap_or(usize::MAX)
 }
 
 /// `job` with its result and buffer back. A READ's data must sit where
@@ -151,8 +176,9 @@ fn finished(mut job: Box<Job>, result: io::Result<()>, buf: Vec<u8>) -> Box<Job>
     job
 }
 
-/// The async form of `op`, if it has one; READs land at `prefix`.
-fn to_aio(op: &Op, prefix: usize) -> Option<AioOp> {
+/// The async form of `op`, if the interface carries it; READs land at
+/// `prefix`.
+pub fn to_aio(op: &Op, prefix: usize) -> Option<AioOp> {
     Some(match *op {
         Op::Read { offset, len } => AioOp::Read {
             offset,

@@ -9,11 +9,14 @@
 //! - `cargo xtask bench`: criterion benches, then fio nbdd-vs-nbdkit;
 //!   `cargo xtask bench --rbd`: nbdd rbd vs librbd on a throwaway cluster.
 //! - `cargo xtask ceph CMD...`: CMD with a throwaway Ceph cluster up.
+//! - `cargo xtask man [--install]`: regenerate docs/nbdd.1 from the option
+//!   table (via tests/cli_man.rs), optionally install it.
 
 mod bench;
 mod bench_rbd;
 mod ceph;
 mod fuzz;
+mod man;
 mod prereq;
 mod test;
 mod util;
@@ -41,7 +44,10 @@ commands:
         cluster; table in the RBD section of BENCHMARKS.md
   ceph CMD [ARGS...]
         run CMD with a throwaway Ceph cluster up (NBDD_TEST_CEPH_CONF set),
-        e.g. cargo xtask ceph cargo test -p nbd-mio-driver --features rbd --test e2e_rbd";
+        e.g. cargo xtask ceph cargo test -p nbd-mio-driver --features rbd --test e2e_rbd
+  man [--install]
+        regenerate docs/nbdd.1 from nbdd's option table; --install copies it
+        to /usr/local/share/man/man1";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -59,6 +65,7 @@ fn main() -> ExitCode {
         "bench" if rest.is_empty() => bench::run(),
         "bench" if rest == ["--rbd"] => bench_rbd::run(),
         "ceph" => ceph::run_with(rest),
+        "man" => man::run(rest),
         "help" | "-h" | "--help" => {
             println!("{USAGE}");
             Ok(())

@@ -1,23 +1,6 @@
 //! The `rbd` backend's command line: `rbd [POOL/[NAMESPACE/]]IMAGE[@SNAP]`
-//! (the `rbd` tool's image spec as the magic word) or the keys one by one.
-
-/// Every key `rbd` accepts (also listed by `--help` and docs/RBD.md).
-pub const KEYS: &[&str] = &[
-    "image",
-    "pool",
-    "namespace",
-    "snap",
-    "conf",
-    "id",
-    "keyring",
-    "timeout",
-    "connect-timeout",
-];
-
-/// One-line help for `nbdd --help`.
-pub const HELP: &str = "Ceph RBD image: rbd POOL/IMAGE[@SNAP] | rbd image=NAME [pool=rbd] \
-     [namespace=NS] [snap=SNAP] [conf=/etc/ceph/ceph.conf] [id=admin] [keyring=PATH] \
-     [timeout=SECS (0: wait)] [connect-timeout=SECS (30)]";
+//! (the `rbd` tool's image spec as the magic word) or the keys one by one;
+//! the keys and their help are in the catalogue (catalog.rs).
 
 /// Seconds to wait for the monitors at start-up unless `connect-timeout=`.
 pub const CONNECT_TIMEOUT: u64 = 30;
