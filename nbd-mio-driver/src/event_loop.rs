@@ -430,7 +430,11 @@ impl Loop {
                 more = true;
             }
             let room = c.has_output_room();
-            if c.finished() || (status.closing && !c.wants_write()) {
+            // A closing connection (DISC, a protocol error) is closed once
+            // its output is out and no job is in flight: replies from the
+            // pool or an aio queue are owed too (checklist 110: a WRITE,
+            // DISC and junk in one burst still gets the WRITE's reply).
+            if c.finished() {
                 self.close(key);
                 continue;
             }

@@ -294,16 +294,17 @@ fn snapshot_is_read_only() {
     server.assert_alive();
 }
 
-/// `--help` lists the backend with its keys; bad command lines are one
-/// line naming the problem.
+/// `--help` lists the backend, `rbd --help` every key; bad command lines
+/// are one line naming the problem.
 #[test]
 fn help_and_start_up_errors() {
     let nbdd = env!("CARGO_BIN_EXE_nbdd");
     let help = run_ok(Command::new(nbdd).arg("--help"));
-    let line = help
-        .lines()
-        .find(|l| l.trim_start().starts_with("rbd "))
-        .expect("rbd in --help");
+    assert!(
+        help.lines().any(|l| l.trim_start().starts_with("rbd ")),
+        "rbd in --help: {help}"
+    );
+    let help = run_ok(Command::new(nbdd).args(["rbd", "--help"]));
     for key in [
         "image=",
         "pool=",
@@ -313,8 +314,12 @@ fn help_and_start_up_errors() {
         "id=",
         "keyring=",
         "timeout=",
+        "connect-timeout=",
     ] {
-        assert!(line.contains(key), "--help mentions {key}: {line}");
+        assert!(
+            help.contains(&format!("  {key}")),
+            "rbd --help lists {key}: {help}"
+        );
     }
     let conf = format!("conf={}", ceph::conf().display());
     for (args, want) in [
