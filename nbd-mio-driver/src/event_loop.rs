@@ -72,7 +72,6 @@ struct Slot {
     /// Boxed: a connection is several KiB (its negotiation state), and the
     /// slab's vector doubles as it grows.
     conn: Box<Conn>,
-    interest: Interest,
     /// On the ready list already (so it is never queued twice).
     ready: bool,
 }
@@ -172,7 +171,6 @@ impl Loop {
         let conn = Conn::new(id, (name, peer), stream, &self.cfg, deadline);
         entry.insert(Slot {
             conn: Box::new(conn),
-            interest,
             ready: true,
         });
         self.ready.push_back(key);
@@ -440,29 +438,6 @@ impl Loop {
             }
             if more && room {
                 self.mark_ready(key);
-            }
-            self.update_interest(key);
-        }
-    }
-
-    fn update_interest(&mut self, key: usize) {
-        let Some(s) = self.conns.get_mut(key) else {
-            return;
-        };
-        // With nothing to write, keep READABLE even under back-pressure so
-        // a peer close is noticed.
-        let want = match (s.conn.wants_read(), s.conn.wants_write()) {
-            (true, true) => Interest::READABLE | Interest::WRITABLE,
-            (false, true) => Interest::WRITABLE,
-            (_, false) => Interest::READABLE,
-        };
-        if want != s.interest {
-            let r = self
-                .poll
-                .registry()
-                .reregister(&mut s.conn.stream, conn_token(key), want);
-            if r.is_ok() {
-                s.interest = want;
             }
         }
     }

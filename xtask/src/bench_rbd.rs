@@ -340,6 +340,18 @@ fn render(rows: &[(&str, Rate, Rate, Rate)], before: &str, after: &str) -> Strin
     s
 }
 
+/// `new` (a rewrite of the file at `path` by `cargo xtask bench`) with the
+/// RBD section of the old file appended, so that rewrite does not drop it.
+pub fn keep_section(path: &Path, new: &str) -> String {
+    let old = std::fs::read_to_string(path).unwrap_or_default();
+    match (old.find(START), old.find(END)) {
+        (Some(a), Some(b)) if a < b && !new.contains(START) => {
+            format!("{}\n\n{}\n", new.trim_end(), &old[a..b + END.len()])
+        }
+        _ => new.to_owned(),
+    }
+}
+
 /// Replace the RBD section of BENCHMARKS.md (between the markers), or
 /// append it; other sections are not touched.
 fn write_section(path: &Path, report: &str) -> Result<(), String> {

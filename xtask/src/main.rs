@@ -6,8 +6,10 @@
 //!   runs fmt, clippy and every test including the end-to-end suite.
 //! - `cargo xtask ci`: what `.ci/run` calls; `test` with installing allowed.
 //! - `cargo xtask fuzz [TARGET] [--secs N]`: cargo-fuzz on nightly.
-//! - `cargo xtask bench`: criterion benches, then fio nbdd-vs-nbdkit;
-//!   `cargo xtask bench --rbd`: nbdd rbd vs librbd on a throwaway cluster.
+//! - `cargo xtask bench [...]`: issue 14's benchmark (fio and nbdcopy,
+//!   nbdd vs nbdkit and qemu-nbd); writes BENCHMARKS.md and docs/bench.svg.
+//! - `cargo xtask bench --rbd` (alone): nbdd rbd vs librbd on a throwaway
+//!   cluster; writes the RBD section of BENCHMARKS.md.
 //! - `cargo xtask ceph CMD...`: CMD with a throwaway Ceph cluster up.
 //! - `cargo xtask man [--install]`: regenerate docs/nbdd.1 from the option
 //!   table (via tests/cli_man.rs), optionally install it.
@@ -37,11 +39,10 @@ commands:
   ci    same as `test`, installing missing packages when root
   fuzz [TARGET] [--secs N]
         run each fuzz target (or TARGET) for N seconds (default 60) on nightly
-  bench run nbd-proto criterion benches, then fio nbdd vs nbdkit;
-        report in target/bench-report.md
+{BENCH}
   bench --rbd
-        nbdd rbd vs librbd (rbd bench, fio's rbd engine) on a throwaway Ceph
-        cluster; table in the RBD section of BENCHMARKS.md
+        alone: nbdd rbd vs librbd (rbd bench, fio's rbd engine) on a throwaway
+        Ceph cluster; table in the RBD section of BENCHMARKS.md
   ceph CMD [ARGS...]
         run CMD with a throwaway Ceph cluster up (NBDD_TEST_CEPH_CONF set),
         e.g. cargo xtask ceph cargo test -p nbd-mio-driver --features rbd --test e2e_rbd
@@ -49,10 +50,15 @@ commands:
         regenerate docs/nbdd.1 from nbdd's option table; --install copies it
         to /usr/local/share/man/man1";
 
+/// The usage text, with the bench section from [`bench::USAGE`].
+fn usage() -> String {
+    USAGE.replace("{BENCH}", bench::USAGE)
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((cmd, rest)) = args.split_first() else {
-        eprintln!("{USAGE}");
+        eprintln!("{}", usage());
         return ExitCode::from(2);
     };
     let result = match cmd.as_str() {
@@ -62,15 +68,18 @@ fn main() -> ExitCode {
             ..test::Options::default()
         }),
         "fuzz" => fuzz::parse(rest).and_then(|o| fuzz::run(&o)),
-        "bench" if rest.is_empty() => bench::run(),
         "bench" if rest == ["--rbd"] => bench_rbd::run(),
+        "bench" => bench::main(rest),
         "ceph" => ceph::run_with(rest),
         "man" => man::run(rest),
         "help" | "-h" | "--help" => {
-            println!("{USAGE}");
+            println!("{}", usage());
             Ok(())
         }
-        _ => Err(format!("unknown command or options: {args:?}\n\n{USAGE}")),
+        _ => Err(format!(
+            "unknown command or options: {args:?}\n\n{}",
+            usage()
+        )),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
