@@ -19,10 +19,15 @@
 //! client, a per-client upstream connection); dropping the handle is the
 //! connection's close.
 
-#![forbid(unsafe_code)]
+// Unsafe code is forbidden, except with the `rbd` feature, whose FFI
+// module (rbd/ffi) is the one place allowed to hold it (Cargo.toml sets the
+// crate-wide level to deny for that reason).
+#![cfg_attr(not(feature = "rbd"), forbid(unsafe_code))]
+#![cfg_attr(feature = "rbd", deny(unsafe_code))]
 
 use std::io;
 
+pub mod aio;
 mod catalog;
 #[cfg(feature = "curl")]
 mod curl;
@@ -37,6 +42,8 @@ mod null;
 mod pattern;
 pub mod qcow2;
 mod random;
+#[cfg(feature = "rbd")]
+pub mod rbd;
 mod registry;
 mod size;
 mod sparse_random;
@@ -46,6 +53,7 @@ mod ssh;
 mod tmpdisk;
 mod util;
 
+pub use aio::{AioQueue, AsyncBackend};
 pub use catalog::{PLUGINS, Param, Plugin, plugin, plugin_help};
 pub use export::{Export, ExportPolicy, ExportSet, FixedSize};
 pub use file::{FileBackend, open_dir, open_or_read_only};
@@ -55,6 +63,8 @@ pub use null::NullBackend;
 pub use pattern::PatternBackend;
 pub use qcow2::{ImageBackend, ImageFormat, ImageOptions};
 pub use random::RandomBackend;
+#[cfg(feature = "rbd")]
+pub use rbd::RbdBackend;
 pub use registry::{
     BACKENDS, ExtBackend, ExtOpen, build, build_with_filters, build_with_filters_ext,
 };
@@ -311,6 +321,13 @@ pub trait Backend: Send + Sync {
     ) -> io::Result<usize> {
         let _ = (offset, len, out);
         Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
+    /// The asynchronous interface, for backends the event loop can drive
+    /// with many requests in flight (see [`aio`]); `None` (the default)
+    /// means every operation goes through the methods here. Filters do not
+    /// forward it: they call their inner backend synchronously.
+    fn as_async(&self) -> Option<&dyn AsyncBackend> {
+        None
     }
     /// Change the size (NBD_CMD_RESIZE).
     fn resize(&self, new_size: u64) -> io::Result<()> {

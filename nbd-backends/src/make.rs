@@ -83,6 +83,13 @@ pub(crate) fn make_backend(
             let d = b.describe();
             one(Arc::new(b), d)
         }
+        #[cfg(feature = "rbd")]
+        "rbd" => {
+            let params = crate::rbd::Params::parse(|k| p.take(k))?;
+            let b = crate::RbdBackend::open(&params, readonly)?;
+            let d = b.description().unwrap_or_default();
+            one(Arc::new(b), d)
+        }
         _ => Err(format!("unknown backend '{name}'")),
     }
 }

@@ -57,6 +57,8 @@ pub struct Shared {
     /// Bytes all this loop's connections hold (output queued, replies
     /// and payloads in flight): its share of `--max-memory`.
     pub held: usize,
+    /// [aio hook] This loop's queues on asynchronous backends (rbd).
+    pub aio: crate::aio::Aio,
 }
 
 impl Shared {
@@ -72,6 +74,7 @@ impl Shared {
             shared_upstreams: HashMap::new(),
             registry,
             held: 0,
+            aio: crate::aio::Aio::default(), // [aio hook]
         }
     }
 
@@ -88,6 +91,13 @@ impl Shared {
             return self
                 .upstream_for(p, name)
                 .map_or(Exec::Pool, |(key, owned)| Exec::Upstream { key, owned });
+        }
+        // [aio hook] An asynchronous backend runs on this loop's queue;
+        // what its interface does not carry goes to the pool.
+        if self.pool.is_some()
+            && let Some(key) = self.aio.queue_for(handle, &self.registry)
+        {
+            return Exec::Aio { key };
         }
         match handle.execution() {
             Execution::Blocking if self.pool.is_some() => Exec::Pool,
@@ -142,6 +152,12 @@ pub enum Exec {
         key: usize,
         /// Per-client (closed with the connection).
         owned: bool,
+    },
+    /// [aio hook] Submitted to this loop's queue `key` on an asynchronous
+    /// backend (aio.rs); block status, resize and cache on the pool.
+    Aio {
+        /// Slab key of the queue in [`Shared::aio`].
+        key: usize,
     },
 }
 
@@ -314,6 +330,7 @@ pub fn execute(
                 }
             }
         }
+        Exec::Aio { key } => run_aio(conn, out, target, op, p, shared, key), // [aio hook]
         Exec::Pool => match op {
             // A read the page cache can answer is answered here, without
             // the round trip through a worker (at queue depth 1 that was 11
@@ -406,6 +423,39 @@ fn queue(
         pool.submit(job);
     }
     Executed::Queued { cost }
+}
+
+/// [aio hook] Submit the request to the loop's queue `key` (aio.rs), or
+/// put it on the pool if the async interface does not carry it.
+fn run_aio(
+    conn: &mut Connection,
+    out: &mut Buf,
+    target: &Target<'_>,
+    op: Op<'_>,
+    p: Pending,
+    shared: &mut Shared,
+    key: usize,
+) -> Executed {
+    let jop = job_op(&op);
+    if crate::aio::to_aio(&jop.0, 0).is_none() {
+        return queue(conn, target, op, p, shared);
+    }
+    let payload = match op {
+        Op::Write { data, .. } => data,
+        _ => &[],
+    };
+    let mut job = new_job(shared, target, jop, p);
+    // The WRITE payload is copied into the job (as for the pool).
+    job.cost += payload.len();
+    let cost = job.cost;
+    match shared.aio.submit(key, job, payload, conn.read_prefix_len()) {
+        Ok(()) => Executed::Queued { cost },
+        Err(mut job) => {
+            complete(conn, out, &mut job, &mut shared.descriptors);
+            recycle(shared, job);
+            Executed::Done
+        }
+    }
 }
 
 fn run_inline(

@@ -204,7 +204,9 @@ fn write_outputs(
     let svg_text = chart::render(&panels)?;
     let argv: String = o.argv.iter().map(|a| format!(" {a}")).collect();
     let text = report::render(results, env, &argv, o.repeats, o.secs, Some(rel));
-    for (path, body) in [(&md, text.as_str()), (&svg, svg_text.as_str())] {
+    // [rbd hook] The RBD section (`cargo xtask bench --rbd`) outlives this.
+    let md_text = crate::bench_rbd::keep_section(&md, &text);
+    for (path, body) in [(&md, md_text.as_str()), (&svg, svg_text.as_str())] {
         if let Some(d) = path.parent() {
             std::fs::create_dir_all(d).map_err(|e| format!("mkdir {}: {e}", d.display()))?;
         }

@@ -8,10 +8,15 @@
 //! - `cargo xtask fuzz [TARGET] [--secs N]`: cargo-fuzz on nightly.
 //! - `cargo xtask bench [...]`: issue 14's benchmark (fio and nbdcopy,
 //!   nbdd vs nbdkit and qemu-nbd); writes BENCHMARKS.md and docs/bench.svg.
+//! - `cargo xtask bench --rbd` (alone): nbdd rbd vs librbd on a throwaway
+//!   cluster; writes the RBD section of BENCHMARKS.md.
+//! - `cargo xtask ceph CMD...`: CMD with a throwaway Ceph cluster up.
 //! - `cargo xtask man [--install]`: regenerate docs/nbdd.1 from the option
 //!   table (via tests/cli_man.rs), optionally install it.
 
 mod bench;
+mod bench_rbd;
+mod ceph;
 mod fuzz;
 mod man;
 mod prereq;
@@ -26,7 +31,8 @@ usage: cargo xtask <command> [options]
 commands:
   test [--quick] [--no-install] [--against-nbdkit]
         check/install interop tools, then fmt --check, clippy -D warnings,
-        cargo test --workspace (unit, property and end-to-end tests).
+        cargo test --workspace (unit, property and end-to-end tests), then
+        the rbd tests (--features rbd) against a throwaway Ceph cluster.
         --quick           skip fmt and clippy
         --no-install      never run apt-get; print the install line instead
         --against-nbdkit  run the e2e suite against nbdkit (validates the tests)
@@ -34,6 +40,12 @@ commands:
   fuzz [TARGET] [--secs N]
         run each fuzz target (or TARGET) for N seconds (default 60) on nightly
 {BENCH}
+  bench --rbd
+        alone: nbdd rbd vs librbd (rbd bench, fio's rbd engine) on a throwaway
+        Ceph cluster; table in the RBD section of BENCHMARKS.md
+  ceph CMD [ARGS...]
+        run CMD with a throwaway Ceph cluster up (NBDD_TEST_CEPH_CONF set),
+        e.g. cargo xtask ceph cargo test -p nbd-mio-driver --features rbd --test e2e_rbd
   man [--install]
         regenerate docs/nbdd.1 from nbdd's option table; --install copies it
         to /usr/local/share/man/man1";
@@ -56,7 +68,9 @@ fn main() -> ExitCode {
             ..test::Options::default()
         }),
         "fuzz" => fuzz::parse(rest).and_then(|o| fuzz::run(&o)),
+        "bench" if rest == ["--rbd"] => bench_rbd::run(),
         "bench" => bench::main(rest),
+        "ceph" => ceph::run_with(rest),
         "man" => man::run(rest),
         "help" | "-h" | "--help" => {
             println!("{}", usage());

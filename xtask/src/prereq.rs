@@ -65,6 +65,24 @@ const NEEDS: &[(&str, Probe, &str)] = &[
         Probe::Cmd(&["test", "-x", "/usr/sbin/mkfs.ext4"]),
         "e2fsprogs",
     ),
+    // The rbd backend's tests run a throwaway Ceph cluster (xtask/src/ceph.rs)
+    // and link librbd/librados (the .so symlinks come with the -dev packages).
+    ("ceph-mon", Probe::Tool("ceph-mon"), "ceph-mon"),
+    ("ceph-osd", Probe::Tool("ceph-osd"), "ceph-osd"),
+    ("monmaptool", Probe::Tool("monmaptool"), "ceph-base"),
+    ("ceph", Probe::Tool("ceph"), "ceph-common"),
+    ("rbd", Probe::Tool("rbd"), "ceph-common"),
+    ("ceph-authtool", Probe::Tool("ceph-authtool"), "ceph-common"),
+    (
+        "librbd headers",
+        Probe::Cmd(&["test", "-e", "/usr/include/rbd/librbd.h"]),
+        "librbd-dev",
+    ),
+    (
+        "librados headers",
+        Probe::Cmd(&["test", "-e", "/usr/include/rados/librados.h"]),
+        "librados-dev",
+    ),
     // The openssl crate (TLS backend) builds against the system headers.
     (
         "OpenSSL headers",

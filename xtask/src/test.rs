@@ -85,6 +85,33 @@ pub fn run(o: &Options) -> Result<(), String> {
         }
         sh(&mut c)
     });
+    if o.against_nbdkit {
+        eprintln!("== rbd tests skipped: nbdkit has no rbd plugin");
+    } else {
+        // Needs librbd, so not part of the default workspace build; clippy
+        // sees that code only with the feature on.
+        if !o.quick {
+            step("cargo clippy --features rbd", &mut || {
+                sh(cargo().args([
+                    "clippy",
+                    "-p",
+                    "nbd-backends",
+                    "-p",
+                    "nbd-mio-driver",
+                    "--features",
+                    "rbd",
+                    "--all-targets",
+                    "--",
+                    "-D",
+                    "warnings",
+                ]))
+            });
+        }
+        step(
+            "rbd tests (throwaway Ceph cluster)",
+            &mut crate::ceph::test_step,
+        );
+    }
     if root().join("fuzz/Cargo.toml").is_file() {
         // The committed seeds are replayed on stable by an ordinary test in
         // nbd-proto (part of `cargo test --workspace`). A short libFuzzer

@@ -9,6 +9,11 @@
 //! (servers up front, pre-fill, round robin, CPU from /proc) and the
 //! report and chart pick it up unchanged.
 //!
+//! `cargo xtask bench --rbd` on its own does not come here: main.rs runs
+//! xtask/src/bench_rbd.rs, which compares nbdd rbd with librbd itself
+//! (`rbd bench`, fio's rbd engine), the issue's reference; librbd is no
+//! NBD server, so it does not fit a [`Table`].
+//!
 //! [`Role::Subject`]: super::plan::Role::Subject
 //! [`Role::Reference`]: super::plan::Role::Reference
 
@@ -33,5 +38,10 @@ pub fn prepare(
     paths: &Paths,
 ) -> Result<Prepared, String> {
     let _ = (jobs, nbdd, variants, paths);
-    Err("--rbd: not yet wired (see xtask/src/bench/rbd.rs for the extension point)".into())
+    Err(
+        "--rbd with other bench options: not wired (no NBD server to compare nbdd rbd \
+         with runs here; see xtask/src/bench/rbd.rs); `cargo xtask bench --rbd` alone compares \
+         nbdd rbd with librbd (xtask/src/bench_rbd.rs)"
+            .into(),
+    )
 }
