@@ -357,7 +357,9 @@ fn make_backend(
                 (Some(path), None) => {
                     let b = FileBackend::open(path, readonly, cache_none)
                         .map_err(|e| format!("file: {path}: {e}"))?;
-                    one(Arc::new(b), path.to_owned())
+                    // No description: see FileBackend (no server path
+                    // before TLS).
+                    Ok(vec![(None, None, Arc::new(b) as Arc<dyn Backend>)])
                 }
                 (None, Some(dir)) => {
                     let files = open_dir(dir, readonly, cache_none)
@@ -367,10 +369,7 @@ fn make_backend(
                     }
                     Ok(files
                         .into_iter()
-                        .map(|(name, b)| {
-                            let d = b.path().display().to_string();
-                            (Some(name), Some(d), Arc::new(b) as Arc<dyn Backend>)
-                        })
+                        .map(|(name, b)| (Some(name), None, Arc::new(b) as Arc<dyn Backend>))
                         .collect())
                 }
                 (Some(_), Some(_)) => Err("file: give file= or dir=, not both".to_owned()),
