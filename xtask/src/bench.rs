@@ -4,6 +4,8 @@
 //! (X.509 with fio, 5 s per workload; PSK with nbdcopy, because fio's nbd
 //! engine does not let libnbd read a `tls-psk-file`), with a markdown report.
 
+pub mod tls;
+
 use crate::util::{cargo, on_path, root, sh, show, target_dir};
 use std::fmt::Write as _;
 use std::os::unix::net::UnixStream;

@@ -6,7 +6,8 @@
 //!   runs fmt, clippy and every test including the end-to-end suite.
 //! - `cargo xtask ci`: what `.ci/run` calls; `test` with installing allowed.
 //! - `cargo xtask fuzz [TARGET] [--secs N]`: cargo-fuzz on nightly.
-//! - `cargo xtask bench`: criterion benches, then fio nbdd-vs-nbdkit.
+//! - `cargo xtask bench`: criterion benches, then fio nbdd-vs-nbdkit;
+//!   `cargo xtask bench tls`: the TLS part alone, medians of several runs.
 
 mod bench;
 mod fuzz;
@@ -30,7 +31,10 @@ commands:
   fuzz [TARGET] [--secs N]
         run each fuzz target (or TARGET) for N seconds (default 60) on nightly
   bench run nbd-proto criterion benches, then fio nbdd vs nbdkit;
-        report in target/bench-report.md";
+        report in target/bench-report.md
+  bench tls [--runs N] [--nbdd PATH]
+        only the X.509 TLS fio comparison, N alternating runs (default 5),
+        medians in target/bench-tls-report.md";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -46,6 +50,9 @@ fn main() -> ExitCode {
         }),
         "fuzz" => fuzz::parse(rest).and_then(|o| fuzz::run(&o)),
         "bench" if rest.is_empty() => bench::run(),
+        "bench" if rest[0] == "tls" => {
+            bench::tls::parse(&rest[1..]).and_then(|o| bench::tls::run(&o))
+        }
         "help" | "-h" | "--help" => {
             println!("{USAGE}");
             Ok(())
