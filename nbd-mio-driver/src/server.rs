@@ -107,6 +107,7 @@ impl Server {
         let mut signals = signal_hook_mio::v1_0::Signals::new([
             signal_hook::consts::SIGINT,
             signal_hook::consts::SIGTERM,
+            signal_hook::consts::SIGHUP, // like SIGTERM, as nbdkit (exit 0)
         ])?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
