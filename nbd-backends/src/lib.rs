@@ -25,6 +25,8 @@ use std::io;
 
 mod file;
 pub mod filters;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod memory;
 mod null;
 mod pattern;
