@@ -4,8 +4,10 @@
 //!
 //! One fio run on this shared 2-core machine moves by 10-30 % between runs
 //! (docs/BENCH.md, runs 1 and 2), too much to see a crypto-provider change;
-//! the median of several alternating runs is steadier. `--nbdd PATH` times
-//! another build (e.g. one made before a change) with the same fixtures.
+//! the median of several alternating runs is steadier. `--nbdd PATH` (may
+//! be repeated) times other builds instead of the current one, e.g. one
+//! made before a change and one after, interleaved in the same rounds so
+//! both see the same machine load.
 
 use super::{Rate, Security, TLS_SECS, WORKLOADS, measure, table, tls_fixtures};
 use crate::util::{cargo, on_path, root, sh, target_dir};
@@ -15,7 +17,7 @@ use std::path::{Path, PathBuf};
 /// Parsed `bench tls` options.
 pub struct Options {
     runs: usize,
-    nbdd: Option<PathBuf>,
+    nbdd: Vec<PathBuf>,
 }
 
 /// Parses `[--runs N] [--nbdd PATH]`.
@@ -25,7 +27,7 @@ pub struct Options {
 pub fn parse(args: &[String]) -> Result<Options, String> {
     let mut o = Options {
         runs: 5,
-        nbdd: None,
+        nbdd: Vec::new(),
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -37,7 +39,7 @@ pub fn parse(args: &[String]) -> Result<Options, String> {
                     .filter(|&n| n > 0)
                     .ok_or("--runs needs a positive number")?;
             }
-            "--nbdd" => o.nbdd = Some(it.next().ok_or("--nbdd needs a path")?.into()),
+            "--nbdd" => o.nbdd.push(it.next().ok_or("--nbdd needs a path")?.into()),
             _ => return Err(format!("bench tls: unknown option {a}")),
         }
     }
@@ -58,34 +60,37 @@ pub fn run(o: &Options) -> Result<(), String> {
             return Err(format!("`{tool}` is needed: apt-get install -y {pkg}"));
         }
     }
-    let nbdd = match &o.nbdd {
-        Some(p) => p.clone(),
-        None => {
-            sh(cargo().args([
-                "build",
-                "--release",
-                "-p",
-                "nbd-mio-driver",
-                "--bin",
-                "nbdd",
-            ]))?;
-            target_dir().join("release/nbdd")
-        }
+    let builds = if o.nbdd.is_empty() {
+        sh(cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "nbd-mio-driver",
+            "--bin",
+            "nbdd",
+        ]))?;
+        vec![target_dir().join("release/nbdd")]
+    } else {
+        o.nbdd.clone()
     };
     let dir = std::env::temp_dir().join(format!("nbdd-bench-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
-    let result = measure_runs(&nbdd, &dir, o.runs);
+    let result = measure_runs(&builds, &dir, o.runs);
     let _ = std::fs::remove_dir_all(&dir);
     let (ours, theirs) = result?;
     let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "X.509 `--tls=require`, memory backend, Unix socket, iodepth 16, {TLS_SECS} s per \
-         workload; median of {} alternating runs; nbdd = {}, nbdkit GnuTLS, client libnbd (GnuTLS).\n",
-        o.runs,
-        nbdd.display()
-    );
-    table(&mut s, &ours, &theirs);
+    for (build, ours) in builds.iter().zip(&ours) {
+        let _ = writeln!(
+            s,
+            "X.509 `--tls=require`, memory backend, Unix socket, iodepth 16, {TLS_SECS} s per \
+             workload; median of {} alternating runs; nbdd = {}, nbdkit GnuTLS, client libnbd \
+             (GnuTLS).\n",
+            o.runs,
+            build.display()
+        );
+        table(&mut s, ours, &theirs);
+        s.push('\n');
+    }
     println!("{s}");
     let path = root().join("target/bench-tls-report.md");
     std::fs::write(&path, &s).map_err(|e| format!("write {}: {e}", path.display()))?;
@@ -93,18 +98,26 @@ pub fn run(o: &Options) -> Result<(), String> {
     Ok(())
 }
 
-/// `runs` rounds of nbdd then nbdkit; per-workload medians of each.
-fn measure_runs(nbdd: &Path, dir: &Path, runs: usize) -> Result<(Vec<Rate>, Vec<Rate>), String> {
+/// `runs` rounds of every nbdd build then nbdkit; per-workload medians of
+/// each build, and of nbdkit.
+fn measure_runs(
+    builds: &[PathBuf],
+    dir: &Path,
+    runs: usize,
+) -> Result<(Vec<Vec<Rate>>, Vec<Rate>), String> {
     let pki = tls_fixtures(dir)?;
     let home = dir.join("home");
     let sec = Security::X509 {
         certs: &pki,
         home: &home,
     };
-    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    let mut ours: Vec<Vec<Vec<Rate>>> = vec![Vec::new(); builds.len()];
+    let mut theirs = Vec::new();
     for round in 0..runs {
         eprintln!("bench tls: round {}/{runs}", round + 1);
-        ours.push(measure(nbdd, dir, "nbdd-x509", &sec, TLS_SECS)?);
+        for (build, runs) in builds.iter().zip(&mut ours) {
+            runs.push(measure(build, dir, "nbdd-x509", &sec, TLS_SECS)?);
+        }
         theirs.push(measure(
             Path::new("nbdkit"),
             dir,
@@ -113,7 +126,7 @@ fn measure_runs(nbdd: &Path, dir: &Path, runs: usize) -> Result<(Vec<Rate>, Vec<
             TLS_SECS,
         )?);
     }
-    Ok((medians(&ours), medians(&theirs)))
+    Ok((ours.iter().map(|r| medians(r)).collect(), medians(&theirs)))
 }
 
 /// The median IOPS and bandwidth of each workload over the runs.
