@@ -96,6 +96,7 @@ def c_corrupt(at, xor=0x40): return b"\3" + struct.pack("<H", at) + bytes([xor])
 def c_server_write(n, byte=0x33): return b"\4" + bytes([byte]) + struct.pack("<H", n)
 def c_to_client(room): return b"\5" + struct.pack("<H", room)
 C_CLIENT_CLOSE, C_SERVER_CLOSE = b"\6", b"\7"
+def c_bulk(n, byte=0x44): return b"\x08" + bytes([byte]) + struct.pack("<H", n)
 
 greeting = b"NBDMAGIC" + b"IHAVEOPT" + struct.pack(">H", 3)
 seeds = {
@@ -160,7 +161,7 @@ seeds = {
         "early_app_data": b"\0" + r_repeat(b"\x17\3\3\0\x10" + b"\0" * 16, 9000) + R_READ,
         "tls13_both_ways": b"\3" + c_write(4000) + c_deliver(65535) + c_server_write(5000) + c_to_client(16384)
                            + c_write(100, 7) + c_deliver(10) + c_deliver(65535) + c_server_write(300) + c_to_client(7),
-        "tls12_unread_bulk": b"\4" + c_write(4095) * 40 + c_deliver(65535, False) + c_deliver(65535) + c_server_write(60000)
+        "tls12_unread_bulk": b"\4" + c_bulk(65535) * 3 + c_write(100) + c_deliver(65535, False) + c_deliver(65535) + c_server_write(60000)
                              + c_server_write(60000) + c_to_client(1000) + c_deliver(65535),
         "tls13_closes": b"\3" + c_write(1000) + c_deliver(65535) + C_CLIENT_CLOSE + c_deliver(65535) + c_server_write(10)
                         + C_SERVER_CLOSE + c_to_client(16384),

@@ -5,7 +5,8 @@
 //!   command that checks (and, as root, installs) the interop tools, then
 //!   runs fmt, clippy and every test including the end-to-end suite.
 //! - `cargo xtask ci`: what `.ci/run` calls; `test` with installing allowed.
-//! - `cargo xtask fuzz [TARGET] [--secs N]`: cargo-fuzz on nightly.
+//! - `cargo xtask fuzz [TARGET] [--secs N]`: cargo-fuzz on nightly;
+//!   `--campaign MINUTES [--until-execs N]`: a recorded, resumable campaign.
 //! - `cargo xtask bench`: criterion benches, then fio nbdd-vs-nbdkit;
 //!   `cargo xtask bench tls`: the TLS part alone, medians of several runs.
 
@@ -30,10 +31,15 @@ commands:
   ci    same as `test`, installing missing packages when root
   fuzz [TARGET] [--secs N]
         run each fuzz target (or TARGET) for N seconds (default 60) on nightly
+  fuzz [TARGET] --campaign MINUTES [--until-execs N]
+        every target (or TARGET) for MINUTES each, resuming from its corpus;
+        totals in fuzz/campaign.tsv, table in docs/FUZZING.md; targets that
+        already have N executions are skipped
   bench run nbd-proto criterion benches, then fio nbdd vs nbdkit;
         report in target/bench-report.md
-  bench tls [--runs N] [--nbdd PATH]
-        only the X.509 TLS fio comparison, N alternating runs (default 5),
+  bench tls [--runs N] [--nbdd PATH]...
+        only the X.509 TLS fio comparison, N alternating runs (default 5)
+        of each nbdd build given (default: build the current tree),
         medians in target/bench-tls-report.md";
 
 fn main() -> ExitCode {
