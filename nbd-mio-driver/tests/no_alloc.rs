@@ -79,7 +79,13 @@ fn measured_server(
                 exports,
                 tls: None,
                 tls_mode: TlsMode::Off,
+                handshake: Default::default(),
                 oldstyle: false,
+                threads: 1,
+                busy_poll: std::time::Duration::ZERO,
+                workers: 0,
+                max_connection_buffer: 0,
+                max_memory: 0,
                 single: None,
                 handshake_limit: None,
             })

@@ -9,9 +9,12 @@
 //!   `--campaign MINUTES [--until-execs N]`: a recorded, resumable campaign.
 //! - `cargo xtask bench`: criterion benches, then fio nbdd-vs-nbdkit;
 //!   `cargo xtask bench tls`: the TLS part alone, medians of several runs.
+//! - `cargo xtask man [--install]`: regenerate docs/nbdd.1 from the option
+//!   table (via tests/cli_man.rs), optionally install it.
 
 mod bench;
 mod fuzz;
+mod man;
 mod prereq;
 mod test;
 mod util;
@@ -40,7 +43,10 @@ commands:
   bench tls [--runs N] [--nbdd PATH]...
         only the X.509 TLS fio comparison, N alternating runs (default 5)
         of each nbdd build given (default: build the current tree),
-        medians in target/bench-tls-report.md";
+        medians in target/bench-tls-report.md
+  man [--install]
+        regenerate docs/nbdd.1 from nbdd's option table; --install copies it
+        to /usr/local/share/man/man1";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -59,6 +65,7 @@ fn main() -> ExitCode {
         "bench" if rest[0] == "tls" => {
             bench::tls::parse(&rest[1..]).and_then(|o| bench::tls::run(&o))
         }
+        "man" => man::run(rest),
         "help" | "-h" | "--help" => {
             println!("{USAGE}");
             Ok(())

@@ -6,8 +6,11 @@ use std::collections::BTreeSet;
 use std::io;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use crate::util::{check_read, check_write, len64};
-use crate::{Backend, BlockSize, Caps, Execution, MemoryBackend, PAGE_SIZE, ZeroFlags};
+use crate::util::{check_read, check_write, len64, out_of_range, push_depth};
+use crate::{
+    Backend, BlockSize, Caps, DepthExtent, Execution, Extent, ExtentFlags, MemoryBackend,
+    PAGE_SIZE, ZeroFlags,
+};
 
 const BLOCK: u64 = PAGE_SIZE as u64;
 
@@ -65,6 +68,64 @@ impl Cow {
     }
 }
 
+impl Cow {
+    /// Push the base's depths for `[pos, pos + len)` into `out`, each one
+    /// layer deeper. False when `out` filled up.
+    fn base_depth(
+        &self,
+        mut pos: u64,
+        len: u64,
+        out: &mut [DepthExtent],
+        n: &mut usize,
+    ) -> io::Result<bool> {
+        let end = pos + len;
+        let deep = self.inner.caps().contains(Caps::ALLOCATION_DEPTH);
+        let mut buf = [DepthExtent::default(); 16];
+        let mut ext = [Extent::default(); 16];
+        while pos < end {
+            let got = if deep {
+                let k = self.inner.allocation_depth(pos, end - pos, &mut buf)?;
+                buf.iter_mut().take(k).for_each(|d| {
+                    d.depth = if d.depth == 0 {
+                        0
+                    } else {
+                        d.depth.saturating_add(1)
+                    };
+                });
+                k
+            } else {
+                let k = self.inner.extents(pos, end - pos, &mut ext)?;
+                for (d, e) in buf.iter_mut().zip(&ext[..k]) {
+                    let hole = e.flags.contains(ExtentFlags::HOLE);
+                    *d = DepthExtent {
+                        len: e.len,
+                        depth: if hole { 0 } else { 2 },
+                    };
+                }
+                k
+            };
+            let before = pos;
+            for d in &buf[..got] {
+                let l = d.len.min(end - pos);
+                if l == 0 {
+                    break;
+                }
+                if !push_depth(out, n, l, d.depth) {
+                    return Ok(false);
+                }
+                pos += l;
+            }
+            if pos == before {
+                // A base that describes nothing (no run, or empty runs):
+                // call the rest allocated data, as the default `extents`
+                // does, rather than ask again for ever.
+                return Ok(push_depth(out, n, end - pos, 2));
+            }
+        }
+        Ok(true)
+    }
+}
+
 impl Backend for Cow {
     fn size(&self) -> u64 {
         self.overlay.size()
@@ -77,6 +138,7 @@ impl Backend for Cow {
             | Caps::FAST_ZERO
             | Caps::CACHE
             | Caps::MULTI_CONN
+            | Caps::ALLOCATION_DEPTH
     }
     fn block_size(&self) -> Option<BlockSize> {
         self.inner.block_size()
@@ -121,6 +183,43 @@ impl Backend for Cow {
     }
     fn cache(&self, offset: u64, len: u64) -> io::Result<()> {
         self.inner.cache(offset, len)
+    }
+    /// Overlay blocks are depth 1; the rest is the base's depth plus one
+    /// (qemu-nbd's numbering for an overlay on a chain), or, for a base
+    /// that only reports extents, 2 where it is allocated and 0 in holes.
+    fn allocation_depth(
+        &self,
+        offset: u64,
+        len: u64,
+        out: &mut [DepthExtent],
+    ) -> io::Result<usize> {
+        let size = self.size();
+        if offset > size {
+            return Err(out_of_range());
+        }
+        let end = offset.saturating_add(len).min(size);
+        let written = self.written.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut n = 0;
+        let mut pos = offset;
+        while pos < end && n < out.len() {
+            let block = pos / BLOCK;
+            let mine = written.contains(&block);
+            // Extend the run while blocks stay on the same side.
+            let mut to = ((block + 1) * BLOCK).min(end);
+            while to < end && written.contains(&(to / BLOCK)) == mine {
+                to = (to + BLOCK).min(end);
+            }
+            let ok = if mine {
+                push_depth(out, &mut n, to - pos, 1)
+            } else {
+                self.base_depth(pos, to - pos, out, &mut n)?
+            };
+            if !ok {
+                break;
+            }
+            pos = to;
+        }
+        Ok(n)
     }
     fn description(&self) -> Option<String> {
         self.inner.description()

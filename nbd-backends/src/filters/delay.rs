@@ -5,7 +5,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{Backend, BlockSize, Caps, Execution, Extent, ZeroFlags};
+use crate::{Backend, BlockSize, Caps, DepthExtent, Execution, Extent, ZeroFlags};
 
 /// Sleeps, then forwards. Never inline: a sleep on the event loop would
 /// stall every connection.
@@ -84,6 +84,14 @@ impl Backend for Delay {
     }
     fn extents(&self, offset: u64, len: u64, out: &mut [Extent]) -> io::Result<usize> {
         self.inner.extents(offset, len, out)
+    }
+    fn allocation_depth(
+        &self,
+        offset: u64,
+        len: u64,
+        out: &mut [DepthExtent],
+    ) -> io::Result<usize> {
+        self.inner.allocation_depth(offset, len, out)
     }
     fn resize(&self, new_size: u64) -> io::Result<()> {
         self.inner.resize(new_size)

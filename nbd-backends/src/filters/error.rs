@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::{Backend, BlockSize, Caps, Execution, Extent, ZeroFlags};
+use crate::{Backend, BlockSize, Caps, DepthExtent, Execution, Extent, ZeroFlags};
 
 /// Operation names in the per-operation keys (`error-OP=`), in the order
 /// of [`ErrorInject::with_rules`]' array.
@@ -184,6 +184,15 @@ impl Backend for ErrorInject {
     fn extents(&self, offset: u64, len: u64, out: &mut [Extent]) -> io::Result<usize> {
         self.roll(6)?;
         self.inner.extents(offset, len, out)
+    }
+    fn allocation_depth(
+        &self,
+        offset: u64,
+        len: u64,
+        out: &mut [DepthExtent],
+    ) -> io::Result<usize> {
+        self.roll(6)?;
+        self.inner.allocation_depth(offset, len, out)
     }
     fn resize(&self, new_size: u64) -> io::Result<()> {
         self.inner.resize(new_size)

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use crate::{Backend, BlockSize, Caps, Execution, Extent, ZeroFlags};
+use crate::{Backend, BlockSize, Caps, DepthExtent, Execution, Extent, ZeroFlags};
 
 /// Forwards everything, appending one line per request to a file.
 pub struct Log {
@@ -201,6 +201,16 @@ impl Backend for Log {
     fn extents(&self, offset: u64, len: u64, out: &mut [Extent]) -> io::Result<usize> {
         self.logged("Extents", offset, len, "", || {
             self.inner.extents(offset, len, out)
+        })
+    }
+    fn allocation_depth(
+        &self,
+        offset: u64,
+        len: u64,
+        out: &mut [DepthExtent],
+    ) -> io::Result<usize> {
+        self.logged("AllocationDepth", offset, len, "", || {
+            self.inner.allocation_depth(offset, len, out)
         })
     }
     fn resize(&self, new_size: u64) -> io::Result<()> {

@@ -10,6 +10,7 @@ mod error;
 mod log;
 mod offset;
 pub mod partition;
+mod qcow2dec;
 mod readonly;
 mod stats;
 
@@ -20,6 +21,7 @@ pub use delay::{Delay, parse_delay};
 pub use error::{ErrorInject, Rule as ErrorRule, parse_errno, parse_rate};
 pub use log::Log;
 pub use offset::Offset;
+pub use qcow2dec::Qcow2Dec;
 pub use readonly::ReadOnly;
 pub use stats::Stats;
 
@@ -60,6 +62,11 @@ pub const FILTERS: &[(&str, &str, &str)] = &[
         "partition=",
         "serve partition N of an MBR or GPT disk",
     ),
+    (
+        "qcow2dec",
+        "",
+        "the export is a qcow2 image: serve its contents, read-only",
+    ),
 ];
 
 /// A parsed filter with its parameters.
@@ -88,6 +95,7 @@ pub(crate) enum Spec {
     Partition {
         n: u32,
     },
+    Qcow2Dec,
 }
 
 /// Parse `names` (outermost first), claiming each filter's keys from `p`.
@@ -112,6 +120,7 @@ pub(crate) fn parse_stack(names: &[String], p: &mut Params<'_>) -> Result<Vec<Sp
                     rules: Box::new(error_rules(p)?),
                 },
                 "cow" => Spec::Cow,
+                "qcow2dec" => Spec::Qcow2Dec,
                 "stats" => Spec::Stats {
                     file: p.take("statsfile").map(Into::into),
                 },
@@ -192,6 +201,7 @@ pub(crate) fn apply(stack: &[Spec], inner: Arc<dyn Backend>) -> Result<Arc<dyn B
                 })?,
             ),
             Spec::Partition { n } => Arc::new(partition::open(b, n)?),
+            Spec::Qcow2Dec => Arc::new(Qcow2Dec::new(b).map_err(|e| e.to_string())?),
         };
     }
     Ok(b)

@@ -4,7 +4,7 @@ use std::io;
 use std::sync::Arc;
 
 use crate::util::read_only;
-use crate::{Backend, BlockSize, Caps, Execution, Extent, ZeroFlags};
+use crate::{Backend, BlockSize, Caps, DepthExtent, Execution, Extent, ZeroFlags};
 
 /// Passes reads through; writes, trims, zeroes and resizes fail with
 /// `EROFS` (checklist 70, 71) before reaching the inner backend.
@@ -24,7 +24,12 @@ impl Backend for ReadOnly {
         self.inner.size()
     }
     fn caps(&self) -> Caps {
-        let kept = Caps::FLUSH | Caps::EXTENTS | Caps::CACHE | Caps::MULTI_CONN | Caps::ROTATIONAL;
+        let kept = Caps::FLUSH
+            | Caps::EXTENTS
+            | Caps::ALLOCATION_DEPTH
+            | Caps::CACHE
+            | Caps::MULTI_CONN
+            | Caps::ROTATIONAL;
         (self.inner.caps() & kept) | Caps::READ_ONLY
     }
     fn block_size(&self) -> Option<BlockSize> {
@@ -53,6 +58,14 @@ impl Backend for ReadOnly {
     }
     fn extents(&self, offset: u64, len: u64, out: &mut [Extent]) -> io::Result<usize> {
         self.inner.extents(offset, len, out)
+    }
+    fn allocation_depth(
+        &self,
+        offset: u64,
+        len: u64,
+        out: &mut [DepthExtent],
+    ) -> io::Result<usize> {
+        self.inner.allocation_depth(offset, len, out)
     }
     fn resize(&self, _new_size: u64) -> io::Result<()> {
         Err(read_only())

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::{Backend, BlockSize, Caps, Execution, Extent, ZeroFlags};
+use crate::{Backend, BlockSize, Caps, DepthExtent, Execution, Extent, ZeroFlags};
 
 const OPS: [&str; 7] = ["read", "write", "trim", "zero", "flush", "cache", "extents"];
 
@@ -99,6 +99,15 @@ impl Backend for Stats {
     fn extents(&self, offset: u64, len: u64, out: &mut [Extent]) -> io::Result<usize> {
         self.note(6, len);
         self.inner.extents(offset, len, out)
+    }
+    fn allocation_depth(
+        &self,
+        offset: u64,
+        len: u64,
+        out: &mut [DepthExtent],
+    ) -> io::Result<usize> {
+        self.note(6, len);
+        self.inner.allocation_depth(offset, len, out)
     }
     fn resize(&self, new_size: u64) -> io::Result<()> {
         self.inner.resize(new_size)
