@@ -360,9 +360,10 @@ impl Backend for FileBackend {
         Ok(n)
     }
 
-    fn description(&self) -> Option<String> {
-        Some(self.path.display().to_string())
-    }
+    // No description(): the default (none) is deliberate. A description
+    // goes out in NBD_OPT_LIST and NBD_INFO_DESCRIPTION, which a
+    // `--tls=on` server answers before TLS, so the server-side path would
+    // reach anyone who can connect (nbdkit and nbd-server send none).
 }
 
 /// Open every regular file in `dir` (following symbolic links), sorted by

@@ -36,6 +36,8 @@ mod export;
 mod file;
 pub mod filters;
 mod full;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod make;
 mod memory;
 mod null;

@@ -5,7 +5,8 @@
 //!   command that checks (and, as root, installs) the interop tools, then
 //!   runs fmt, clippy and every test including the end-to-end suite.
 //! - `cargo xtask ci`: what `.ci/run` calls; `test` with installing allowed.
-//! - `cargo xtask fuzz [TARGET] [--secs N]`: cargo-fuzz on nightly.
+//! - `cargo xtask fuzz [TARGET] [--secs N]`: cargo-fuzz on nightly;
+//!   `--campaign MINUTES [--until-execs N]`: a recorded, resumable campaign.
 //! - `cargo xtask bench [...]`: issue 14's benchmark (fio and nbdcopy,
 //!   nbdd vs nbdkit and qemu-nbd); writes BENCHMARKS.md and docs/bench.svg.
 //! - `cargo xtask bench --rbd` (alone): nbdd rbd vs librbd on a throwaway
@@ -39,6 +40,10 @@ commands:
   ci    same as `test`, installing missing packages when root
   fuzz [TARGET] [--secs N]
         run each fuzz target (or TARGET) for N seconds (default 60) on nightly
+  fuzz [TARGET] --campaign MINUTES [--until-execs N]
+        every target (or TARGET) for MINUTES each, resuming from its corpus;
+        totals in fuzz/campaign.tsv, table in docs/FUZZING.md; targets that
+        already have N executions are skipped
 {BENCH}
   bench --rbd
         alone: nbdd rbd vs librbd (rbd bench, fio's rbd engine) on a throwaway

@@ -113,14 +113,17 @@ pub fn run(o: &Options) -> Result<(), String> {
         );
     }
     if root().join("fuzz/Cargo.toml").is_file() {
-        // The committed seeds are replayed on stable by an ordinary test in
-        // nbd-proto (part of `cargo test --workspace`). A short libFuzzer
+        // The committed seeds are replayed on stable by ordinary tests
+        // (nbd-proto, nbd-backends and nbd-mio-driver `fuzz_replay`, part of
+        // `cargo test --workspace`). A short libFuzzer
         // run per target on top catches what the seeds do not reach; long
-        // campaigns are `cargo xtask fuzz --secs N` by hand.
+        // campaigns are `cargo xtask fuzz --campaign MINUTES` by hand.
         step("fuzz smoke (10 s per target)", &mut || {
             crate::fuzz::run(&crate::fuzz::Options {
                 target: None,
                 secs: 10,
+                campaign: None,
+                until_execs: None,
             })
         });
     }
