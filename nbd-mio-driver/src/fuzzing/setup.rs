@@ -73,7 +73,7 @@ pub fn read(input: &mut Input<'_>) -> Option<Setup> {
             },
             // The real credentials: STARTTLS starts a real rustls session
             // (which the fuzzer's bytes then feed as ciphertext).
-            tls: (other % 3 != 0).then(crate::tls::fuzzing::driver_config),
+            tls: (!other.is_multiple_of(3)).then(crate::tls::fuzzing::driver_config),
         },
         pool,
     })
