@@ -124,6 +124,7 @@ def deliver(k): return 4 * k          # 2^k client bytes
 def run_jobs(n): return 1 + 4 * (n - 1)  # n = 1..4
 def complete(i): return 2 + 4 * i     # finished job i (modulo)
 READ_ALL, SHUTDOWN, CLIENT_EOF = 3, 3 + 4 * 2, 3 + 4 * 3
+HOUSEKEEP = 3 + 4 * 32
 def read_some(k): return 3 + 4 * (1 + 4 * k)  # 2^(arg % 16) bytes
 
 def hello(flags=3): return struct.pack(">I", flags)
@@ -226,6 +227,10 @@ seeds = {
         # The client closes its side in the middle of a request header.
         "eof_mid_request": srv(0, other(), [export(8192)], [],
                                negotiate_sr + req(0, 1, 0, 512) + req(0, 2, 0, 512)[:10]),
+        # Idle between bursts: housekeeping gives the buffers back.
+        "housekeeping_between_bursts": srv(0, other(), [export(65536)],
+                                           [deliver(12), READ_ALL, HOUSEKEEP, HOUSEKEEP, deliver(16), HOUSEKEEP, READ_ALL, HOUSEKEEP],
+                                           negotiate_sr + session()),
         "resize_allowed": srv(0, other(), [export(65536, policy=1)], [],
                               negotiate_sr + req(8, 1, 32768, 0) + req(0, 2, 0, 32768) + req(0, 3, 32768, 512)
                               + req(8, 4, 0, 0) + req(2, 5, 0, 0)),

@@ -18,8 +18,8 @@
 //! and their stacks; see `setup`), one length byte L, L schedule bytes,
 //! then the client's byte stream, raw. Each schedule byte is one event:
 //! deliver the next 2^k client bytes, run pool jobs, complete a finished
-//! one, let the client read some or all output, begin a server shutdown,
-//! or close the client's side. When the schedule ends, everything left is
+//! one, let the client read some or all output, run the loop's
+//! housekeeping, begin a server shutdown, or close the client's side. When the schedule ends, everything left is
 //! delivered, run, completed and read; then the client closes its side
 //! and the same again.
 //!
