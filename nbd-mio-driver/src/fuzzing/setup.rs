@@ -26,10 +26,13 @@ pub struct Setup {
 pub fn read(input: &mut Input<'_>) -> Option<Setup> {
     let features = input.u8();
     let other = input.u8();
+    let oldstyle = features & 0xc0 == 0xc0;
     let handshake = HandshakeConfig {
         tls: match other % 3 {
             0 => TlsMode::Off,
             1 => TlsMode::On,
+            // As the command line: `-o` refuses --tls=require.
+            _ if oldstyle => TlsMode::On,
             _ => TlsMode::Require,
         },
         fixed_newstyle: features & 1 == 0,
@@ -42,7 +45,6 @@ pub fn read(input: &mut Input<'_>) -> Option<Setup> {
         meta_contexts: META_CONTEXTS,
         ..HandshakeConfig::default()
     };
-    let oldstyle = features & 0xc0 == 0xc0;
     let count = 1 + usize::from(other >> 3) % 3;
     let pool = other & 4 != 0;
     let mut exports = Vec::with_capacity(count);
