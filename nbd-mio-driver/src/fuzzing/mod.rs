@@ -49,23 +49,32 @@ pub use pipe::{Pipe, SOCKET_BUF};
 use nbd_backends::fuzzing::Input;
 
 /// Largest export the harness builds (the backend stack builder's 24 KiB
-/// base times 8): above the 64 KiB where sparse READs start.
+/// base times 8): above the 64 KiB where sparse READs start. A client may
+/// grow an export that allows RESIZE, so replies are bounded by the
+/// payload maximum, not by this.
 pub const MAX_EXPORT: usize = 8 * 24 * 1024;
 
-/// Most bytes the connection may hold (`Conn::held`: output queued plus
-/// jobs in flight): reading stops at the output high-water mark (4 MiB),
-/// after which one more batch of replies may be added, plus one reply per
-/// job (at most 64 in flight). A reply is at most an export's worth of
-/// READ data and its chunk headers.
-pub const MAX_HELD: usize =
-    crate::conn::OUTPUT_HIGH_WATER + (crate::conn::MAX_QUEUED + 1) * (MAX_EXPORT + 64 * 1024);
+/// The largest READ or WRITE payload nbd-proto accepts by default.
+pub const MAX_PAYLOAD: usize = 64 << 20;
 
-/// Most heap one run may hold at once: three exports with cow overlays and
-/// the builder's models (about 2 MiB), the output queue and its recycled
-/// chunks (above, plus 8 MiB kept for reuse), 64 jobs with an export-sized
-/// READ buffer each (12 MiB), the pipe's two 256 KiB buffers, the input
-/// buffer.
-pub const MAX_LIVE_BYTES: u64 = 64 << 20;
+/// The harness's connection budget (`--max-connection-buffer`), unless the
+/// input asks for a 1 MiB one.
+pub const BUDGET: usize = 8 << 20;
+
+/// Most bytes the connection may hold (`Conn::held`: output queued plus
+/// jobs in flight). It takes a request while it holds less than its budget
+/// and its output is below the high-water mark (4 MiB), so one more
+/// maximum payload may come on top, with its chunk headers.
+pub const MAX_HELD: usize = BUDGET + crate::conn::OUTPUT_HIGH_WATER + MAX_PAYLOAD + (1 << 20);
+
+/// Most heap one run may hold at once: what the connection holds (above),
+/// the output queue's recycled chunks (8 MiB), one input frame (a WRITE's
+/// payload), the client's copy of the reply it is parsing, and 8 MiB for
+/// the rest (three exports with cow overlays and the builder's models, the
+/// pipe's two 256 KiB buffers, 64 jobs' small buffers, scratch space).
+/// Checked by the callers with `allocation_counter`.
+pub const MAX_LIVE_BYTES: u64 =
+    (MAX_HELD + crate::outq::FREE_KEEP + 2 * MAX_PAYLOAD + (8 << 20)) as u64;
 
 /// Create the process-wide poll, waker and TLS credentials, so a heap
 /// measurement of [`whole_server`] sees only the run's own allocations.

@@ -60,7 +60,7 @@ pub fn read(input: &mut Input<'_>) -> Option<Setup> {
         connection: if other & 0x40 != 0 {
             1 << 20
         } else {
-            Limits::default().connection
+            super::BUDGET
         },
         ..Limits::default()
     };
