@@ -291,3 +291,31 @@ fn a_full_pool_does_not_make_the_loop_spin() {
         "{used} ticks of CPU in 1 s while waiting for the pool"
     );
 }
+
+/// Peak resident memory of process `pid` in KiB (VmHWM).
+fn peak_rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+/// One 32 MiB WRITE is buffered whole (it is parsed in place), in about
+/// 32 MiB: the input buffer grows to the frame, not past it by doubling
+/// (it held 64 MiB; found by the whole-server fuzz target's heap bound
+/// review). The null backend keeps none of the data.
+#[test]
+fn a_large_write_is_buffered_in_its_own_size() {
+    let s = Server::start(Transport::Unix, &["-t", "1", "null", "64M"]);
+    let mut c = Raw::negotiate(&s, HeaderMode::Simple);
+    c.write(0, &[1]);
+    let base = peak_rss_kib(s.pid());
+    c.write(0, &vec![7u8; 32 << 20]);
+    let grown = peak_rss_kib(s.pid()).saturating_sub(base);
+    assert!(
+        grown < 48 * MIB,
+        "peak grew by {} MiB for one 32 MiB WRITE",
+        grown / MIB
+    );
+}
