@@ -271,7 +271,11 @@ impl Conn {
     /// True when processing more input now would not overfill the output
     /// (otherwise the next writable event resumes it).
     pub fn has_output_room(&self) -> bool {
-        self.wbuf.len() < OUTPUT_HIGH_WATER
+        // At its budget the connection is resumed by what frees the bytes:
+        // a writable event (output the socket refused) or a finished job.
+        // Polling it again at once spun the loop while a client with a
+        // budget below the high-water mark did not read.
+        self.wbuf.len() < OUTPUT_HIGH_WATER && self.held() < self.budget
     }
 
     /// True when output is waiting.

@@ -149,13 +149,15 @@ impl Server {
             wakers: wakers.clone(),
         });
         let exports = Arc::new(opts.exports);
-        let cfg = Arc::new(conn_config(
+        let mut cfg = conn_config(
             &opts.handshake,
             opts.tls_mode,
             opts.oldstyle,
             opts.tls,
             &exports,
-        ));
+        );
+        cfg.limits = limits(opts.max_connection_buffer, opts.max_memory, n);
+        let cfg = Arc::new(cfg);
         // A pool is needed where some export is called through the trait and
         // may block (a top-level `nbd` proxy is driven by the loop instead).
         let needs_pool = exports.list().any(|e| {
@@ -255,6 +257,27 @@ impl Server {
         }
         flush_exports(&self.exports);
         result
+    }
+}
+
+/// `--max-connection-buffer` (0: the default) and each of `loops` event
+/// loops' share of `--max-memory` (0: [`default_max_memory`]). Both were
+/// parsed and then ignored: every connection had the defaults and the
+/// loops no memory limit at all.
+fn limits(connection: usize, memory: usize, loops: usize) -> crate::conn::Limits {
+    let memory = if memory == 0 {
+        default_max_memory()
+    } else {
+        memory
+    };
+    crate::conn::Limits {
+        connection: if connection == 0 {
+            crate::conn::DEFAULT_CONNECTION_BUDGET
+        } else {
+            connection
+        },
+        per_loop: (memory / loops.max(1)).max(1),
+        ..crate::conn::Limits::default()
     }
 }
 

@@ -319,3 +319,28 @@ fn a_large_write_is_buffered_in_its_own_size() {
         grown / MIB
     );
 }
+
+/// The same for a connection held back by its byte budget while its
+/// client does not read (found by the whole-server fuzz target: "the
+/// connection stays ready forever"): with a budget below the output
+/// high-water mark the loop polled it again and again until the client
+/// read; now the writable event resumes it.
+#[test]
+fn a_full_budget_with_an_unread_socket_does_not_make_the_loop_spin() {
+    let s = Server::start(
+        Transport::Unix,
+        &["-t", "1", "--max-connection-buffer=1M", "memory", "16M"],
+    );
+    let mut c = Raw::negotiate(&s, HeaderMode::Simple);
+    for cookie in 0..100u64 {
+        c.request(Command::Read, CmdFlags::empty(), cookie, 0, 64 << 10);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let before = cpu_ticks(s.pid());
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_ticks(s.pid()) - before;
+    assert!(
+        used < 20,
+        "{used} ticks of CPU in 1 s while the client does not read"
+    );
+}

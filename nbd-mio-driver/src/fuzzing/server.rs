@@ -321,7 +321,17 @@ impl Harness<'_> {
                 return;
             }
         }
-        panic!("the connection stays ready forever");
+        let p = pipe_of(&mut self.conn).map(|p| (p.input_len(), p.output_len()));
+        let c = self.conn.as_ref().expect("open");
+        panic!(
+            "the connection stays ready forever: held {}, {} jobs, wants write {}, \
+             output room {}, read again {}, pipe (in, out) {p:?}",
+            c.held(),
+            c.queued,
+            c.wants_write(),
+            c.has_output_room(),
+            c.should_read_again(),
+        );
     }
 
     /// `Loop::close`: TLS close_notify, shutdown, the connection dropped.
