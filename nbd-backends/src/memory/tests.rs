@@ -87,3 +87,16 @@ fn huge_sizes_are_accepted_and_bounded() {
     assert!(m.read_at(u64::MAX, &mut b).is_err());
     assert!(MemoryBackend::new(MAX_SIZE + 1).is_err());
 }
+
+#[test]
+fn zero_scan_sees_one_byte_anywhere() {
+    for len in [0, 1, 7, 63, 64, 65, 200, 4095, 4096] {
+        let mut v = vec![0u8; len];
+        assert!(is_zero(&v));
+        for i in 0..len {
+            v[i] = 0x80;
+            assert!(!is_zero(&v), "byte {i} of {len}");
+            v[i] = 0;
+        }
+    }
+}
