@@ -25,9 +25,15 @@ type Slot = RwLock<Option<Page>>;
 
 pub(super) struct Leaf {
     /// Bit `i` is set iff `pages[i]` holds a page.
-    present: AtomicU64,
+    present: Bits,
     pages: [Slot; LEAF_PAGES],
 }
+
+/// The `present` word on a cache line of its own: every reader of the leaf
+/// loads it, so the locks of its first pages must not share its line (a
+/// hot page 0, such as a superblock, would slow reads of the other 63).
+#[repr(align(64))]
+struct Bits(AtomicU64);
 
 /// Bits `lo..hi` of a leaf's `present` word (`lo < hi <= 64`).
 pub(super) fn mask(lo: u64, hi: u64) -> u64 {
@@ -45,7 +51,7 @@ fn write(slot: &Slot) -> RwLockWriteGuard<'_, Option<Page>> {
 impl Leaf {
     pub(super) fn boxed() -> Box<Self> {
         Box::new(Self {
-            present: AtomicU64::new(0),
+            present: Bits(AtomicU64::new(0)),
             pages: [const { RwLock::new(None) }; LEAF_PAGES],
         })
     }
@@ -53,7 +59,7 @@ impl Leaf {
     /// Which pages are allocated (bit per page). A write that completed
     /// before this call is reflected (Release/Acquire on the word).
     pub(super) fn present(&self) -> u64 {
-        self.present.load(Ordering::Acquire)
+        self.present.0.load(Ordering::Acquire)
     }
 
     /// Copy bytes `from..from + out.len()` of page `i` into `out`; a page
@@ -90,7 +96,7 @@ impl Leaf {
                 let mut page: Page = Box::new([0; PAGE_SIZE]);
                 page[from..from + data.len()].copy_from_slice(data);
                 *slot = Some(page);
-                self.present.fetch_or(1 << i, Ordering::Release);
+                self.present.0.fetch_or(1 << i, Ordering::Release);
             }
         }
     }
@@ -124,7 +130,7 @@ impl Leaf {
     fn clear(&self, i: usize, mut slot: RwLockWriteGuard<'_, Option<Page>>) {
         let old = slot.take();
         if old.is_some() {
-            self.present.fetch_and(!(1 << i), Ordering::Release);
+            self.present.0.fetch_and(!(1 << i), Ordering::Release);
         }
         drop(slot);
         drop(old);

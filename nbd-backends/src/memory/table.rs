@@ -7,13 +7,13 @@
 //! export) with no write to shared memory, so readers never contend here.
 //! Only what has been written exists: a 4 KiB write into a fresh part of a
 //! huge export creates at most one node per level (8 KiB each, fewer as
-//! neighbours share them) and one 1.5 KiB leaf.
+//! neighbours share them) and one 1.6 KiB leaf.
 //!
 //! Nodes are never freed while the export lives (a `OnceLock` cannot be
 //! emptied through `&self`, and freeing under concurrent lock-free readers
 //! would need reclamation this crate cannot write without `unsafe`): pages
 //! are freed, the table keeps at most a leaf per 256 KiB and a node per
-//! 128 MiB of address space ever written — under 1% of it.
+//! 128 MiB of address space ever written: under 1% of it.
 
 use std::ops::ControlFlow;
 use std::sync::OnceLock;
