@@ -14,6 +14,13 @@
 //! would need reclamation this crate cannot write without `unsafe`): pages
 //! are freed, the table keeps at most a leaf per 256 KiB and a node per
 //! 128 MiB of address space ever written: under 1% of it.
+//!
+//! Why not a crate: dashmap's shards still write a lock word on every read
+//! (readers of one shard bounce its line) and keep no order, so extents
+//! over a range would probe page by page; a lock-free ordered map
+//! (crossbeam-skiplist) costs a chain of pointer chases per page where the
+//! tree costs five hops per 64 pages, and its removal needs epoch
+//! reclamation. `std`'s `OnceLock` and `RwLock` give what is needed.
 
 use std::ops::ControlFlow;
 use std::sync::OnceLock;
