@@ -15,7 +15,7 @@
 //!   buffers, with no backend. Throughput is the sum over the threads: a
 //!   store that scales grows with N up to the cores the machine has.
 //!
-//! Results are in docs/BENCH.md ("Memory backend").
+//! What it measures: docs/BENCH.md ("Memory backend").
 
 use std::hint::black_box;
 use std::sync::Barrier;
