@@ -278,6 +278,16 @@ fn conn_config(
             handshake: HandshakeConfig {
                 tls: tls_mode,
                 meta_contexts: crate::conn::META_CONTEXTS,
+                // `nbdinfo --list` sends a few options per export (meta
+                // contexts, INFO): a `dir=` of 1500 files needs more than
+                // the default. The bytes a negotiation may produce stay
+                // capped (Limits).
+                max_options: handshake.max_options.max(
+                    u32::try_from(exports.len())
+                        .unwrap_or(u32::MAX)
+                        .saturating_mul(4)
+                        .saturating_add(64),
+                ),
                 ..*handshake
             },
             oldstyle,
