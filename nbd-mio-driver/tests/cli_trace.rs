@@ -3,6 +3,9 @@
 //! Issue 9: `-v` logs the effective limits in one line.
 
 mod common;
+#[path = "common/tls.rs"]
+#[allow(dead_code)]
+mod tls;
 
 use std::process::Command;
 
@@ -162,4 +165,23 @@ fn quiet_by_default() {
     ] {
         assert!(!log.contains(part), "'{part}' without -v:\n{log}");
     }
+}
+
+#[test]
+fn verbose_says_when_tls_starts_and_what_it_refuses() {
+    let pki = tls::Pki::new();
+    let psk = format!("--tls-psk={}", pki.psk_file().display());
+    let s = Server::start(
+        Transport::Unix,
+        &["-v", "--tls=require", &psk, "memory", "1M"],
+    );
+    let nbdinfo = require_tool("nbdinfo", "libnbd-bin");
+    run_ok(Command::new(&nbdinfo).arg(tls::tls_uri(&s, &pki.psk_client())));
+    let plain = run(Command::new(&nbdinfo).arg(s.uri()));
+    assert!(!plain.status.success(), "plaintext client served");
+    let log = s.stderr();
+    assert_line(&log, &["received NBD_OPT_STARTTLS"]);
+    assert_line(&log, &["TLS established"]);
+    assert_line(&log, &["negotiated export \"\"", "TLS on"]);
+    assert_line(&log, &["answered NBD_OPT_GO: NBD_REP_ERR_TLS_REQD"]);
 }
