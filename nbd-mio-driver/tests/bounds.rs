@@ -125,6 +125,44 @@ fn pipelined_big_reads_are_bounded_by_the_connection_budget() {
     );
 }
 
+/// `--max-connection-buffer` takes effect (it was once parsed and then
+/// ignored): with an 8 MiB budget, 16 pipelined 4 MiB READs from a file
+/// never read hold about the budget plus one request, not the 64 MiB the
+/// default budget (128 MiB) would let through.
+#[test]
+fn max_connection_buffer_flag_is_applied() {
+    let dir = common::TempDir::new("bounds-flag");
+    let path = dir.path().join("disk");
+    common::random_file(&path, 64 << 20, 9);
+    let p = path.display().to_string();
+    let s = Server::start(
+        Transport::Unix,
+        &["-t", "1", "--max-connection-buffer=8M", "file", &p],
+    );
+    let base = rss_kib(s.pid());
+    let mut c = Raw::negotiate(&s, HeaderMode::Simple);
+    for cookie in 0..16u64 {
+        c.request(
+            Command::Read,
+            CmdFlags::empty(),
+            cookie,
+            cookie * (4 << 20),
+            4 << 20,
+        );
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let grown = rss_kib(s.pid()).saturating_sub(base);
+    assert!(
+        grown < 32 * MIB,
+        "grew by {} MiB with an 8 MiB budget",
+        grown / MIB
+    );
+    // Reading the replies lets the rest through.
+    for _ in 0..16 {
+        assert_eq!(c.reply().error, None);
+    }
+}
+
 /// The same through an inline (memory) export: 1 MiB READs are encoded
 /// into the output queue, which stops growing at the budget.
 #[test]
