@@ -58,7 +58,7 @@ mod util;
 pub use aio::{AioQueue, AsyncBackend};
 pub use catalog::{PLUGINS, Param, Plugin, plugin, plugin_help};
 pub use export::{Export, ExportPolicy, ExportSet, FixedSize};
-pub use file::{FileBackend, open_dir, open_or_read_only};
+pub use file::{DirOptions, FileBackend, LazyFile, dir_exports, open_or_read_only};
 pub use full::{FullBackend, ZeroBackend};
 pub use memory::{MemoryBackend, PAGE_SIZE};
 pub use null::NullBackend;

@@ -123,6 +123,25 @@ impl OutQueue {
         }
     }
 
+    /// A copy of the last `n` bytes queued, if all are still queued (for
+    /// tracing what a negotiation step answered).
+    pub fn tail(&self, n: usize) -> Option<Vec<u8>> {
+        if n > self.len {
+            return None;
+        }
+        let mut parts = Vec::new();
+        let mut left = n;
+        for s in self.segs.iter().rev() {
+            if left == 0 {
+                break;
+            }
+            let take = left.min(s.end - s.start);
+            parts.push(&s.data[s.end - take..s.end]);
+            left -= take;
+        }
+        Some(parts.into_iter().rev().flatten().copied().collect())
+    }
+
     /// Append bytes.
     pub fn extend(&mut self, b: &[u8]) {
         self.spare(b.len())[..b.len()].copy_from_slice(b);

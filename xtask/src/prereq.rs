@@ -39,6 +39,8 @@ const NEEDS: &[(&str, Probe, &str)] = &[
     ("chattr", Probe::Tool("chattr"), "e2fsprogs"),
     // cli_man: the generated nbdd(1) must format without warnings.
     ("groff", Probe::Tool("groff"), "groff-base"),
+    // bounds.rs: a server under a low descriptor limit.
+    ("prlimit", Probe::Tool("prlimit"), "util-linux"),
     // Partition-filter tests label disk images with sfdisk.
     ("sfdisk", Probe::Tool("sfdisk"), "fdisk"),
     // Service tests: socket activation and the sample unit files.
