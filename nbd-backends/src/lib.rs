@@ -25,6 +25,7 @@ use std::io;
 
 mod file;
 pub mod filters;
+pub mod lifecycle;
 mod memory;
 mod null;
 mod pattern;

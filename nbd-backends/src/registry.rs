@@ -116,7 +116,11 @@ pub(crate) struct Params<'a> {
 }
 
 impl<'a> Params<'a> {
-    fn parse(backend: &'a str, magic: &'a str, args: &'a [String]) -> Result<Self, String> {
+    pub(crate) fn parse(
+        backend: &'a str,
+        magic: &'a str,
+        args: &'a [String],
+    ) -> Result<Self, String> {
         let mut pairs: Vec<(&str, &str, bool)> = Vec::new();
         for (i, word) in args.iter().enumerate() {
             let (k, v) = match word.split_once('=') {
@@ -128,7 +132,7 @@ impl<'a> Params<'a> {
                     ));
                 }
             };
-            if pairs.iter().any(|&(seen, _, _)| seen == k) {
+            if pairs.iter().any(|&(seen, _, _)| seen == k) && !filters::REPEATABLE.contains(&k) {
                 return Err(format!("{backend}: parameter '{k}' given twice"));
             }
             pairs.push((k, v, false));
@@ -144,6 +148,18 @@ impl<'a> Params<'a> {
         })
     }
 
+    /// Take every value of `key` (one that may be repeated), in order.
+    pub(crate) fn take_all(&mut self, key: &str) -> Vec<&'a str> {
+        self.pairs
+            .iter_mut()
+            .filter(|p| p.0 == key)
+            .map(|p| {
+                p.2 = true;
+                p.1
+            })
+            .collect()
+    }
+
     /// Take `key` as a size.
     pub(crate) fn take_size(&mut self, owner: &str, key: &str) -> Result<Option<u64>, String> {
         self.take(key)
@@ -155,10 +171,7 @@ impl<'a> Params<'a> {
     /// so that a misspelt key is reported before a missing one.
     fn check_known(&self, keys: &[&str]) -> Result<(), String> {
         match self.pairs.iter().find(|p| !p.2 && !keys.contains(&p.0)) {
-            Some((k, _, _)) => Err(format!(
-                "unknown parameter '{k}' for backend {}",
-                self.backend
-            )),
+            Some((k, _, _)) => Err(filters::unknown_key(k, self.backend)),
             None => Ok(()),
         }
     }
@@ -166,10 +179,7 @@ impl<'a> Params<'a> {
     /// Error for the first parameter nobody took.
     fn finish(&self) -> Result<(), String> {
         match self.pairs.iter().find(|p| !p.2) {
-            Some((k, _, _)) => Err(format!(
-                "unknown parameter '{k}' for backend {}",
-                self.backend
-            )),
+            Some((k, _, _)) => Err(filters::unknown_key(k, self.backend)),
             None => Ok(()),
         }
     }
@@ -270,9 +280,10 @@ pub fn build_with_filters_ext(
     // Filters claim their keys first, so backend keys are checked against
     // what is left.
     let stack = filters::parse_stack(filter_names, &mut params)?;
-    // Below a cow layer nothing is ever written, so the backend is opened
-    // read-only (as nbdkit does): a base file without write permission works.
-    let open_ro = readonly || stack.iter().any(|s| matches!(s, filters::Spec::Cow));
+    // Below cow, checkwrite, xz and gzip nothing is ever written, so the
+    // backend is opened read-only (as nbdkit does): a base file without
+    // write permission works.
+    let open_ro = readonly || stack.iter().any(|s| s.read_only_below);
     let exports = match ext {
         Some(e) if !BACKENDS.iter().any(|b| b.0 == backend) => {
             params.check_known(e.keys)?;
@@ -522,7 +533,7 @@ mod tests {
         .err()
         .unwrap();
         assert!(
-            err.starts_with("error: error-trim: invalid error 'EFOO'"),
+            err.starts_with("error filter: error-trim=EFOO: not an error name"),
             "{err}"
         );
     }

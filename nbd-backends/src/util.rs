@@ -73,3 +73,27 @@ pub(crate) fn push_extent(
         None => false,
     }
 }
+
+/// One "allocated data" extent for `[offset, offset + len)` clipped to
+/// `size`: what a backend that knows nothing of holes reports.
+pub(crate) fn all_data(
+    size: u64,
+    offset: u64,
+    len: u64,
+    out: &mut [crate::Extent],
+) -> io::Result<usize> {
+    if offset > size {
+        return Err(out_of_range());
+    }
+    let end = offset.saturating_add(len).min(size);
+    match out.first_mut() {
+        Some(first) if end > offset => {
+            *first = crate::Extent {
+                len: end - offset,
+                flags: crate::ExtentFlags::empty(),
+            };
+            Ok(1)
+        }
+        _ => Ok(0),
+    }
+}

@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::{Backend, BlockSize, Caps, Execution, Extent, ZeroFlags};
+use super::params::FilterParams;
+
+use crate::{Backend, Extent, ZeroFlags};
 
 /// Operation names in the per-operation keys (`error-OP=`), in the order
 /// of [`ErrorInject::with_rules`]' array.
@@ -34,7 +36,7 @@ pub struct ErrorInject {
     inner: Arc<dyn Backend>,
     /// `(errno, threshold, trigger file)` per operation, indexed like
     /// [`OPS`]; the threshold is the probability scaled to u64.
-    rules: [(i32, u64, Option<PathBuf>); 7],
+    rules: Arc<[(i32, u64, Option<PathBuf>); 7]>,
     rng: AtomicU64,
 }
 
@@ -110,7 +112,7 @@ impl ErrorInject {
             | 1;
         Self {
             inner,
-            rules: rules.map(|r| (r.errno, threshold(r.rate), r.file)),
+            rules: Arc::new(rules.map(|r| (r.errno, threshold(r.rate), r.file))),
             rng: AtomicU64::new(seed),
         }
     }
@@ -137,6 +139,12 @@ impl ErrorInject {
             .unwrap_or(1);
         let r = step(prev).wrapping_mul(0x2545_f491_4f6c_dd1d);
         if threshold == u64::MAX || r < threshold {
+            // nbdkit logs every injection; -v shows them here.
+            let name = ERRNOS
+                .iter()
+                .find(|e| e.1 == errno)
+                .map_or("error", |e| e.0);
+            log::info!("error filter: injecting {name} into {}", OPS[op]);
             Err(io::Error::from_raw_os_error(errno))
         } else {
             Ok(())
@@ -144,18 +152,17 @@ impl ErrorInject {
     }
 }
 
-impl Backend for ErrorInject {
-    fn size(&self) -> u64 {
-        self.inner.size()
+impl super::Filter for ErrorInject {
+    fn inner(&self) -> &Arc<dyn Backend> {
+        &self.inner
     }
-    fn caps(&self) -> Caps {
-        self.inner.caps()
-    }
-    fn block_size(&self) -> Option<BlockSize> {
-        self.inner.block_size()
-    }
-    fn execution(&self) -> Execution {
-        self.inner.execution()
+    fn reopen(&self, inner: Arc<dyn Backend>) -> io::Result<Arc<dyn Backend>> {
+        let seed = self.rng.load(Ordering::Relaxed) ^ 0x9e37_79b9_7f4a_7c15;
+        Ok(Arc::new(Self {
+            inner,
+            rules: Arc::clone(&self.rules),
+            rng: AtomicU64::new(seed | 1),
+        }))
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.roll(0)?;
@@ -185,10 +192,46 @@ impl Backend for ErrorInject {
         self.roll(6)?;
         self.inner.extents(offset, len, out)
     }
-    fn resize(&self, new_size: u64) -> io::Result<()> {
-        self.inner.resize(new_size)
+}
+
+/// The error filter's rules: `error=`, `error-rate=`, `error-file=` for
+/// every operation, overridden per operation by `error-OP=`,
+/// `error-OP-rate=`, `error-OP-file=` (nbdkit's spellings).
+pub(crate) fn spec(p: &mut FilterParams<'_, '_>) -> Result<super::Spec, String> {
+    let mut one = |prefix: &str, default: Option<&Rule>| {
+        let errno = match p.take_with(prefix, parse_errno_name)? {
+            Some(e) => e,
+            None => default.map_or(libc::EIO, |d| d.errno),
+        };
+        let rate = match p.take_with(&format!("{prefix}-rate"), parse_rate_value)? {
+            Some(r) => r,
+            // nbdkit's default: no errors until a rate is given.
+            None => default.map_or(0.0, |d| d.rate),
+        };
+        let file = p
+            .take(&format!("{prefix}-file"))
+            .map(Into::into)
+            .or_else(|| default.and_then(|d| d.file.clone()));
+        Ok::<_, String>(Rule { errno, rate, file })
+    };
+    let all = one("error", None)?;
+    let mut rules: [Rule; 7] = std::array::from_fn(|_| all.clone());
+    for (rule, op) in rules.iter_mut().zip(OPS) {
+        *rule = one(&format!("error-{op}"), Some(&all))?;
     }
-    fn description(&self) -> Option<String> {
-        self.inner.description()
-    }
+    Ok(super::Spec::new(move |b| {
+        Ok(Arc::new(ErrorInject::with_rules(b, rules.clone())))
+    }))
+}
+
+/// [`parse_errno`]'s reason without the value (the caller names it).
+fn parse_errno_name(s: &str) -> Result<i32, String> {
+    parse_errno(s).map_err(|_| {
+        let names: Vec<_> = ERRNOS.iter().map(|e| e.0).collect();
+        format!("not an error name (one of {})", names.join(", "))
+    })
+}
+
+fn parse_rate_value(s: &str) -> Result<f64, &'static str> {
+    parse_rate(s).map_err(|_| "expected a rate between 0 and 1, or 0% to 100%")
 }

@@ -1,0 +1,75 @@
+//! Cross-filter checks: documentation, parameter naming.
+
+use super::*;
+use crate::registry::Params;
+
+fn words(s: &str) -> Vec<String> {
+    s.split_whitespace().map(str::to_owned).collect()
+}
+
+#[test]
+fn every_filter_is_documented_listed_and_parsed() {
+    let doc: Vec<_> = help::FILTER_DOCS.iter().map(|d| d.name).collect();
+    let mut parsed: Vec<_> = PARSERS.iter().map(|p| p.0).collect();
+    let mut listed: Vec<_> = FILTERS.iter().map(|f| f.0).collect();
+    parsed.sort_unstable();
+    listed.sort_unstable();
+    let mut sorted = doc.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, doc, "FILTER_DOCS in name order");
+    assert_eq!(parsed, doc, "a parser per documented filter");
+    assert_eq!(listed, doc, "a FILTERS row per filter");
+}
+
+/// Every key a filter looks up is documented, and every documented key is
+/// looked up: parse each filter with its example and collect the keys.
+#[test]
+fn every_key_a_filter_takes_is_documented() {
+    for d in help::FILTER_DOCS {
+        let args = words(d.example);
+        let mut p = Params::parse("memory", "size", &args).unwrap();
+        let (_, asked) = parse_one(d.name, &mut p)
+            .unwrap_or_else(|e| panic!("{}: example '{}': {e}", d.name, d.example));
+        let documented: Vec<_> = d.keys().collect();
+        for k in &asked {
+            assert!(
+                documented.contains(&k.as_str()),
+                "{}: '{k}' undocumented",
+                d.name
+            );
+        }
+        for k in &documented {
+            assert!(
+                asked.iter().any(|a| a == k),
+                "{}: '{k}' documented, never taken",
+                d.name
+            );
+        }
+        let help = help::filter_help(d.name).unwrap();
+        for k in &documented {
+            assert!(
+                help.contains(&format!("{k}=")),
+                "{}: help lacks {k}",
+                d.name
+            );
+        }
+    }
+    assert!(help::filter_help("nonesuch").is_none());
+}
+
+#[test]
+fn stray_filter_keys_name_the_filter() {
+    assert_eq!(
+        unknown_key("cow-block-size", "memory"),
+        "parameter 'cow-block-size' belongs to the cow filter: add --filter=cow"
+    );
+    let e = unknown_key("cow-blocksize", "memory");
+    assert!(
+        e.starts_with("unknown parameter 'cow-blocksize' (the cow filter takes: cow-block-size"),
+        "{e}"
+    );
+    assert_eq!(
+        unknown_key("sise", "memory"),
+        "unknown parameter 'sise' for backend memory"
+    );
+}
