@@ -97,3 +97,31 @@ pub(crate) fn all_data(
         _ => Ok(0),
     }
 }
+
+/// A new, already unlinked, read-write file in `$TMPDIR` (default
+/// `/var/tmp`, as nbdkit: big, and not RAM like `/tmp` may be), for caches
+/// and decompressed images. Only this process can reach it, and it
+/// vanishes with the last descriptor.
+pub(crate) fn temp_file(tag: &str) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::var_os("TMPDIR").map_or_else(|| "/var/tmp".into(), std::path::PathBuf::from);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let path = dir.join(format!(
+        "nbdd-{tag}-{}-{}-{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    std::fs::remove_file(&path)?;
+    Ok(f)
+}

@@ -9,6 +9,7 @@
 
 mod blocksize;
 mod blocksize_policy;
+mod cache;
 mod cacheextents;
 mod checkwrite;
 mod count;
@@ -41,6 +42,7 @@ use std::sync::Arc;
 
 pub use blocksize::{Blocksize, BlocksizeOptions};
 pub use blocksize_policy::{BlocksizePolicy, PolicyOptions};
+pub use cache::{Cache, CacheMode, CacheOptions};
 pub use cacheextents::CacheExtents;
 pub use checkwrite::CheckWrite;
 pub use count::Count;
@@ -156,6 +158,7 @@ type Parser = fn(&mut FilterParams<'_, '_>) -> Result<Spec, String>;
 const PARSERS: &[(&str, Parser)] = &[
     ("blocksize", blocksize::spec),
     ("blocksize-policy", blocksize_policy::spec),
+    ("cache", cache::spec),
     ("cacheextents", cacheextents::spec),
     ("checkwrite", checkwrite::spec),
     ("count", count::spec),
