@@ -62,7 +62,7 @@ impl Blocksize {
         let maxdata = opts.maxdata.unwrap_or(MAX_PAYLOAD.min(below_max));
         let maxlen = opts.maxlen.unwrap_or(u64::from(u32::MAX) / min * min);
         for (key, v) in [("maxdata", maxdata), ("maxlen", maxlen)] {
-            if v == 0 || v % min != 0 {
+            if v == 0 || !v.is_multiple_of(min) {
                 return Err(format!(
                     "blocksize filter: {key}={v}: must be a non-zero multiple of minblock ({min})"
                 ));

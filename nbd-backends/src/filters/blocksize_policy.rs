@@ -86,7 +86,7 @@ impl BlocksizePolicy {
                 "need minimum ({minimum}) <= preferred ({preferred}) <= maximum ({maximum})"
             ));
         }
-        if maximum % minimum != 0 {
+        if !maximum.is_multiple_of(minimum) {
             return e(format!(
                 "blocksize-maximum={maximum}: must be a multiple of the minimum ({minimum})"
             ));
@@ -114,7 +114,7 @@ impl BlocksizePolicy {
                 "count {len} is larger than the maximum {}",
                 self.sizes.maximum
             ))
-        } else if len % min != 0 || offset % min != 0 {
+        } else if !len.is_multiple_of(min) || !offset.is_multiple_of(min) {
             Some(format!(
                 "offset {offset} or count {len} is not a multiple of {min}"
             ))

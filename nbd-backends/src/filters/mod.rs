@@ -19,6 +19,7 @@ mod error;
 mod exitlast;
 mod exitwhen;
 mod fua;
+mod gzip;
 pub mod help;
 mod ip;
 mod layer;
@@ -37,6 +38,7 @@ mod readonly;
 mod retry;
 mod stats;
 mod truncate;
+mod xz;
 
 use std::sync::Arc;
 
@@ -52,6 +54,7 @@ pub use error::{ErrorInject, Rule as ErrorRule, parse_errno, parse_rate};
 pub use exitlast::ExitLast;
 pub use exitwhen::{Event as ExitEvent, ExitWhen};
 pub use fua::{Fua, FuaMode};
+pub use gzip::Gzip;
 pub use ip::{Ip, Rule as IpRule};
 pub use layer::{Filter, OwnedClient};
 pub use limit::Limit;
@@ -68,6 +71,7 @@ pub use readonly::ReadOnly;
 pub use retry::{Retry, RetryOptions};
 pub use stats::{Stats, StatsOptions};
 pub use truncate::{Truncate, TruncateOptions};
+pub use xz::{Xz, XzOptions};
 
 use crate::Backend;
 use crate::registry::Params;
@@ -77,40 +81,145 @@ use params::FilterParams;
 /// (the full text of each is [`help::filter_help`]).
 pub const FILTERS: &[(&str, &str, &str)] = &[
     (
-        "readonly",
-        "readonly-file=",
-        "refuse writes, trims and zeroes (while readonly-file exists)",
-    ),
-    ("offset", "offset= range=", "serve a window of the export"),
-    (
-        "delay",
-        "rdelay= wdelay= delay-read|write|zero|trim|extents|cache= delay-fast-zero=",
-        "sleep before operations (10ms, 2s)",
+        "blocksize",
+        "minblock= maxdata= maxlen=",
+        "split, align and read-modify-write requests for the layer below",
     ),
     (
-        "error",
-        "error= error-rate= error-file= error-OP[-rate|-file]=",
-        "inject errors (error=EIO error-rate=10%; OP: pread pwrite trim zero flush cache extents)",
+        "blocksize-policy",
+        "blocksize-minimum= blocksize-preferred= blocksize-maximum= blocksize-error-policy= blocksize-write-disconnect=",
+        "advertise block size constraints and choose what happens to requests that break them",
+    ),
+    (
+        "cache",
+        "cache= cache-min-block-size= cache-max-size= cache-high-threshold= cache-low-threshold= cache-on-read=",
+        "cache the layer below in a temporary file under $TMPDIR (default /var/tmp)",
+    ),
+    (
+        "cacheextents",
+        "",
+        "remember the last block-status answer for requests inside it",
+    ),
+    (
+        "checkwrite",
+        "",
+        "turn writes into checks that the data is already there (EIO if not); the layer below is never written",
+    ),
+    (
+        "count",
+        "",
+        "count bytes read, written, zeroed and trimmed; logged (-v) at exit",
     ),
     (
         "cow",
         "cow-block-size= cow-on-read= cow-on-cache=",
-        "writes go to a private RAM overlay; the base is never modified",
+        "copy-on-write: writes go to a private RAM overlay, the layer below is opened read-only",
     ),
     (
-        "stats",
-        "statsfile= statsappend= statsthreshold=",
-        "count requests, bytes and time, written at exit",
+        "delay",
+        "rdelay= wdelay= delay-OP= delay-fast-zero=",
+        "sleep before operations, to simulate a slow disk",
+    ),
+    (
+        "error",
+        "error= error-rate= error-file= error-OP[-rate|-file]=",
+        "inject errors, to test how clients cope",
+    ),
+    (
+        "exitlast",
+        "",
+        "exit when the last client disconnects (not before the first one)",
+    ),
+    (
+        "exitwhen",
+        "exit-when-file-created|file-deleted|pipe-closed|process-exits|script= exitwhen-poll=",
+        "exit gracefully when an event happens: refuse new clients, exit when the last one leaves",
+    ),
+    (
+        "fua",
+        "fuamode=",
+        "change how FUA (forced unit access) and flush are handled",
+    ),
+    (
+        "gzip",
+        "",
+        "serve the gzip-compressed layer below, decompressed once into a temporary file under $TMPDIR (read-only)",
+    ),
+    ("ip", "allow= deny=", "allow or deny clients by address"),
+    (
+        "limit",
+        "limit=",
+        "limit the number of clients connected at once",
     ),
     (
         "log",
         "logfile= logscript= logappend=",
-        "one line per request (time, connection, id, op, offset, count, flags, result)",
+        "log every request (and connection) to a file, the server log or a script",
+    ),
+    (
+        "multi-conn",
+        "multi-conn-mode= multi-conn-track-dirty= multi-conn-exportname=",
+        "advertise (or hide) multi-conn, replicating flushes across connections where needed",
+    ),
+    (
+        "noextents",
+        "",
+        "report everything as allocated data (no holes)",
+    ),
+    (
+        "nozero",
+        "zeromode= fastzeromode=",
+        "disable or change efficient zeroing",
+    ),
+    (
+        "offset",
+        "offset= range=",
+        "serve a window of the layer below",
     ),
     (
         "partition",
         "partition= partition-sectorsize=",
-        "serve partition N of an MBR or GPT disk",
+        "serve one partition of an MBR or GPT disk",
+    ),
+    (
+        "protect",
+        "protect= protect=",
+        "refuse writes that would change protected byte ranges (EPERM)",
+    ),
+    (
+        "rate",
+        "rate= connection-rate= rate-file= connection-rate-file= burstiness=",
+        "limit bandwidth, for the server and per connection",
+    ),
+    (
+        "readahead",
+        "",
+        "prefetch (cache requests) after sequential reads, in the background",
+    ),
+    (
+        "readonly",
+        "readonly-file=",
+        "refuse writes, trims and zeroes",
+    ),
+    (
+        "retry",
+        "retries= retry-delay= retry-exponential= retry-readonly=",
+        "retry failed requests, reopening the layer below",
+    ),
+    (
+        "stats",
+        "statsfile= statsappend= statsthreshold=",
+        "count requests, bytes and time per operation; written at exit",
+    ),
+    (
+        "truncate",
+        "truncate= round-up= round-down=",
+        "change the size of the layer below: cut it, or extend it with zeroes",
+    ),
+    (
+        "xz",
+        "xz-max-block= xz-max-depth=",
+        "serve the xz-compressed layer below, decompressed block by block on demand (read-only)",
     ),
 ];
 
@@ -168,6 +277,7 @@ const PARSERS: &[(&str, Parser)] = &[
     ("exitlast", exitlast::spec),
     ("exitwhen", exitwhen::spec),
     ("fua", fua::spec),
+    ("gzip", gzip::spec),
     ("ip", ip::spec),
     ("limit", limit::spec),
     ("log", log::spec),
@@ -183,6 +293,7 @@ const PARSERS: &[(&str, Parser)] = &[
     ("retry", retry::spec),
     ("stats", stats::spec),
     ("truncate", truncate::spec),
+    ("xz", xz::spec),
 ];
 
 /// Parse `names` (outermost first), claiming each filter's keys from `p`.

@@ -167,15 +167,14 @@ pub(crate) fn spec(p: &mut FilterParams<'_, '_>) -> Result<super::Spec, String> 
             rate: p.take_size("connection-rate")?,
             file: p.take("connection-rate-file").map(Into::into),
         },
-        burstiness: match p.take_with("burstiness", |v| {
-            v.parse::<f64>()
-                .ok()
-                .filter(|b| b.is_finite() && *b > 0.0)
-                .ok_or("expected a number of seconds above 0")
-        })? {
-            Some(b) => b,
-            None => 2.0,
-        },
+        burstiness: p
+            .take_with("burstiness", |v| {
+                v.parse::<f64>()
+                    .ok()
+                    .filter(|b| b.is_finite() && *b > 0.0)
+                    .ok_or("expected a number of seconds above 0")
+            })?
+            .unwrap_or(2.0),
     };
     Ok(super::Spec::new(move |b| {
         Ok(Arc::new(Rate::new(b, opts.clone())))

@@ -178,7 +178,14 @@ impl Cache {
 
     /// Read `[from, to)` of uncached blocks from below into `out`; with
     /// `keep`, whole blocks are read and cached (clean).
-    fn fill(&self, st: &mut Store, from: u64, to: u64, out: &mut [u8], keep: bool) -> io::Result<()> {
+    fn fill(
+        &self,
+        st: &mut Store,
+        from: u64,
+        to: u64,
+        out: &mut [u8],
+        keep: bool,
+    ) -> io::Result<()> {
         if !keep {
             return self.inner.read_at(from, out);
         }
@@ -196,7 +203,13 @@ impl Cache {
 
     /// Serve `[offset, offset + buf.len())`: cached blocks from the file,
     /// runs of uncached ones with one read below each.
-    fn read_locked(&self, st: &mut Store, offset: u64, buf: &mut [u8], keep: bool) -> io::Result<()> {
+    fn read_locked(
+        &self,
+        st: &mut Store,
+        offset: u64,
+        buf: &mut [u8],
+        keep: bool,
+    ) -> io::Result<()> {
         let end = offset + len64(buf);
         let mut pos = offset;
         while pos < end {
@@ -248,14 +261,20 @@ pub(crate) fn spec(p: &mut FilterParams<'_, '_>) -> Result<super::Spec, String> 
         None => d.block_size,
     };
     let max_size = p.take_size("cache-max-size")?;
-    let high = p.take_number::<u64>("cache-high-threshold")?.unwrap_or(d.high);
-    let low = p.take_number::<u64>("cache-low-threshold")?.unwrap_or(d.low);
+    let high = p
+        .take_number::<u64>("cache-high-threshold")?
+        .unwrap_or(d.high);
+    let low = p
+        .take_number::<u64>("cache-low-threshold")?
+        .unwrap_or(d.low);
     if !(0 < low && low < high && high <= 100) {
         return Err(p.error(format_args!(
             "need 0 < cache-low-threshold ({low}) < cache-high-threshold ({high}) <= 100"
         )));
     }
-    let on_read = p.take_with("cache-on-read", Switch::parse)?.unwrap_or(d.on_read);
+    let on_read = p
+        .take_with("cache-on-read", Switch::parse)?
+        .unwrap_or(d.on_read);
     let opts = Arc::new(CacheOptions {
         mode,
         block_size,
@@ -394,7 +413,9 @@ impl super::Filter for Cache {
         if end == offset || out.is_empty() {
             return Ok(0);
         }
-        let dirty = self.lock().dirty_in(offset / self.bs(), end.div_ceil(self.bs()));
+        let dirty = self
+            .lock()
+            .dirty_in(offset / self.bs(), end.div_ceil(self.bs()));
         let Some(&first) = dirty.first() else {
             return self.inner.extents(offset, end - offset, out);
         };

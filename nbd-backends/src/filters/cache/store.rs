@@ -76,7 +76,9 @@ impl Store {
 
     /// Read `buf.len()` bytes of block `b` from `within` it.
     pub(super) fn read(&mut self, b: u64, within: u64, buf: &mut [u8]) -> io::Result<()> {
-        let slot = self.touch(b).ok_or_else(|| io::Error::other("cache: block missing"))?;
+        let slot = self
+            .touch(b)
+            .ok_or_else(|| io::Error::other("cache: block missing"))?;
         self.file.read_exact_at(buf, slot * self.bs + within)
     }
 
@@ -94,8 +96,16 @@ impl Store {
 
     /// Overwrite part of cached block `b`; `dirty` marks it dirty (a clean
     /// patch leaves the flag as it was).
-    pub(super) fn patch(&mut self, b: u64, within: u64, data: &[u8], dirty: bool) -> io::Result<()> {
-        let slot = self.touch(b).ok_or_else(|| io::Error::other("cache: block missing"))?;
+    pub(super) fn patch(
+        &mut self,
+        b: u64,
+        within: u64,
+        data: &[u8],
+        dirty: bool,
+    ) -> io::Result<()> {
+        let slot = self
+            .touch(b)
+            .ok_or_else(|| io::Error::other("cache: block missing"))?;
         self.file.write_all_at(data, slot * self.bs + within)?;
         if dirty {
             self.dirty.insert(b);

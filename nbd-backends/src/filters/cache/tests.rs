@@ -57,7 +57,8 @@ fn bounded_cache_evicts_least_recently_used_writing_back_dirty() {
     };
     let (mem, c) = setup(o);
     for b in 0..20u64 {
-        c.write_at(b * BS, &[b as u8 + 1; BS as usize], false).unwrap();
+        c.write_at(b * BS, &[b as u8 + 1; BS as usize], false)
+            .unwrap();
         assert!(c.lock().len() <= 3, "high threshold: 95% of 4 blocks");
     }
     assert_eq!(byte(&*mem, 0), 1, "the oldest was evicted and written back");
@@ -97,7 +98,10 @@ fn dirty_blocks_are_data_in_extents() {
     let total: u64 = out[..n].iter().map(|e| e.len).sum();
     assert_eq!(total, 3 * BS, "cut before the first dirty block");
     let n = c.extents(3 * BS + 7, 10 * BS, &mut out).unwrap();
-    assert_eq!((n, out[0].len, out[0].flags), (1, 2 * BS - 7, ExtentFlags::empty()));
+    assert_eq!(
+        (n, out[0].len, out[0].flags),
+        (1, 2 * BS - 7, ExtentFlags::empty())
+    );
     c.write_zeroes(3 * BS, BS, ZeroFlags::MAY_TRIM).unwrap();
     assert_eq!(byte(&c, 3 * BS), 0);
     assert_eq!(byte(&c, 4 * BS), 1, "the dirty neighbour survived");
