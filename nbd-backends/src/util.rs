@@ -126,3 +126,32 @@ pub(crate) fn temp_file(tag: &str) -> io::Result<std::fs::File> {
     std::fs::remove_file(&path)?;
     Ok(f)
 }
+
+/// Fill `out` with extents for `[offset, end)` by calling `one(pos, end,
+/// buf)` for what is left until `out` is full or `end` is reached, merging
+/// neighbours of the same kind. For filters whose layer below answers in
+/// pieces (a split request, a run cut at a cached block): clients get the
+/// whole answer in one reply, as from any other backend.
+pub(crate) fn extents_loop(
+    offset: u64,
+    end: u64,
+    out: &mut [crate::Extent],
+    mut one: impl FnMut(u64, u64, &mut [crate::Extent]) -> io::Result<usize>,
+) -> io::Result<usize> {
+    let mut buf = [crate::Extent::default(); 64];
+    let (mut n, mut pos) = (0, offset);
+    while pos < end && n < out.len() {
+        let got = one(pos, end, &mut buf)?;
+        if got == 0 {
+            break;
+        }
+        for e in &buf[..got] {
+            let len = e.len.min(end - pos);
+            if len == 0 || !push_extent(out, &mut n, len, e.flags) {
+                return Ok(n);
+            }
+            pos += len;
+        }
+    }
+    Ok(n)
+}

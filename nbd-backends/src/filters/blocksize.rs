@@ -113,6 +113,32 @@ impl Blocksize {
         Ok(())
     }
 
+    /// One aligned, bounded request below for the extents from `offset`,
+    /// clipped back to `[offset, end)`.
+    fn extents_once(&self, offset: u64, end: u64, out: &mut [Extent]) -> io::Result<usize> {
+        let from = self.down(offset);
+        let to = self
+            .up(end)
+            .min(self.size)
+            .min(from.saturating_add(self.maxlen));
+        let n = self.inner.extents(from, to - from, out)?;
+        // Drop what lies before `offset`.
+        let mut skip = offset - from;
+        let mut kept = 0;
+        for i in 0..n {
+            let mut e = out[i];
+            if skip >= e.len {
+                skip -= e.len;
+                continue;
+            }
+            e.len -= skip;
+            skip = 0;
+            out[kept] = e;
+            kept += 1;
+        }
+        Ok(kept)
+    }
+
     /// Read the block holding `[from, to)` and copy that part to `out`.
     fn read_partial(&self, from: u64, to: u64, out: &mut [u8]) -> io::Result<()> {
         let start = self.down(from);
@@ -246,36 +272,9 @@ impl super::Filter for Blocksize {
             return Err(out_of_range());
         }
         let end = offset.saturating_add(len).min(self.size);
-        if end == offset || out.is_empty() {
-            return Ok(0);
-        }
-        let from = self.down(offset);
-        let to = self
-            .up(end)
-            .min(self.size)
-            .min(from.saturating_add(self.maxlen));
-        let n = self.inner.extents(from, to - from, out)?;
-        // Drop what lies before `offset` and after `end`.
-        let mut skip = offset - from;
-        let mut pos = offset;
-        let mut kept = 0;
-        for i in 0..n {
-            let mut e = out[i];
-            if skip >= e.len {
-                skip -= e.len;
-                continue;
-            }
-            e.len -= skip;
-            skip = 0;
-            e.len = e.len.min(end - pos);
-            if e.len == 0 {
-                break;
-            }
-            pos += e.len;
-            out[kept] = e;
-            kept += 1;
-        }
-        Ok(kept)
+        crate::util::extents_loop(offset, end, out, |pos, end, buf| {
+            self.extents_once(pos, end, buf)
+        })
     }
     fn resize(&self, _new_size: u64) -> io::Result<()> {
         Err(io::Error::from(io::ErrorKind::Unsupported))

@@ -131,7 +131,8 @@ impl Shared {
         // nbdkit's class: floor(log2(size)), so 4096..8191 is "12 bits".
         let c = &mut classes[bytes.checked_ilog2().unwrap_or(0) as usize];
         c.reqs += 1;
-        c.bytes += bytes;
+        // Extents requests may name u64::MAX bytes.
+        c.bytes = c.bytes.saturating_add(bytes);
         let tz = if offset == 0 {
             64
         } else {
@@ -151,11 +152,11 @@ impl Shared {
                 o.nanos.load(Ordering::Relaxed) as f64 / 1e9,
             )
         };
-        let (mut n, mut bytes) = (0, 0);
+        let (mut n, mut bytes) = (0u64, 0u64);
         for o in &self.ops {
             let (r, b, _) = load(o);
             n += r;
-            bytes += b;
+            bytes = bytes.saturating_add(b);
         }
         let mut s = format!(
             "total: {n} ops, {elapsed:.6} s, {}, {}/s\n",
@@ -194,8 +195,8 @@ impl Shared {
         let mut shown = 0;
         for (k, &i) in order.iter().enumerate() {
             if pct(shown, total) >= f64::from(self.opts.threshold) {
-                let (reqs, bytes) = order[k..].iter().fold((0, 0), |(r, b), &j| {
-                    (r + classes[j].reqs, b + classes[j].bytes)
+                let (reqs, bytes) = order[k..].iter().fold((0u64, 0u64), |(r, b), &j| {
+                    (r + classes[j].reqs, b.saturating_add(classes[j].bytes))
                 });
                 let _ = writeln!(
                     s,

@@ -232,6 +232,31 @@ impl Cache {
         Ok(())
     }
 
+    /// The extents from `offset`: the layer below's up to the next dirty
+    /// block, or one data extent for a run of dirty blocks.
+    fn extents_once(&self, offset: u64, end: u64, out: &mut [Extent]) -> io::Result<usize> {
+        let dirty = self
+            .lock()
+            .dirty_in(offset / self.bs(), end.div_ceil(self.bs()));
+        let Some(&first) = dirty.first() else {
+            return self.inner.extents(offset, end - offset, out);
+        };
+        let start = first * self.bs();
+        if start > offset {
+            return self.inner.extents(offset, start - offset, out);
+        }
+        let run = dirty
+            .iter()
+            .enumerate()
+            .take_while(|&(i, &b)| b == first + i as u64)
+            .count() as u64;
+        out[0] = Extent {
+            len: self.span(first + run - 1).1.min(end) - offset,
+            flags: ExtentFlags::empty(),
+        };
+        Ok(1)
+    }
+
     /// Write back the dirty blocks touching `[offset, end)` and drop every
     /// cached one, before a zero or trim goes below.
     fn drop_range(&self, st: &mut Store, offset: u64, end: u64) -> io::Result<()> {
@@ -403,38 +428,15 @@ impl super::Filter for Cache {
         }
         self.evict(&mut st)
     }
-    /// The layer below's answer, cut short before the first dirty block
-    /// (a dirty block is reported as data on its own).
+    /// The layer below's answer, with dirty blocks as data.
     fn extents(&self, offset: u64, len: u64, out: &mut [Extent]) -> io::Result<usize> {
         if offset > self.size {
             return Err(out_of_range());
         }
         let end = offset.saturating_add(len).min(self.size);
-        if end == offset || out.is_empty() {
-            return Ok(0);
-        }
-        let dirty = self
-            .lock()
-            .dirty_in(offset / self.bs(), end.div_ceil(self.bs()));
-        let Some(&first) = dirty.first() else {
-            return self.inner.extents(offset, end - offset, out);
-        };
-        let start = first * self.bs();
-        if start > offset {
-            return self.inner.extents(offset, start - offset, out);
-        }
-        // A run of consecutive dirty blocks from `offset`.
-        let run = dirty
-            .iter()
-            .enumerate()
-            .take_while(|&(i, &b)| b == first + i as u64)
-            .count() as u64;
-        let stop = self.span(first + run - 1).1.min(end);
-        out[0] = Extent {
-            len: stop - offset,
-            flags: ExtentFlags::empty(),
-        };
-        Ok(1)
+        crate::util::extents_loop(offset, end, out, |pos, end, buf| {
+            self.extents_once(pos, end, buf)
+        })
     }
     fn resize(&self, _new_size: u64) -> io::Result<()> {
         Err(io::Error::from(io::ErrorKind::Unsupported))

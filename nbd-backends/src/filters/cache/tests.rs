@@ -94,14 +94,20 @@ fn dirty_blocks_are_data_in_extents() {
     let (_mem, c) = setup(opts(CacheMode::Writeback));
     c.write_at(3 * BS, &[1; 2 * BS as usize], false).unwrap();
     let mut out = [Extent::default(); 8];
-    let n = c.extents(0, 64 * BS, &mut out).unwrap();
-    let total: u64 = out[..n].iter().map(|e| e.len).sum();
-    assert_eq!(total, 3 * BS, "cut before the first dirty block");
-    let n = c.extents(3 * BS + 7, 10 * BS, &mut out).unwrap();
+    let n = c.extents(0, 64 * BS + 100, &mut out).unwrap();
+    let hole = ExtentFlags::HOLE | ExtentFlags::ZERO;
+    let got: Vec<_> = out[..n].iter().map(|e| (e.len, e.flags)).collect();
     assert_eq!(
-        (n, out[0].len, out[0].flags),
-        (1, 2 * BS - 7, ExtentFlags::empty())
+        got,
+        [
+            (3 * BS, hole),
+            (2 * BS, ExtentFlags::empty()),
+            (59 * BS + 100, hole)
+        ],
+        "dirty blocks are data although the layer below has a hole"
     );
+    let n = c.extents(3 * BS + 7, 3 * BS, &mut out).unwrap();
+    assert_eq!((n, out[0].len, out[1].flags), (2, 2 * BS - 7, hole));
     c.write_zeroes(3 * BS, BS, ZeroFlags::MAY_TRIM).unwrap();
     assert_eq!(byte(&c, 3 * BS), 0);
     assert_eq!(byte(&c, 4 * BS), 1, "the dirty neighbour survived");
