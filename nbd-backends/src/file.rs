@@ -5,7 +5,10 @@
 //! [`Backend::execution`] is `Blocking` and the driver runs them on its workers.
 
 mod direct;
+mod fallback;
 mod rotational;
+
+pub use fallback::open_or_read_only;
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
@@ -126,6 +129,16 @@ impl FileBackend {
     /// True when `O_DIRECT` is in effect.
     pub fn is_direct(&self) -> bool {
         self.io.direct
+    }
+
+    /// Tell the kernel how the file will be read (nbdkit's `fadvise=`):
+    /// `Random` turns read-ahead off, `Sequential` doubles it on Linux.
+    ///
+    /// # Errors
+    ///
+    /// Those of `posix_fadvise(2)`.
+    pub fn advise(&self, advice: Advice) -> io::Result<()> {
+        rustix::fs::fadvise(&self.io.file, 0, None, advice).map_err(Into::into)
     }
 
     /// The path this backend was opened from.
@@ -374,6 +387,6 @@ pub fn open_dir(
     names.sort();
     names
         .into_iter()
-        .map(|(name, path)| Ok((name, FileBackend::open(path, readonly, cache_none)?)))
+        .map(|(name, path)| Ok((name, open_or_read_only(path, readonly, cache_none)?)))
         .collect()
 }

@@ -23,25 +23,47 @@
 
 use std::io;
 
+mod catalog;
+#[cfg(feature = "curl")]
+mod curl;
+mod data;
+mod export;
 mod file;
 pub mod filters;
+mod full;
 pub mod lifecycle;
+mod make;
 mod memory;
 mod null;
 mod pattern;
+pub mod qcow2;
+mod random;
 mod registry;
 mod size;
+mod sparse_random;
+mod split;
+#[cfg(feature = "ssh")]
+mod ssh;
+mod tmpdisk;
 mod util;
 
-pub use file::{FileBackend, open_dir};
+pub use catalog::{PLUGINS, Param, Plugin, plugin, plugin_help};
+pub use export::{Export, ExportPolicy, ExportSet, FixedSize};
+pub use file::{FileBackend, open_dir, open_or_read_only};
+pub use full::{FullBackend, ZeroBackend};
 pub use memory::{MemoryBackend, PAGE_SIZE};
 pub use null::NullBackend;
 pub use pattern::PatternBackend;
+pub use qcow2::{ImageBackend, ImageFormat, ImageOptions};
+pub use random::RandomBackend;
 pub use registry::{
-    BACKENDS, Export, ExportSet, ExtBackend, ExtOpen, build, build_with_filters,
-    build_with_filters_ext,
+    BACKENDS, ExtBackend, ExtOpen, build, build_with_filters, build_with_filters_ext,
 };
 pub use size::{MAX_SIZE, parse_size};
+pub use sparse_random::{MAX_SPARSE_RANDOM, SparseRandom};
+pub use split::SplitBackend;
+pub use tmpdisk::TmpDisk;
+pub use util::plain_error;
 
 bitflags::bitflags! {
     /// What a backend can do. The driver turns these into NBD transmission
@@ -70,6 +92,9 @@ bitflags::bitflags! {
         const ROTATIONAL = 1 << 9;
         /// `resize` is supported.
         const RESIZE = 1 << 10;
+        /// `allocation_depth` answers (qemu's `qemu:allocation-depth` meta
+        /// context may be offered); absent, it returns `Unsupported`.
+        const ALLOCATION_DEPTH = 1 << 11;
     }
 }
 
@@ -107,6 +132,18 @@ pub struct Extent {
     pub len: u64,
     /// Hole / zero state.
     pub flags: ExtentFlags,
+}
+
+/// One run of bytes at the same allocation depth, for qemu's
+/// `qemu:allocation-depth` meta context (see [`Backend::allocation_depth`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DepthExtent {
+    /// Length in bytes; never zero in a result.
+    pub len: u64,
+    /// 0: allocated in no layer; 1: the top layer (the image itself, the
+    /// cow overlay); 2: its backing image; n: n-1 layers down. This is the
+    /// 32-bit value qemu-nbd sends for the context.
+    pub depth: u32,
 }
 
 /// Block-size constraints (NBD_INFO_BLOCK_SIZE).
@@ -249,10 +286,34 @@ pub trait Backend: Send + Sync {
             _ => Ok(0),
         }
     }
+    /// Describe `[offset, offset + len)` by allocation depth in the layer
+    /// chain (qemu's `qemu:allocation-depth`), with the same contract as
+    /// [`Backend::extents`]: consecutive runs from `offset`, at least one
+    /// when `len > 0` and `out` is not empty, possibly short of `len`.
+    /// Answered only by backends with [`Caps::ALLOCATION_DEPTH`]; the
+    /// default is `ErrorKind::Unsupported`, so the driver must not offer
+    /// the context then.
+    fn allocation_depth(
+        &self,
+        offset: u64,
+        len: u64,
+        out: &mut [DepthExtent],
+    ) -> io::Result<usize> {
+        let _ = (offset, len, out);
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
     /// Change the size (NBD_CMD_RESIZE).
     fn resize(&self, new_size: u64) -> io::Result<()> {
         let _ = new_size;
         Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
+    /// The concrete value, for a driver that drives some backends itself
+    /// instead of calling this trait (nbdd's event loop serves the `nbd`
+    /// proxy's upstream socket directly). `None` (the default): the driver
+    /// calls the trait as [`Backend::execution`] says. A filter never
+    /// forwards this: it calls its inner backend through the trait.
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
     }
     /// A one-line human description (NBD_INFO_DESCRIPTION / LIST).
     fn description(&self) -> Option<String> {

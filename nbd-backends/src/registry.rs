@@ -6,158 +6,152 @@
 
 use std::sync::Arc;
 
+use crate::export::{Export, ExportSet};
 use crate::filters;
-use crate::{
-    Backend, FileBackend, MemoryBackend, NullBackend, PatternBackend, open_dir, parse_size,
-};
-
-/// One export served by the server.
-pub struct Export {
-    /// The export name clients ask for (NBD_OPT_GO / EXPORT_NAME).
-    pub name: String,
-    /// Human description for NBD_INFO_DESCRIPTION and NBD_OPT_LIST.
-    pub description: Option<String>,
-    /// The store behind it, shared by every connection.
-    pub backend: Arc<dyn Backend>,
-}
-
-/// The set of exports a server offers, in a fixed order; the first one is
-/// the default export.
-pub struct ExportSet {
-    exports: Vec<Export>,
-}
-
-impl ExportSet {
-    /// A set holding one export.
-    pub fn single(name: String, backend: Arc<dyn Backend>) -> Self {
-        let description = backend.description();
-        Self {
-            exports: vec![Export {
-                name,
-                description,
-                backend,
-            }],
-        }
-    }
-
-    /// A set from a list of exports; the first is the default.
-    pub fn from_exports(exports: Vec<Export>) -> Self {
-        Self { exports }
-    }
-
-    /// Find an export by name; "" means the default export (the first one)
-    /// unless an export is really named "" (checklist 21).
-    pub fn get(&self, name: &str) -> Option<&Export> {
-        self.exports.iter().find(|e| e.name == name).or_else(|| {
-            if name.is_empty() {
-                self.default_export()
-            } else {
-                None
-            }
-        })
-    }
-
-    /// Every export, in order (for NBD_OPT_LIST).
-    pub fn list(&self) -> impl Iterator<Item = &Export> {
-        self.exports.iter()
-    }
-
-    /// The export served for an empty name: the first one.
-    pub fn default_export(&self) -> Option<&Export> {
-        self.exports.first()
-    }
-
-    /// Number of exports.
-    pub fn len(&self) -> usize {
-        self.exports.len()
-    }
-
-    /// True when there is no export at all (e.g. an empty `dir=`).
-    pub fn is_empty(&self) -> bool {
-        self.exports.is_empty()
-    }
-}
+use crate::util::parse_bool;
+use crate::{Backend, ImageBackend, ImageFormat, ImageOptions, parse_size};
 
 /// Backend names, their "magic" parameter, and a one-line help, for
-/// `nbdd --help`.
+/// `nbdd --help` (the full text per backend is [`crate::plugin_help`]).
 pub const BACKENDS: &[(&str, &str, &str)] = &[
     ("memory", "size", "sparse RAM disk: memory SIZE"),
     (
         "file",
         "file",
-        "file or block device: file PATH [cache=none] | file dir=DIR (one export per file)",
+        "file or block device: file PATH [cache=none] [fadvise=...] | file dir=DIR",
     ),
-    (
-        "null",
-        "size",
-        "reads zeroes, discards writes: null [SIZE] (default 0)",
-    ),
+    ("null", "size", "reads zeroes, discards writes: null [SIZE]"),
     (
         "pattern",
         "size",
         "read-only, every 8-byte word holds its offset: pattern SIZE",
     ),
+    (
+        "qcow2",
+        "file",
+        "qcow2 image, read-write: qcow2 FILE [backing=PATH|backing=] [backing-format=qcow2|raw|vmdk]",
+    ),
+    (
+        "vmdk",
+        "file",
+        "VMware vmdk image (flat extents), read-only: vmdk FILE",
+    ),
+    (
+        "data",
+        "data",
+        "disk from the command line: data '0x55 0xAA @0x1fe ...' [size=]",
+    ),
+    (
+        "random",
+        "size",
+        "random bytes, repeatable per seed: random SIZE [seed=N]",
+    ),
+    (
+        "sparse-random",
+        "size",
+        "runs of random data between holes: sparse-random SIZE [seed=] [percent=]",
+    ),
+    ("zero", "", "an empty (zero-length) read-only export: zero"),
+    (
+        "full",
+        "size",
+        "reads zeroes, writes fail with ENOSPC: full SIZE",
+    ),
+    (
+        "split",
+        "file",
+        "files concatenated into one disk: split FILE FILE...",
+    ),
+    (
+        "tmpdisk",
+        "size",
+        "a fresh empty disk per client: tmpdisk SIZE [type=ext4]",
+    ),
+    #[cfg(feature = "curl")]
+    (
+        "curl",
+        "url",
+        "HTTP/HTTPS image, read-only: curl URL [header=] [sslverify=]",
+    ),
+    #[cfg(feature = "ssh")]
+    (
+        "ssh",
+        "path",
+        "a file over SFTP: ssh host=HOST [user=] PATH",
+    ),
 ];
 
-/// Keys each backend accepts.
-fn backend_keys(backend: &str) -> &'static [&'static str] {
-    match backend {
-        "memory" | "null" | "pattern" => &["size"],
-        "file" => &["file", "cache", "dir"],
-        _ => &[],
-    }
-}
-
-/// The command-line words as `(key, value)` pairs, with the magic word
-/// rewritten to `magic=word`; each pair is consumed once.
+/// The command-line words as `(key, value)` pairs, with every bare word
+/// (one without `=`) rewritten to `magic=word` as nbdkit does; each pair
+/// is consumed once.
 pub(crate) struct Params<'a> {
     backend: &'a str,
     pairs: Vec<(&'a str, &'a str, bool)>,
 }
 
 impl<'a> Params<'a> {
+    /// Split `args`; a key may appear more than once only if it is in
+    /// `repeatable` (`split file=`, `curl header=`).
     pub(crate) fn parse(
         backend: &'a str,
         magic: &'a str,
         args: &'a [String],
+        repeatable: &[&str],
     ) -> Result<Self, String> {
         let mut pairs: Vec<(&str, &str, bool)> = Vec::new();
-        for (i, word) in args.iter().enumerate() {
+        for word in args {
             let (k, v) = match word.split_once('=') {
                 Some(kv) => kv,
-                None if i == 0 => (magic, word.as_str()),
+                None if !magic.is_empty() => (magic, word.as_str()),
                 None => {
                     return Err(format!(
-                        "{backend}: expected key=value, got '{word}' (only the first word may omit the key)"
+                        "{backend}: expected key=value, got '{word}' ({backend} has no parameter a bare word could stand for)"
                     ));
                 }
             };
-            if pairs.iter().any(|&(seen, _, _)| seen == k) && !filters::REPEATABLE.contains(&k) {
-                return Err(format!("{backend}: parameter '{k}' given twice"));
+            if !repeatable.contains(&k) && pairs.iter().any(|&(seen, _, _)| seen == k) {
+                return Err(format!(
+                    "{backend}: parameter '{k}' given twice (second value '{v}')"
+                ));
             }
             pairs.push((k, v, false));
         }
         Ok(Self { backend, pairs })
     }
 
-    /// Take the value of `key`, if given.
+    /// Take the (first remaining) value of `key`, if given.
     pub(crate) fn take(&mut self, key: &str) -> Option<&'a str> {
-        self.pairs.iter_mut().find(|p| p.0 == key).map(|p| {
+        self.pairs.iter_mut().find(|p| p.0 == key && !p.2).map(|p| {
             p.2 = true;
             p.1
         })
     }
 
-    /// Take every value of `key` (one that may be repeated), in order.
+    /// Take every value of a repeatable `key`, in command-line order.
     pub(crate) fn take_all(&mut self, key: &str) -> Vec<&'a str> {
+        std::iter::from_fn(|| self.take(key)).collect()
+    }
+
+    /// Take every pair nobody has taken yet (the data plugin's variables).
+    pub(crate) fn take_rest(&mut self) -> Vec<(&'a str, &'a str)> {
         self.pairs
             .iter_mut()
-            .filter(|p| p.0 == key)
+            .filter(|p| !p.2)
             .map(|p| {
                 p.2 = true;
-                p.1
+                (p.0, p.1)
             })
             .collect()
+    }
+
+    /// Take `key` as a boolean in nbdkit's spellings.
+    pub(crate) fn take_bool(&mut self, owner: &str, key: &str) -> Result<Option<bool>, String> {
+        self.take(key)
+            .map(|v| {
+                parse_bool(v)
+                    .ok_or_else(|| format!("{owner}: {key}: expected true or false, got '{v}'"))
+            })
+            .transpose()
     }
 
     /// Take `key` as a size.
@@ -261,9 +255,17 @@ pub fn build_with_filters_ext(
     extra: &[ExtBackend],
 ) -> Result<ExportSet, String> {
     let ext = extra.iter().find(|b| b.name == backend);
-    let magic = match (BACKENDS.iter().find(|b| b.0 == backend), ext) {
-        (Some(&(_, magic, _)), _) => magic,
-        (None, Some(e)) => e.magic,
+    let builtin = crate::catalog::plugin(backend);
+    let (magic, repeatable): (&str, Vec<&str>) = match (builtin, ext) {
+        (Some(pl), _) => (
+            pl.magic,
+            pl.params
+                .iter()
+                .filter(|q| q.repeat)
+                .map(|q| q.key)
+                .collect(),
+        ),
+        (None, Some(e)) => (e.magic, Vec::new()),
         (None, None) => {
             let known: Vec<_> = BACKENDS
                 .iter()
@@ -276,16 +278,25 @@ pub fn build_with_filters_ext(
             ));
         }
     };
-    let mut params = Params::parse(backend, magic, args)?;
+    let mut repeatable = repeatable;
+    repeatable.extend_from_slice(filters::REPEATABLE);
+    let mut params = Params::parse(backend, magic, args, &repeatable)?;
     // Filters claim their keys first, so backend keys are checked against
     // what is left.
     let stack = filters::parse_stack(filter_names, &mut params)?;
-    // Below cow, checkwrite, xz and gzip nothing is ever written, so the
-    // backend is opened read-only (as nbdkit does): a base file without
-    // write permission works.
+    // Below cow, checkwrite, qcow2dec, xz and gzip nothing is ever written,
+    // so the backend is opened read-only (as nbdkit does): a base file
+    // without write permission works.
     let open_ro = readonly || stack.iter().any(|s| s.read_only_below);
-    let exports = match ext {
-        Some(e) if !BACKENDS.iter().any(|b| b.0 == backend) => {
+    let exports = match (builtin, ext) {
+        (Some(pl), _) => {
+            if !pl.any_keys {
+                let keys: Vec<&str> = pl.params.iter().map(|q| q.key).collect();
+                params.check_known(&keys)?;
+            }
+            crate::make::make_backend(backend, &mut params, open_ro)?
+        }
+        (None, Some(e)) => {
             params.check_known(e.keys)?;
             let kv: Vec<(String, String)> = e
                 .keys
@@ -295,14 +306,13 @@ pub fn build_with_filters_ext(
             let b = (e.open)(&kv, open_ro)?;
             vec![(None, b.description(), b)]
         }
-        _ => {
-            let keys = backend_keys(backend);
-            params.check_known(keys)?;
-            make_backend(backend, &mut params, open_ro, keys)?
-        }
+        (None, None) => return Err(format!("unknown backend '{backend}'")),
     };
     params.finish()?;
     let mut set = Vec::with_capacity(exports.len());
+    // A backend that yields one export without naming it is served under
+    // any name, as nbdkit does (crate::export's policy).
+    let any_name = matches!(exports.as_slice(), [(None, _, _)]);
     for (name, description, inner) in exports {
         let name = name.unwrap_or_else(|| export_name.to_owned());
         let mut b = filters::apply(&stack, inner)?;
@@ -311,90 +321,52 @@ pub fn build_with_filters_ext(
         if readonly && !b.caps().contains(crate::Caps::READ_ONLY) {
             b = Arc::new(filters::ReadOnly::new(b));
         }
-        set.push(Export {
-            name,
-            description,
-            backend: b,
-        });
+        set.push(Export::new(name, description, b));
     }
-    Ok(ExportSet::from_exports(set))
+    let set = ExportSet::from_exports(set);
+    Ok(if any_name { set.serve_any_name() } else { set })
 }
 
 /// `(export name or None for -e's, description, backend)` for each export.
-type Built = Vec<(Option<String>, Option<String>, Arc<dyn Backend>)>;
+pub(crate) type Built = Vec<(Option<String>, Option<String>, Arc<dyn Backend>)>;
 
-fn make_backend(
+/// `qcow2 FILE [backing=] [backing-format=]`, `vmdk FILE`.
+pub(crate) fn image(
     backend: &str,
     p: &mut Params<'_>,
     readonly: bool,
-    keys: &[&str],
-) -> Result<Built, String> {
-    debug_assert!(!keys.is_empty());
-    let one = |b: Arc<dyn Backend>, d: String| Ok(vec![(None, Some(d), b)]);
-    let io = |e: std::io::Error| format!("{backend}: {e}");
-    match backend {
-        "memory" | "pattern" | "null" => {
-            let size = p.take_size(backend, "size")?;
-            let size = match (backend, size) {
-                ("null", None) => 0,
-                (_, Some(s)) => s,
-                (_, None) => {
-                    return Err(format!(
-                        "{backend}: missing parameter size (e.g. {backend} 1G)"
-                    ));
-                }
-            };
-            let (b, what): (Arc<dyn Backend>, _) = match backend {
-                "memory" => (Arc::new(MemoryBackend::new(size).map_err(io)?), "RAM disk"),
-                "null" => (Arc::new(NullBackend::new(size).map_err(io)?), "null device"),
-                _ => (
-                    Arc::new(PatternBackend::new(size).map_err(io)?),
-                    "offset pattern",
-                ),
-            };
-            one(b, format!("{what}, {size} bytes"))
-        }
-        "file" => {
-            let cache_none = match p.take("cache") {
-                None | Some("default") | Some("writeback") => false,
-                Some("none") => true,
-                Some(other) => {
-                    return Err(format!(
-                        "file: cache: expected 'none' or 'default', got '{other}'"
-                    ));
-                }
-            };
-            match (p.take("file"), p.take("dir")) {
-                (Some(path), None) => {
-                    let b = FileBackend::open(path, readonly, cache_none)
-                        .map_err(|e| format!("file: {path}: {e}"))?;
-                    one(Arc::new(b), path.to_owned())
-                }
-                (None, Some(dir)) => {
-                    let files = open_dir(dir, readonly, cache_none)
-                        .map_err(|e| format!("file: dir: {dir}: {e}"))?;
-                    if files.is_empty() {
-                        return Err(format!("file: dir: {dir}: no regular files to export"));
-                    }
-                    Ok(files
-                        .into_iter()
-                        .map(|(name, b)| {
-                            let d = b.path().display().to_string();
-                            (Some(name), Some(d), Arc::new(b) as Arc<dyn Backend>)
-                        })
-                        .collect())
-                }
-                (Some(_), Some(_)) => Err("file: give file= or dir=, not both".to_owned()),
-                (None, None) => Err("file: missing parameter file (e.g. file disk.img)".to_owned()),
-            }
-        }
-        _ => Err(format!("unknown backend '{backend}'")),
-    }
+) -> Result<(Arc<dyn Backend>, String), String> {
+    let Some(path) = p.take("file") else {
+        return Err(format!(
+            "{backend}: missing parameter file (e.g. {backend} disk.{backend})"
+        ));
+    };
+    let format = if backend == "vmdk" {
+        ImageFormat::Vmdk
+    } else {
+        ImageFormat::Qcow2
+    };
+    let backing_format = p
+        .take("backing-format")
+        .map(ImageFormat::parse)
+        .transpose()
+        .map_err(|e| format!("{backend}: backing-format: {e}"))?;
+    let opts = ImageOptions {
+        format: Some(format),
+        readonly,
+        backing: p.take("backing").map(Into::into),
+        backing_format,
+    };
+    let b =
+        ImageBackend::open(path.as_ref(), &opts).map_err(|e| format!("{backend}: {path}: {e}"))?;
+    let d = b.description().unwrap_or_default();
+    Ok((Arc::new(b), d))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::MemoryBackend;
 
     fn words(s: &str) -> Vec<String> {
         s.split_whitespace().map(str::to_owned).collect()
@@ -411,7 +383,11 @@ mod tests {
         let set = build("null", &[], "n", true).unwrap();
         assert_eq!(set.get("n").unwrap().backend.size(), 0);
         assert!(set.get("").is_some(), "empty name means the default export");
-        assert!(set.get("other").is_none());
+        assert_eq!(
+            set.get("other").unwrap().name,
+            "n",
+            "one export answers any name (nbdkit)"
+        );
         assert!(
             set.get("n")
                 .unwrap()
@@ -473,7 +449,10 @@ mod tests {
         let err = build_with_filters_ext("nope", &[], &[], "", true, &ext)
             .err()
             .unwrap();
-        assert!(err.ends_with("pattern, ext)"), "{err}");
+        assert!(
+            err.ends_with(", ext)") && err.contains("qcow2, vmdk"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -541,10 +520,94 @@ mod tests {
     #[test]
     fn every_listed_backend_builds() {
         for &(name, magic, help) in BACKENDS {
-            assert!(!help.is_empty() && !magic.is_empty());
-            if name != "file" {
-                build(name, &words("4k"), "", false).unwrap();
+            assert!(!help.is_empty());
+            let args = match name {
+                "file" | "split" | "curl" | "ssh" | "tmpdisk" | "qcow2" | "vmdk" => continue,
+                "zero" => {
+                    assert!(magic.is_empty());
+                    ""
+                }
+                "data" => "(0x55 0xAA)*2048",
+                _ => "4k",
+            };
+            let args: Vec<String> = Some(args)
+                .filter(|a| !a.is_empty())
+                .map(str::to_owned)
+                .into_iter()
+                .collect();
+            let set = build(name, &args, "", false).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let want = if name == "zero" { 0 } else { 4096 };
+            assert_eq!(set.get("").unwrap().backend.size(), want, "{name}");
+        }
+    }
+
+    /// The catalogue is the list of keys the registry accepts: each
+    /// documented key gets past the unknown-key check (whatever its bad
+    /// value makes the backend say), an undocumented one does not.
+    #[test]
+    fn every_accepted_key_is_documented_and_no_other() {
+        for pl in crate::PLUGINS {
+            for q in pl.params {
+                let args = vec![format!("{}=/nonexistent-nbdd-value", q.key)];
+                if let Err(e) = build(pl.name, &args, "", true) {
+                    assert!(
+                        !e.contains("unknown parameter"),
+                        "{} {}: {e}",
+                        pl.name,
+                        q.key
+                    );
+                }
+            }
+            let err = build(pl.name, &["nosuchkey=1".to_owned()], "", true);
+            match err {
+                Err(e) if pl.any_keys => {
+                    assert!(!e.contains("unknown parameter 'nosuchkey'"), "{e}")
+                }
+                Err(e) => assert!(
+                    e.contains("unknown parameter 'nosuchkey'"),
+                    "{}: {e}",
+                    pl.name
+                ),
+                Ok(_) => panic!("{}: nosuchkey accepted", pl.name),
             }
         }
+    }
+
+    #[test]
+    fn repeats_only_for_repeatable_keys_and_bare_words_are_magic() {
+        let dir = std::env::temp_dir().join(format!("nbd-reg-split-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (a, b) = (dir.join("a"), dir.join("b"));
+        std::fs::write(&a, [1u8; 512]).unwrap();
+        std::fs::write(&b, [2u8; 1024]).unwrap();
+        let args = vec![a.display().to_string(), format!("file={}", b.display())];
+        let set = build("split", &args, "", true).unwrap();
+        assert_eq!(set.get("").unwrap().backend.size(), 1536);
+        let _ = std::fs::remove_dir_all(&dir);
+        let err = |b: &str, a: &[&str]| {
+            let a: Vec<String> = a.iter().map(|s| (*s).to_owned()).collect();
+            build(b, &a, "", false).err().unwrap()
+        };
+        assert_eq!(
+            err("memory", &["1M", "2M"]),
+            "memory: parameter 'size' given twice (second value '2M')"
+        );
+        assert!(err("zero", &["1M"]).contains("expected key=value, got '1M'"));
+        assert_eq!(
+            err("data", &["raw=x", "var=1"]),
+            "unknown parameter 'var' for backend data ($VAR variables need data=)"
+        );
+        assert!(err("memory", &["1M", "allocator=slab"]).contains("'slab'"));
+        build(
+            "memory",
+            &words("4s allocator=malloc,mlock=true"),
+            "",
+            false,
+        )
+        .unwrap();
+        let set = build("data", &words("$v*2 v=0x41"), "", false).unwrap();
+        let mut buf = [0u8; 2];
+        set.get("").unwrap().backend.read_at(0, &mut buf).unwrap();
+        assert_eq!(&buf, b"AA");
     }
 }

@@ -10,7 +10,9 @@ pub const MAX_SIZE: u64 = i64::MAX as u64;
 /// A decimal number of bytes, optionally followed by a unit. Units are
 /// case-insensitive and every one is a power of 1024, as in nbdkit:
 /// `b` (bytes), `k`, `m`, `g`, `t`, `p`, `e`, each optionally followed by
-/// `b` or `ib` (`4k` = `4K` = `4KB` = `4KiB` = 4096).
+/// `b` or `ib` (`4k` = `4K` = `4KB` = `4KiB` = 4096), and nbdkit's `s`
+/// for 512-byte sectors (`4s` = 2048; nbdkit's parser has it since 1.0,
+/// whatever the device's real sector size).
 ///
 /// # Errors
 ///
@@ -26,13 +28,14 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let number: u64 = digits.parse().map_err(|_| bad("number too large"))?;
     let shift = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 0,
+        "s" => 9,
         "k" | "kb" | "kib" => 10,
         "m" | "mb" | "mib" => 20,
         "g" | "gb" | "gib" => 30,
         "t" | "tb" | "tib" => 40,
         "p" | "pb" | "pib" => 50,
         "e" | "eb" | "eib" => 60,
-        _ => return Err(bad("unknown unit (use b, k, M, G, T, P or E)")),
+        _ => return Err(bad("unknown unit (use b, s, k, M, G, T, P or E)")),
     };
     let bytes = number
         .checked_mul(1u64 << shift)
@@ -52,6 +55,9 @@ mod tests {
             ("512", 512),
             ("512b", 512),
             ("512B", 512),
+            ("4s", 2048),
+            ("1S", 512),
+            ("0s", 0),
             ("4k", 4096),
             ("4K", 4096),
             ("4KB", 4096),
@@ -85,6 +91,8 @@ mod tests {
             "1G ",
             "1X",
             "1KiBB",
+            "1sb",
+            "18014398509481984s",
             "8E",
             "9223372036854775808",
             "99999999999999999999999",

@@ -19,6 +19,16 @@ pub(crate) fn read_only() -> io::Error {
     io::Error::from_raw_os_error(libc::EROFS)
 }
 
+/// An I/O error as a user reads it: the message without Rust's
+/// " (os error N)" suffix, which says nothing more to a user.
+pub fn plain_error(e: &io::Error) -> String {
+    let s = e.to_string();
+    match (e.raw_os_error(), s.rfind(" (os error ")) {
+        (Some(_), Some(i)) if s.ends_with(')') => s[..i].to_owned(),
+        _ => s,
+    }
+}
+
 /// End of `[offset, offset + len)` if it lies within `size`; overflow of
 /// `offset + len` is detected, never wrapped (checklist 68).
 pub(crate) fn range_end(offset: u64, len: u64, size: u64) -> Option<u64> {
@@ -154,4 +164,87 @@ pub(crate) fn extents_loop(
         }
     }
     Ok(n)
+}
+
+/// nbdkit's boolean spellings (`nbdkit_parse_bool`), case-insensitive.
+pub(crate) fn parse_bool(v: &str) -> Option<bool> {
+    match v.to_ascii_lowercase().as_str() {
+        "1" | "true" | "t" | "yes" | "y" | "on" => Some(true),
+        "0" | "false" | "f" | "no" | "n" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// A secret parameter in nbdkit's forms (`password=`, `cookie=`):
+/// `+FILE` reads it from FILE, `-` from standard input, `-N` from file
+/// descriptor N (one line each, without its newline); anything else is the
+/// value itself.
+pub(crate) fn read_secret(owner: &str, key: &str, v: &str) -> Result<String, String> {
+    use std::io::BufRead as _;
+    let from = |path: &str| -> Result<String, String> {
+        let f = std::fs::File::open(path).map_err(|e| format!("{owner}: {key}: {path}: {e}"))?;
+        let mut line = String::new();
+        std::io::BufReader::new(f)
+            .read_line(&mut line)
+            .map_err(|e| format!("{owner}: {key}: {path}: {e}"))?;
+        Ok(line.trim_end_matches(['\n', '\r']).to_owned())
+    };
+    match v.strip_prefix('+').or_else(|| v.strip_prefix('-')) {
+        Some(path) if v.starts_with('+') => from(path),
+        Some("") => from("/dev/stdin"),
+        Some(fd) if fd.bytes().all(|b| b.is_ascii_digit()) => from(&format!("/proc/self/fd/{fd}")),
+        _ => Ok(v.to_owned()),
+    }
+}
+
+/// Push a depth run into `out[*n..]`, merging it with the previous one when
+/// the depths match. Returns false when `out` is full (the run is dropped).
+pub(crate) fn push_depth(
+    out: &mut [crate::DepthExtent],
+    n: &mut usize,
+    len: u64,
+    depth: u32,
+) -> bool {
+    if len == 0 {
+        return true;
+    }
+    if let Some(prev) = n.checked_sub(1).and_then(|i| out.get_mut(i))
+        && prev.depth == depth
+    {
+        prev.len += len;
+        return true;
+    }
+    match out.get_mut(*n) {
+        Some(slot) => {
+            *slot = crate::DepthExtent { len, depth };
+            *n += 1;
+            true
+        }
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn booleans_and_secrets_in_nbdkits_forms() {
+        for t in ["1", "true", "T", "yes", "y", "ON"] {
+            assert_eq!(parse_bool(t), Some(true), "{t}");
+        }
+        for f in ["0", "false", "F", "no", "n", "off"] {
+            assert_eq!(parse_bool(f), Some(false), "{f}");
+        }
+        assert_eq!(parse_bool("maybe"), None);
+        let path = std::env::temp_dir().join(format!("nbd-secret-{}", std::process::id()));
+        std::fs::write(&path, "s3cret\nsecond line\n").unwrap();
+        let plus = format!("+{}", path.display());
+        assert_eq!(read_secret("x", "password", &plus).unwrap(), "s3cret");
+        assert_eq!(read_secret("x", "password", "plain").unwrap(), "plain");
+        assert_eq!(read_secret("x", "password", "-x").unwrap(), "-x");
+        let _ = std::fs::remove_file(&path);
+        let e = read_secret("curl", "password", "+/nonexistent-nbdd").unwrap_err();
+        assert!(e.starts_with("curl: password: /nonexistent-nbdd: "), "{e}");
+    }
 }

@@ -197,6 +197,44 @@ fn file_readonly() -> Fixture {
     }
 }
 
+/// A fresh qcow2 image made by qemu-img (package qemu-utils); with
+/// `backed`, an overlay on an empty qcow2 base, so that unallocated
+/// clusters defer to the backing file.
+fn qcow2(backed: bool) -> Fixture {
+    let tmp = TempFile::new("/tmp", 0);
+    let img = |path: &std::path::Path, backing: Option<&std::path::Path>| {
+        let mut c = std::process::Command::new("qemu-img");
+        c.args(["create", "-q", "-f", "qcow2"]);
+        if let Some(b) = backing {
+            c.arg("-F").arg("qcow2").arg("-b").arg(b);
+        }
+        let st = c.arg(path).arg(ALIGNED_SIZE.to_string()).status();
+        assert!(
+            st.is_ok_and(|s| s.success()),
+            "qemu-img create failed: install qemu-utils"
+        );
+    };
+    let base = backed.then(|| {
+        let base = TempFile::new("/tmp", 0);
+        img(&base.0, None);
+        base
+    });
+    img(&tmp.0, base.as_ref().map(|b| b.0.as_path()));
+    let opts = nbd_backends::ImageOptions::default();
+    let b = nbd_backends::ImageBackend::open(&tmp.0, &opts).unwrap();
+    // The overlay holds the base open; its file may go now.
+    drop(base);
+    Fixture {
+        backend: Arc::new(b),
+        stores: true,
+        // Only whole clusters are discarded.
+        trim_zeroes: false,
+        fast_zero: false,
+        initial: zero,
+        _file: Some(tmp),
+    }
+}
+
 conformance! {
     memory_ => memory();
     null_ => null();
@@ -214,6 +252,8 @@ conformance! {
     delay_over_memory_ => delay_over_memory();
     error_rate_zero_over_memory_ => error_rate_zero_over_memory();
     readonly_over_memory_ => readonly_over_memory();
+    qcow2_ => qcow2(false);
+    qcow2_backed_ => qcow2(true);
 }
 
 #[test]

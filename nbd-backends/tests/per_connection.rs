@@ -101,7 +101,7 @@ fn args_for(name: &str, example: &str) -> String {
 fn every_filter_gives_each_client_its_own_disk() {
     // These need content a fresh empty disk cannot have: opening fails,
     // cleanly, with the filter's reason.
-    let needs_content = ["partition", "xz", "gzip"];
+    let needs_content = ["partition", "qcow2dec", "xz", "gzip"];
     for d in FILTER_DOCS {
         if needs_content.contains(&d.name) {
             continue;
@@ -147,7 +147,12 @@ fn every_filter_gives_each_client_its_own_disk() {
 
 #[test]
 fn filters_that_need_content_refuse_a_fresh_disk_cleanly() {
-    for (name, args) in [("partition", "partition=1"), ("xz", ""), ("gzip", "")] {
+    for (name, args) in [
+        ("partition", "partition=1"),
+        ("qcow2dec", ""),
+        ("xz", ""),
+        ("gzip", ""),
+    ] {
         // The shared value is empty too, so building fails already.
         let e = stack(&[name], args).err().unwrap();
         assert!(e.starts_with(&format!("{name} filter: ")), "{e}");

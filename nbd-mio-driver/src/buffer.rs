@@ -117,16 +117,36 @@ impl Buf {
     }
 
     /// Read from `r` until `WouldBlock`, EOF or `limit` bytes are buffered,
-    /// and say which of the three stopped it.
-    pub fn read_from(&mut self, r: &mut impl Read, limit: usize) -> io::Result<ReadEnd> {
+    /// and say which of the three stopped it. With `short_is_drained`, a
+    /// read that returns less than asked also counts as `WouldBlock`: the
+    /// caller knows no close is pending (the readiness event did not say
+    /// read-closed), so a later arrival, data or FIN, raises a new event.
+    pub fn read_from(
+        &mut self,
+        r: &mut impl Read,
+        limit: usize,
+        short_is_drained: bool,
+    ) -> io::Result<ReadEnd> {
         while self.len() < limit {
             let want = (limit - self.len()).clamp(1, 256 * 1024);
             // Ask for little so an idle connection's buffer stays small;
             // `spare` returns all the free room anyway, and grows (by
             // doubling) only when the buffer is full.
+            let left = limit - self.len();
             let spare = self.spare(want.min(4096));
-            match r.read(spare) {
+            let room = spare.len().min(left);
+            match r.read(&mut spare[..room]) {
                 Ok(0) => return Ok(ReadEnd::Eof),
+                // A short read took everything the socket had: asking again
+                // would only return EAGAIN (a wasted system call per
+                // request at queue depth 1). On Linux a later arrival raises
+                // a new edge-triggered event, so nothing is missed (tokio
+                // clears readiness the same way). A FIN that came with the
+                // data would not: the caller says when none did.
+                Ok(n) if short_is_drained && n < room => {
+                    self.commit(n);
+                    return Ok(ReadEnd::WouldBlock);
+                }
                 Ok(n) => self.commit(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(ReadEnd::WouldBlock),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

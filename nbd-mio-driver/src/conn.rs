@@ -1,26 +1,27 @@
-//! One client connection: its socket, buffers, optional TLS session and
-//! protocol phase. The server calls [`Conn::on_readable`],
-//! [`Conn::process`] and [`Conn::on_writable`]; the connection never blocks.
+//! One client connection: its socket, buffers, optional TLS session and the
+//! nbd-proto [`Connection`] that knows the protocol. The server calls
+//! [`Conn::on_readable`], [`Conn::process`] and [`Conn::on_writable`]; the
+//! connection never blocks.
 
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 use std::time::Instant;
 
-use nbd_backends::{Backend, Caps, Export, ExportSet};
+use nbd_backends::{Backend, Caps, ClientInfo, Export, ExportSet, Peer};
 use nbd_proto::server::{
-    BlockSizes, ExportInfo, ExportQuery, Handshake, HandshakeConfig, HandshakeEvent, Incoming,
-    Negotiated, Transmission, TransmissionConfig,
+    BASE_ALLOCATION, BlockSizes, Connection, ConnectionConfig, EXPORT_ANSWER_MAX, ExportInfo,
+    ExportQuestion, Input, ListQuestion, StartTls,
 };
-use nbd_proto::wire::handshake::Greeting;
 use nbd_proto::{OptReplyType, TransmissionFlags};
 
 use crate::buffer::{Buf, ReadEnd};
-use crate::dispatch::{self, Executed, Shared};
+use crate::dispatch::{self, Exec, Executed, Shared, Target, put};
 use crate::listen::Stream;
+use crate::outq::OutQueue;
 use crate::tls::{TlsServerConfig, TlsSession};
 
-/// Contexts offered to SET/LIST_META_CONTEXT; ID = index + 1.
-pub const META_CONTEXTS: &[&str] = &["base:allocation"];
+/// The meta contexts nbdd knows; ID = index + 1.
+pub const META_CONTEXTS: &[&str] = &[BASE_ALLOCATION];
 /// Stop reading requests while this much output is queued (back-pressure).
 const OUTPUT_HIGH_WATER: usize = 4 * 1024 * 1024;
 /// Most requests on the pool per connection.
@@ -36,17 +37,6 @@ const BUF_INITIAL: usize = 16 * 1024;
 /// pending: enough to batch many pipelined requests per wake-up. The input
 /// buffer grows to it only under load; idle clients keep BUF_INITIAL.
 const READ_BATCH: usize = 128 * 1024;
-/// Room kept free in the output for one handshake answer (replies to INFO
-/// with a 4 KiB name and a 4 KiB description fit).
-const HANDSHAKE_ROOM: usize = 9 * 1024;
-
-enum Phase {
-    Handshake(Box<Handshake>),
-    Transmission {
-        t: Transmission,
-        export: Arc<dyn nbd_backends::Backend>,
-    },
-}
 
 /// What the server needs to know after processing.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -61,12 +51,10 @@ pub struct Status {
 pub struct ConnConfig {
     /// Exports.
     pub exports: Arc<ExportSet>,
-    /// Negotiation limits and TLS policy.
-    pub handshake: HandshakeConfig,
+    /// Negotiation and transmission limits, TLS policy, oldstyle.
+    pub proto: ConnectionConfig,
     /// TLS credentials (when the policy is not off).
     pub tls: Option<Arc<TlsServerConfig>>,
-    /// Serve oldstyle (no negotiation; the default export).
-    pub oldstyle: bool,
 }
 
 /// One connection.
@@ -75,16 +63,23 @@ pub struct Conn {
     pub id: u64,
     /// Peer, for logs.
     pub peer: String,
+    /// Where the client came from, for backends' per-connection hooks.
+    peer_kind: Peer,
     /// The socket.
     pub stream: Stream,
     rbuf: Buf,
-    wbuf: Buf,
+    wbuf: OutQueue,
     /// Ciphertext (or pre-TLS plaintext) waiting for the socket.
     tls_out: Buf,
     tls: Option<Box<dyn TlsSession>>,
-    phase: Phase,
-    /// The export chosen by GO / EXPORT_NAME.
-    chosen: Option<Arc<dyn Backend>>,
+    /// The STARTTLS the TLS session answers, until its handshake is done.
+    tls_pending: Option<StartTls>,
+    proto: Connection,
+    /// The connection's handle on its export, once negotiated, and how its
+    /// requests run.
+    export: Option<(Arc<dyn Backend>, Exec)>,
+    /// A LIST answer in progress: the question and the next export.
+    listing: Option<(ListQuestion, usize)>,
     /// Jobs on the pool.
     pub queued: usize,
     eof: bool,
@@ -97,9 +92,12 @@ pub struct Conn {
     shutting_down: bool,
     /// The negotiation must end by then.
     pub deadline: Option<Instant>,
+    /// Input or output since the last housekeeping pass.
+    active: bool,
 }
 
-fn export_info<'a>(e: &'a Export) -> ExportInfo<'a> {
+/// The wire description of an export.
+fn export_info(e: &Export) -> ExportInfo<'_> {
     let b = &e.backend;
     let caps = b.caps();
     let mut f = TransmissionFlags::SEND_WRITE_ZEROES
@@ -118,9 +116,6 @@ fn export_info<'a>(e: &'a Export) -> ExportInfo<'a> {
             f |= flag;
         }
     }
-    if caps.contains(Caps::READ_ONLY) {
-        f.remove(TransmissionFlags::SEND_RESIZE);
-    }
     let block_sizes = b.block_size().map(|s| BlockSizes {
         minimum: s.minimum,
         preferred: s.preferred,
@@ -135,57 +130,44 @@ fn export_info<'a>(e: &'a Export) -> ExportInfo<'a> {
             nbd_proto::wire::MAX_STRING_LEN,
         ),
         block_sizes: block_sizes.filter(BlockSizes::is_valid),
+        meta_contexts: 1,
     }
 }
 
 impl Conn {
-    /// A new connection; the greeting is queued at once.
+    /// A new connection; newstyle queues the greeting at once.
     pub fn new(
         id: u64,
-        peer: String,
+        (peer, peer_kind): (String, Peer),
         stream: Stream,
         cfg: &ConnConfig,
         deadline: Option<Instant>,
     ) -> Self {
-        let mut wbuf = Buf::with_capacity(BUF_INITIAL);
-        let phase = if cfg.oldstyle {
-            match cfg.exports.default_export() {
-                Some(e) => {
-                    let info = export_info(e);
-                    let neg = Negotiated::oldstyle(info.size, info.flags);
-                    let g = Greeting::Oldstyle {
-                        size: neg.size,
-                        flags: neg.flags,
-                    };
-                    let n = g.encode(wbuf.spare(g.encoded_len())).unwrap_or(0);
-                    wbuf.commit(n);
-                    Phase::Transmission {
-                        t: Transmission::new(neg, TransmissionConfig::default()),
-                        export: Arc::clone(&e.backend),
-                    }
-                }
-                None => Phase::Handshake(Box::new(Handshake::new(cfg.handshake))),
-            }
-        } else {
-            Phase::Handshake(Box::new(Handshake::new(cfg.handshake)))
-        };
         Self {
             id,
             peer,
+            peer_kind,
             stream,
             rbuf: Buf::with_capacity(BUF_INITIAL),
-            wbuf,
+            wbuf: OutQueue::default(),
             tls_out: Buf::default(),
             tls: None,
-            phase,
-            chosen: None,
+            tls_pending: None,
+            proto: Connection::new(&cfg.proto),
+            export: None,
+            listing: None,
             queued: 0,
             eof: false,
             drained: true,
             closing: false,
             shutting_down: false,
-            deadline: if cfg.oldstyle { None } else { deadline },
+            deadline: if cfg.proto.oldstyle { None } else { deadline },
+            active: true,
         }
+    }
+
+    fn negotiated(&self) -> bool {
+        self.proto.negotiated().is_some()
     }
 
     /// True when the socket should be polled for reading.
@@ -193,14 +175,12 @@ impl Conn {
         if self.closing || self.eof {
             return false;
         }
-        match &self.phase {
-            Phase::Handshake(hs) => {
-                hs.wants_read() || self.tls.as_ref().is_some_and(|t| t.is_handshaking())
-            }
-            Phase::Transmission { t, .. } => {
-                t.wants_read() && self.wbuf.len() < OUTPUT_HIGH_WATER && self.queued < MAX_QUEUED
-            }
+        if self.tls.as_ref().is_some_and(|t| t.is_handshaking()) {
+            return true;
         }
+        self.proto.wants_read()
+            && self.wbuf.len() < OUTPUT_HIGH_WATER
+            && (!self.negotiated() || self.queued < MAX_QUEUED)
     }
 
     /// True when bytes may be waiting in the socket that no event will
@@ -232,27 +212,41 @@ impl Conn {
     /// requests with ESHUTDOWN once in-flight ones finish.
     pub fn begin_shutdown(&mut self) {
         self.shutting_down = true;
-        if let Phase::Handshake(hs) = &mut self.phase {
-            hs.begin_shutdown();
-        }
+        self.proto.begin_shutdown();
     }
 
-    /// Read what the socket has (through TLS if active).
-    pub fn on_readable(&mut self) -> io::Result<()> {
+    /// Housekeeping (about once a second): a connection with no traffic
+    /// since the last pass gives back the memory a burst left behind
+    /// (recycled output chunks, a grown input buffer), so an idle client
+    /// costs little however busy it was.
+    pub fn housekeep(&mut self) {
+        if !self.active && self.queued == 0 {
+            self.wbuf.release();
+            self.rbuf.shrink_if_idle(BUF_INITIAL, BUF_INITIAL);
+        }
+        self.active = false;
+    }
+
+    /// Read what the socket has (through TLS if active). `closing_hint`:
+    /// the readiness event said the peer closed its side (read to EOF
+    /// then, not just until a short read).
+    pub fn on_readable(&mut self, closing_hint: bool) -> io::Result<()> {
+        self.active = true;
         let limit = self.read_limit();
         self.drained = false;
         match &mut self.tls {
-            None => {
-                match self.rbuf.read_from(&mut self.stream, limit)? {
-                    ReadEnd::Eof => {
-                        self.eof = true;
-                        self.drained = true;
-                    }
-                    ReadEnd::WouldBlock => self.drained = true,
-                    // Bytes may remain in the socket (see `drained`).
-                    ReadEnd::Limit => {}
+            None => match self
+                .rbuf
+                .read_from(&mut self.stream, limit, !closing_hint)?
+            {
+                ReadEnd::Eof => {
+                    self.eof = true;
+                    self.drained = true;
                 }
-            }
+                ReadEnd::WouldBlock => self.drained = true,
+                // Bytes may remain in the socket (see `drained`).
+                ReadEnd::Limit => {}
+            },
             Some(tls) => {
                 let mut raw = [0u8; 16 * 1024];
                 loop {
@@ -282,13 +276,11 @@ impl Conn {
         Ok(())
     }
 
-    /// How much input to buffer: a whole request frame (a WRITE payload is
-    /// parsed in place), and never more than the maximum payload plus a header.
+    /// How much input to buffer: a whole option or request frame (a WRITE
+    /// payload is parsed in place), never more than nbd-proto says it needs
+    /// (the maximum payload plus a header), but batches of small ones.
     fn read_limit(&self) -> usize {
-        match &self.phase {
-            Phase::Handshake(_) => 16 + 64 * 1024 + 64 * 1024,
-            Phase::Transmission { t, .. } => t.needed(self.rbuf.filled()).max(READ_BATCH),
-        }
+        self.proto.needed(self.rbuf.filled()).max(READ_BATCH)
     }
 
     /// Write queued output until the socket would block.
@@ -305,7 +297,7 @@ impl Conn {
                 if self.wbuf.is_empty() || self.tls_out.len() >= TLS_OUT_LIMIT {
                     break;
                 }
-                let n = tls.write_plaintext(self.wbuf.filled())?;
+                let n = tls.write_plaintext(self.wbuf.front())?;
                 if n == 0 {
                     break;
                 }
@@ -318,212 +310,255 @@ impl Conn {
                 self.wbuf.write_to(&mut self.stream)?;
             }
         }
-        if self.wbuf.is_empty() {
-            self.wbuf.shrink_if_idle(BUF_INITIAL, OUTPUT_HIGH_WATER * 2);
-        }
         Ok(())
     }
 
     /// Run the protocol over buffered input.
+    ///
+    /// # Errors
+    /// Only for a TLS session that cannot start; a protocol violation
+    /// closes the connection after the replies already made are written.
     pub fn process(
         &mut self,
         cfg: &ConnConfig,
         shared: &mut Shared,
         token: usize,
     ) -> io::Result<Status> {
-        let mut status = Status::default();
-        if let Phase::Handshake(_) = self.phase {
-            self.process_handshake(cfg)?;
+        if let Some(t) = self.tls_pending.take() {
+            if self.tls.as_ref().is_some_and(|s| !s.is_handshaking()) {
+                self.proto.handle_tls_established(t);
+            } else {
+                self.tls_pending = Some(t);
+            }
         }
-        if let Phase::Transmission { .. } = self.phase {
+        let mut status = Status::default();
+        match self.run(cfg, shared, token) {
+            Ok(more) => status.more = more,
+            Err(e) => {
+                // Replies already computed are owed: flush them, then close
+                // (a WRITE, DISC and junk in one burst still gets the
+                // WRITE's reply).
+                log::info!("{}: {e}", self.peer);
+                self.closing = true;
+            }
+        }
+        if self.negotiated() {
             self.deadline = None;
-            status.more = self.process_requests(shared, token)?;
             // Checklist 112: once shutting down, a connection with nothing
-            // in flight, nothing buffered and a drained socket is done; close
-            // it as soon as its replies are out rather than at the end of
-            // the shutdown grace period.
+            // in flight, nothing buffered and a drained socket is done;
+            // close it as soon as its replies are out rather than at the end
+            // of the shutdown grace period.
             if self.shutting_down && self.queued == 0 && self.rbuf.is_empty() && self.drained {
                 self.closing = true;
             }
         }
-        if self.eof && self.rbuf.is_empty() {
+        if self.proto.is_closed() && self.queued == 0 {
+            self.closing = true;
+        }
+        if self.eof && self.rbuf.is_empty() && self.queued == 0 {
             // The client went away (or closed after DISC): finish what is
             // in flight, then close.
-            if self.queued == 0 {
-                self.closing = true;
-            }
+            self.closing = true;
         }
-        // A large WRITE grew the input buffer; give it back once idle.
+        // A very large WRITE grew the input buffer; give it back at once
+        // (smaller bursts keep it until housekeeping finds them idle).
         self.rbuf.shrink_if_idle(BUF_INITIAL, OUTPUT_HIGH_WATER * 2);
         status.closing = self.closing;
         Ok(status)
     }
 
-    fn process_handshake(&mut self, cfg: &ConnConfig) -> io::Result<()> {
-        let Phase::Handshake(hs) = &mut self.phase else {
-            return Ok(());
-        };
-        if self.tls.as_ref().is_some_and(|t| !t.is_handshaking()) && !hs.tls_active() {
-            hs.handle_tls_established();
-        }
-        loop {
-            let n = hs.poll_transmit(self.wbuf.spare(HANDSHAKE_ROOM));
-            self.wbuf.commit(n);
-            if hs.is_closed() {
-                self.closing = true;
-                return Ok(());
-            }
-            let (consumed, event) = hs.handle_input(self.rbuf.filled()).map_err(proto_err)?;
-            let mut start_tls = false;
-            let had_event = event.is_some();
-            match event {
-                Some(HandshakeEvent::Export(q)) => {
-                    if let Some(b) = answer_export(hs, cfg, &q, &mut self.wbuf) {
-                        self.chosen = Some(b);
-                    }
-                }
-                Some(HandshakeEvent::List) => {
-                    for e in cfg.exports.list() {
-                        let desc = e.description.as_deref().unwrap_or("");
-                        let room = 20 + 4 + e.name.len() + desc.len();
-                        let n = hs
-                            .answer_list_entry(&e.name, desc, self.wbuf.spare(room))
-                            .unwrap_or(0);
-                        self.wbuf.commit(n);
-                    }
-                    let n = hs.finish_list(self.wbuf.spare(64)).unwrap_or(0);
-                    self.wbuf.commit(n);
-                }
-                Some(HandshakeEvent::MetaContexts(q)) => {
-                    let n = hs
-                        .answer_meta_contexts(&q, META_CONTEXTS, self.wbuf.spare(HANDSHAKE_ROOM))
-                        .unwrap_or(0);
-                    self.wbuf.commit(n);
-                }
-                Some(HandshakeEvent::StartTls) => start_tls = true,
-                Some(_) | None => {}
-            }
-            self.rbuf.consume(consumed);
-            if start_tls {
-                let n = hs.poll_transmit(self.wbuf.spare(64));
-                self.wbuf.commit(n);
-                let Some(tls_cfg) = &cfg.tls else {
-                    return Err(io::Error::other(
-                        "STARTTLS accepted without TLS credentials",
-                    ));
-                };
-                // The ACK leaves in plaintext; everything after it is TLS.
-                let ack = std::mem::take(&mut self.wbuf);
-                self.tls_out.extend(ack.filled());
-                self.wbuf = Buf::with_capacity(BUF_INITIAL);
-                let mut session = tls_cfg.new_session()?;
-                // Bytes already read past the option are the ClientHello.
-                let early = std::mem::take(&mut self.rbuf);
-                self.rbuf = Buf::with_capacity(BUF_INITIAL);
-                feed_all(session.as_mut(), early.filled(), &mut self.rbuf)?;
-                drain_ciphertext(session.as_mut(), &mut self.tls_out)?;
-                self.tls = Some(session);
-                return Ok(());
-            }
-            if let Some(neg) = hs.negotiated() {
-                let Some(export) = self.chosen.take() else {
-                    return Err(io::Error::other("negotiated without an export"));
-                };
-                self.phase = Phase::Transmission {
-                    t: Transmission::new(neg, TransmissionConfig::default()),
-                    export,
-                };
-                return Ok(());
-            }
-            if consumed == 0 && !had_event {
-                return Ok(());
-            }
-        }
-    }
-
-    /// Returns true when input remains but the budget ran out.
-    fn process_requests(&mut self, shared: &mut Shared, token: usize) -> io::Result<bool> {
-        let Phase::Transmission { t, export } = &mut self.phase else {
-            return Ok(false);
-        };
+    /// The documented nbd-proto loop. Returns true when input remains but
+    /// the budget ran out or back-pressure stopped it.
+    fn run(
+        &mut self,
+        cfg: &ConnConfig,
+        shared: &mut Shared,
+        token: usize,
+    ) -> Result<bool, nbd_proto::ProtocolError> {
         for _ in 0..BUDGET {
+            self.drain_transmit();
             if self.wbuf.len() >= OUTPUT_HIGH_WATER || self.queued >= MAX_QUEUED {
                 // Back-pressure: resume once output drains or jobs finish.
                 return Ok(!self.rbuf.is_empty());
             }
-            let (consumed, incoming) = t.handle_request(self.rbuf.filled()).map_err(proto_err)?;
-            match incoming {
-                Some(Incoming::Command(req)) => {
-                    // `-v -v`: one line per request. The level check comes
-                    // first, so nothing is formatted (or allocated) otherwise.
-                    log::debug!(
-                        "{}: {:?} cookie={:#x} offset={} len={} flags={:?}",
-                        self.peer,
-                        req.header.command,
-                        req.header.cookie.0,
-                        req.header.offset,
-                        req.header.len,
-                        req.header.flags
-                    );
-                    if self.shutting_down {
-                        let to = nbd_proto::wire::reply::ReplyTo {
-                            cookie: req.header.cookie,
-                            offset: req.header.offset,
-                        };
-                        dispatch::reply_error(
-                            t,
-                            &mut self.wbuf,
-                            to,
-                            nbd_proto::ErrorCode::Shutdown,
-                            "server is shutting down",
-                        );
-                    } else if dispatch::execute(
-                        (self.id, token),
-                        t,
+            if self.listing.is_some() {
+                self.continue_list(cfg);
+                continue;
+            }
+            let (consumed, next) = self.proto.handle_input(self.rbuf.filled())?;
+            let stop = match next {
+                Input::NeedInput | Input::Blocked => true,
+                Input::Closed => {
+                    self.closing = true;
+                    true
+                }
+                Input::Continue | Input::Disconnect => false,
+                Input::Export(q) => {
+                    let who = (self.id, self.peer_kind);
+                    let chosen = answer_export(&mut self.proto, &mut self.wbuf, cfg, q, who);
+                    if let Some((handle, name)) = chosen {
+                        let exec = shared.exec_for(&handle, &name);
+                        self.export = Some((handle, exec));
+                    }
+                    false
+                }
+                Input::List(q) => {
+                    self.listing = Some((q, 0));
+                    false
+                }
+                Input::MetaContexts(q) => {
+                    // Every export offers base:allocation.
+                    let offered = Ok(1);
+                    put(&mut self.wbuf, 1024, q, |q, b| {
+                        self.proto.answer_meta_contexts(q, offered, b)
+                    });
+                    false
+                }
+                Input::StartTls(t) => {
+                    self.tls_pending = Some(t);
+                    self.rbuf.consume(consumed);
+                    self.start_tls(cfg)
+                        .map_err(|_| nbd_proto::ProtocolError::Violation("TLS could not start"))?;
+                    return Ok(false);
+                }
+                Input::Request { op, reply } => {
+                    log_request(&self.peer, &reply);
+                    let Some((backend, exec)) = &self.export else {
+                        return Err(nbd_proto::ProtocolError::Violation(
+                            "request without an export",
+                        ));
+                    };
+                    let target = Target {
+                        conn: (self.id, token),
+                        backend,
+                        exec: *exec,
+                    };
+                    if dispatch::execute(
+                        &mut self.proto,
                         &mut self.wbuf,
-                        export,
-                        &req,
+                        &target,
+                        op,
+                        reply,
                         shared,
                     ) == Executed::Queued
                     {
                         self.queued += 1;
                     }
+                    false
                 }
-                Some(Incoming::Reject {
-                    to,
-                    command,
+                Input::Reject {
+                    reply,
                     error,
                     message,
-                }) => {
+                } => {
                     log::debug!(
-                        "{}: {command:?} cookie={:#x} rejected: {error:?} ({message})",
+                        "{}: {:?} cookie={:#x} rejected: {error:?} ({message})",
                         self.peer,
-                        to.cookie.0
+                        reply.command(),
+                        reply.cookie().0
                     );
-                    dispatch::reply_error(t, &mut self.wbuf, to, error, message);
+                    dispatch::reply_error(&mut self.proto, &mut self.wbuf, reply, error, message);
+                    false
                 }
-                Some(Incoming::Disconnect) => {}
-                None if consumed == 0 => {
-                    if t.is_disconnecting() && t.in_flight() == 0 {
-                        self.closing = true;
-                    }
-                    return Ok(false);
-                }
-                None => {}
-            }
+            };
             self.rbuf.consume(consumed);
+            if stop {
+                return Ok(false);
+            }
         }
         Ok(!self.rbuf.is_empty())
     }
 
+    /// Move what nbd-proto queued by itself (greeting, option replies) to
+    /// the output.
+    fn drain_transmit(&mut self) {
+        loop {
+            let spare = self.wbuf.spare(256);
+            match self.proto.poll_transmit(spare) {
+                Ok(0) => return,
+                Ok(n) => self.wbuf.commit(n),
+                Err(e) => {
+                    self.wbuf.spare(e.required);
+                }
+            }
+        }
+    }
+
+    /// Answer LIST entries while the output has room (a server with
+    /// thousands of exports must not queue them all at once).
+    fn continue_list(&mut self, cfg: &ConnConfig) {
+        let Some((q, mut next)) = self.listing.take() else {
+            return;
+        };
+        let tls = self.proto.tls_active();
+        for e in cfg.exports.list().skip(next) {
+            if self.wbuf.len() >= OUTPUT_HIGH_WATER {
+                self.listing = Some((q, next));
+                return;
+            }
+            next += 1;
+            if e.tls_required && !tls {
+                // Nothing about a TLS-only export leaks before TLS.
+                continue;
+            }
+            let desc = e.description.as_deref().unwrap_or("");
+            let desc = clip(desc, nbd_proto::wire::MAX_STRING_LEN);
+            let room = 24 + e.name.len() + desc.len();
+            let n = self
+                .proto
+                .list_entry(&q, &e.name, desc, self.wbuf.spare(room))
+                .unwrap_or(0);
+            self.wbuf.commit(n);
+        }
+        put(&mut self.wbuf, 64, q, |q, b| self.proto.finish_list(q, b));
+    }
+
+    /// STARTTLS was acknowledged: the ACK leaves in plaintext, everything
+    /// after it is TLS.
+    fn start_tls(&mut self, cfg: &ConnConfig) -> io::Result<()> {
+        self.drain_transmit();
+        let Some(tls_cfg) = &cfg.tls else {
+            return Err(io::Error::other(
+                "STARTTLS accepted without TLS credentials",
+            ));
+        };
+        // Everything queued so far (the ACK) goes out before TLS starts.
+        while !self.wbuf.is_empty() {
+            let n = self.wbuf.front().len();
+            self.tls_out.extend(self.wbuf.front());
+            self.wbuf.consume(n);
+        }
+        let mut session = tls_cfg.new_session()?;
+        // Bytes already read past the option are the ClientHello.
+        let early = std::mem::take(&mut self.rbuf);
+        self.rbuf = Buf::with_capacity(BUF_INITIAL);
+        feed_all(session.as_mut(), early.filled(), &mut self.rbuf)?;
+        drain_ciphertext(session.as_mut(), &mut self.tls_out)?;
+        self.tls = Some(session);
+        Ok(())
+    }
+
+    /// The upstream this connection owns (a per-client `nbd` proxy
+    /// connection), to close with it.
+    pub fn owned_upstream(&self) -> Option<usize> {
+        match self.export {
+            Some((_, Exec::Upstream { key, owned: true })) => Some(key),
+            _ => None,
+        }
+    }
+
     /// A pool job for this connection finished.
     pub fn on_job_done(&mut self, job: &mut crate::workers::Job, shared: &mut Shared) {
+        self.active = true;
         self.queued = self.queued.saturating_sub(1);
-        if let Phase::Transmission { t, .. } = &mut self.phase {
-            dispatch::complete(t, &mut self.wbuf, job, &mut shared.descriptors);
-            if t.is_disconnecting() && t.in_flight() == 0 {
-                self.closing = true;
-            }
+        dispatch::complete(
+            &mut self.proto,
+            &mut self.wbuf,
+            job,
+            &mut shared.descriptors,
+        );
+        if self.proto.is_closed() && self.queued == 0 {
+            self.closing = true;
         }
     }
 
@@ -538,31 +573,64 @@ impl Conn {
     }
 }
 
-/// Answer an export query; returns the backend when the query was GO or
-/// EXPORT_NAME for a known export (the one transmission will use).
+/// `-v -v`: one line per request. The level check comes first, so nothing
+/// is formatted (or allocated) otherwise.
+fn log_request(peer: &str, p: &nbd_proto::server::Pending) {
+    log::debug!(
+        "{peer}: {:?} cookie={:#x} offset={} len={} flags={:#x}",
+        p.command(),
+        p.cookie().0,
+        p.offset(),
+        p.len(),
+        p.flags().bits()
+    );
+}
+
+/// Answer an export question; on GO / EXPORT_NAME success, the
+/// connection's handle on the export (the backend's per-connection
+/// `open`) and the export's canonical name.
 fn answer_export(
-    hs: &mut Handshake,
+    proto: &mut Connection,
+    out: &mut OutQueue,
     cfg: &ConnConfig,
-    q: &ExportQuery<'_>,
-    out: &mut Buf,
-) -> Option<Arc<dyn Backend>> {
-    let export = cfg.exports.get(q.name());
+    q: ExportQuestion,
+    (id, peer): (u64, Peer),
+) -> Option<(Arc<dyn Backend>, String)> {
+    let name = proto.asked_name();
+    let export = cfg.exports.get(name);
+    let mut handle = None;
     let answer = match export {
+        // A TLS-only export does not exist for a plaintext client: refuse
+        // before saying anything about it (an EXPORT_NAME refusal closes).
+        Some(e) if e.tls_required && !proto.tls_active() => Err(OptReplyType::ErrTlsReqd),
+        Some(e) if q.ends_negotiation() => {
+            let client = ClientInfo {
+                id,
+                peer,
+                export_name: name,
+                tls: proto.tls_active(),
+            };
+            match e.backend.open(&client) {
+                Ok(h) => {
+                    handle = Some((h.unwrap_or_else(|| Arc::clone(&e.backend)), e.name.clone()));
+                    Ok(export_info(e))
+                }
+                Err(err) => {
+                    log::info!("export '{}' refused the client: {err}", e.name);
+                    Err(OptReplyType::ErrPolicy)
+                }
+            }
+        }
         Some(e) => Ok(export_info(e)),
         None => Err(OptReplyType::ErrUnknown),
     };
-    // The answer fits HANDSHAKE_ROOM for spec-sized strings; if a backend
-    // still needs more, make exactly that much room rather than drop it.
-    let n = match hs.answer_export(q, answer, out.spare(HANDSHAKE_ROOM)) {
-        Ok(n) => n,
-        Err(e) => hs
-            .answer_export(q, answer, out.spare(e.required))
-            .unwrap_or(0),
-    };
-    out.commit(n);
-    match q {
-        ExportQuery::Info(_) => None,
-        _ => export.map(|e| Arc::clone(&e.backend)),
+    put(out, EXPORT_ANSWER_MAX, q, |q, b| {
+        proto.answer_export(q, answer, b)
+    });
+    if proto.negotiated().is_some() {
+        handle
+    } else {
+        None
     }
 }
 
@@ -575,10 +643,6 @@ fn clip(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
-}
-
-fn proto_err(e: nbd_proto::ProtocolError) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
 /// Feed ciphertext and move every decrypted byte into `plain`.

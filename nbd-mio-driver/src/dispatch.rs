@@ -1,34 +1,39 @@
 //! Request → backend call → reply.
 //!
-//! Inline backends (memory, null, pattern) run on the loop thread: a READ
-//! reserves the reply prefix in the output buffer and the backend reads
-//! straight into the space after it, so the data is copied once, from the
-//! store into the socket buffer. Other backends run on the worker pool and
-//! their replies are encoded when the job comes back.
+//! nbd-proto has already validated the request and turned it into an
+//! [`Op`]; this maps it to a backend call and the outcome to the reply the
+//! [`Pending`] token is owed. Inline backends (memory, null, pattern) run on
+//! the loop thread: a READ reserves the reply prefix in the output buffer
+//! and the backend reads straight into the space after it, so the data is
+//! copied once, from the store into the socket buffer. Other backends run on
+//! the worker pool and their replies are encoded when the job comes back.
 
+use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
 
-use nbd_backends::{Backend, Caps, Extent, ExtentFlags, ZeroFlags};
-use nbd_proto::server::Transmission;
-use nbd_proto::wire::reply::{BlockStatusExtent, ReplyTo};
-use nbd_proto::wire::request::Request;
-use nbd_proto::{CmdFlags, Command, ErrorCode, HeaderMode};
+use mio::Registry;
+use slab::Slab;
 
-use crate::buffer::Buf;
+use nbd_backends::{Backend, Caps, Execution, Extent, ExtentFlags, ZeroFlags};
+use nbd_proto::server::{Connection, NeedRoom, OK_REPLY_MAX, Op, Pending, error_reply_len};
+use nbd_proto::wire::reply::BlockStatusExtent;
+use nbd_proto::{ErrorCode, HeaderMode};
+
 use crate::errno::to_nbd_errno;
+use crate::outq::OutQueue as Buf;
 use crate::proxy::upstream::{Submitted, Upstream};
-use crate::workers::{Job, Op, Pool};
+use crate::workers::{self, Job, Pool};
 
-/// Most extents sent in one block-status chunk (the spec's ceiling is
-/// 2^20; clients re-query from where a short reply ends).
+/// Most extents asked of a backend for one block-status reply (the spec's
+/// ceiling is 2^20; clients re-query from where a short reply ends).
 pub const MAX_EXTENTS: usize = 1024;
 /// Reads at least this long on a backend with extents are sent sparsely
 /// (holes as OFFSET_HOLE chunks): below it the extra chunk headers cost more
 /// than the zero bytes they save.
 const SPARSE_READ_MIN: usize = 64 * 1024;
-/// Room kept for an error reply (header + the longest message we send).
-const ERROR_REPLY_ROOM: usize = 32 + 6 + 128;
+/// Room for one OFFSET_HOLE chunk (extended header + offset + length).
+const HOLE_CHUNK_MAX: usize = 32 + 12;
 
 /// Loop-wide state the dispatcher reuses so steady state allocates nothing.
 pub struct Shared {
@@ -40,21 +45,92 @@ pub struct Shared {
     pub extents: Vec<Extent>,
     /// Scratch descriptors for the wire.
     pub descriptors: Vec<BlockStatusExtent>,
-    /// Upstream connections of `nbd` proxy exports, driven by the loop.
-    pub upstreams: Vec<Upstream>,
+    /// Upstream connections of `nbd` proxy exports, driven by the loop:
+    /// one per client (`shared=false`) or per export (`shared=true`).
+    pub upstreams: Slab<Upstream>,
+    /// The upstream serving each `shared=true` proxy export on this loop.
+    pub shared_upstreams: HashMap<String, usize>,
+    /// This loop's registry, for sockets opened while serving (upstreams).
+    pub registry: Registry,
 }
 
 impl Shared {
     /// Scratch space sized once.
-    pub fn new(pool: Option<Pool>) -> Self {
+    pub fn new(pool: Option<Pool>, registry: Registry) -> Self {
         Self {
             pool,
             free_jobs: Vec::new(),
             extents: vec![Extent::default(); MAX_EXTENTS],
             descriptors: Vec::with_capacity(MAX_EXTENTS),
-            upstreams: Vec::new(),
+            upstreams: Slab::new(),
+            shared_upstreams: HashMap::new(),
+            registry,
         }
     }
+
+    /// How requests on `handle` (a connection's handle on export `name`)
+    /// run: a proxy's upstream socket served by this loop, the worker pool,
+    /// or inline. Decided once, when the client selects the export.
+    pub fn exec_for(&mut self, handle: &Arc<dyn Backend>, name: &str) -> Exec {
+        if let Some(p) = crate::proxy::as_proxy(&**handle) {
+            return self
+                .upstream_for(p, name)
+                .map_or(Exec::Pool, |(key, owned)| Exec::Upstream { key, owned });
+        }
+        match handle.execution() {
+            Execution::Blocking if self.pool.is_some() => Exec::Pool,
+            _ => Exec::Inline,
+        }
+    }
+
+    /// The upstream for a proxy: its own (a per-client handle), or the
+    /// export's on this loop (`shared=true`; the first loop takes the one
+    /// opened at start-up, the others connect their own).
+    fn upstream_for(&mut self, p: &crate::proxy::Proxy, name: &str) -> Option<(usize, bool)> {
+        if p.is_shared()
+            && let Some(&key) = self.shared_upstreams.get(name)
+        {
+            return Some((key, false));
+        }
+        let taken = match crate::proxy::Proxy::take_for_loop(p) {
+            Some(t) => t,
+            None if p.is_shared() => p.another_upstream(),
+            None => return None,
+        };
+        let entry = self.upstreams.vacant_entry();
+        let token = crate::event_loop::upstream_token(entry.key());
+        match Upstream::from_taken(taken, &self.registry, token) {
+            Ok(u) => {
+                let key = entry.key();
+                entry.insert(u);
+                if p.is_shared() {
+                    self.shared_upstreams.insert(name.to_owned(), key);
+                }
+                Some((key, !p.is_shared()))
+            }
+            Err(e) => {
+                log::warn!("nbd proxy: cannot register the upstream socket: {e}");
+                None
+            }
+        }
+    }
+}
+
+/// How a connection's requests run (see [`Shared::exec_for`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exec {
+    /// On the loop thread (memory-only backends).
+    Inline,
+    /// On the worker pool.
+    Pool,
+    /// Forwarded to upstream `key` of this loop; `owned`: the connection's
+    /// own, closed with it.
+    Upstream {
+        /// Slab key in [`Shared::upstreams`].
+        key: usize,
+        /// Per-client (closed with the connection).
+        owned: bool,
+    },
 }
 
 /// The map from a backend error to the wire: the single place that decides.
@@ -62,204 +138,243 @@ pub fn wire_error(e: &io::Error) -> ErrorCode {
     ErrorCode::from(to_nbd_errno(e))
 }
 
-/// Did the request run inline, or was it queued on the pool?
+/// Encode into `out` with `encode`, giving it `room` bytes and, if the
+/// encoder reports it needs more, exactly what it asks for. An encoder
+/// that still fails would lose a reply (the client would hang and the
+/// in-flight count leak), which nbd-proto's contract rules out; a debug
+/// build stops there.
+pub fn put<T>(
+    out: &mut Buf,
+    room: usize,
+    token: T,
+    mut encode: impl FnMut(T, &mut [u8]) -> Result<usize, NeedRoom<T>>,
+) {
+    let (mut room, mut token) = (room, token);
+    loop {
+        match encode(token, out.spare(room)) {
+            Ok(n) => {
+                out.commit(n);
+                return;
+            }
+            Err(NeedRoom { required, token: t }) if required > room => {
+                (room, token) = (required, t);
+            }
+            Err(NeedRoom { required, .. }) => {
+                debug_assert!(
+                    false,
+                    "encoder needs {required} bytes, had {room}: reply lost"
+                );
+                log::error!("a reply could not be encoded ({required} bytes) and was lost");
+                return;
+            }
+        }
+    }
+}
+
+/// Success without data.
+pub fn reply_ok(conn: &mut Connection, out: &mut Buf, p: Pending) {
+    put(out, OK_REPLY_MAX, p, |p, b| conn.reply_ok(p, b));
+}
+
+/// An error reply with `message`.
+pub fn reply_error(
+    conn: &mut Connection,
+    out: &mut Buf,
+    p: Pending,
+    code: ErrorCode,
+    message: &str,
+) {
+    let room = error_reply_len(message.len());
+    put(out, room, p, |p, b| conn.reply_error(p, code, message, b));
+}
+
+/// Success, or the mapped error, for a payload-less command.
+pub fn reply_result(conn: &mut Connection, out: &mut Buf, p: Pending, r: &io::Result<()>) {
+    match r {
+        Ok(()) => reply_ok(conn, out, p),
+        Err(e) => {
+            let code = wire_error(e);
+            reply_error(conn, out, p, code, code.message());
+        }
+    }
+}
+
+/// Did the request run inline, or was it queued?
 #[derive(Debug, PartialEq, Eq)]
 pub enum Executed {
     /// The reply is in the output buffer.
     Done,
-    /// A job is on the pool; its reply comes later.
+    /// A job is on the pool or an upstream; its reply comes later.
     Queued,
 }
 
-fn zero_flags(f: CmdFlags) -> ZeroFlags {
+/// Where a connection's requests go.
+pub struct Target<'a> {
+    /// The connection's id and slab key, for routing finished jobs back.
+    pub conn: (u64, usize),
+    /// The export's backend (the connection's own handle).
+    pub backend: &'a Arc<dyn Backend>,
+    /// How its requests run.
+    pub exec: Exec,
+}
+
+/// The job form of an operation.
+fn job_op(op: &Op<'_>) -> workers::Op {
+    match *op {
+        Op::Read { offset, len, .. } => workers::Op::Read { offset, len },
+        Op::Write { offset, fua, .. } => workers::Op::Write { offset, fua },
+        Op::Flush => workers::Op::Flush,
+        Op::Trim { offset, len, fua } => workers::Op::Trim { offset, len, fua },
+        Op::WriteZeroes {
+            offset,
+            len,
+            fua,
+            may_trim,
+            fast,
+        } => workers::Op::Zero {
+            offset,
+            len,
+            flags: zero_flags(fua, may_trim, fast),
+        },
+        Op::Cache { offset, len } => workers::Op::Cache { offset, len },
+        Op::BlockStatus { offset, len, .. } => workers::Op::Extents { offset, len },
+        Op::Resize { size } => workers::Op::Resize { size },
+    }
+}
+
+fn zero_flags(fua: bool, may_trim: bool, fast: bool) -> ZeroFlags {
     let mut z = ZeroFlags::empty();
-    if !f.contains(CmdFlags::NO_HOLE) {
-        z |= ZeroFlags::MAY_TRIM;
-    }
-    if f.contains(CmdFlags::FAST_ZERO) {
-        z |= ZeroFlags::FAST;
-    }
-    if f.contains(CmdFlags::FUA) {
-        z |= ZeroFlags::FUA;
-    }
+    z.set(ZeroFlags::MAY_TRIM, may_trim);
+    z.set(ZeroFlags::FAST, fast);
+    z.set(ZeroFlags::FUA, fua);
     z
-}
-
-/// Encode success or the mapped error for a payload-less command.
-pub fn reply_result(t: &mut Transmission, out: &mut Buf, to: ReplyTo, r: &io::Result<()>) {
-    let spare = out.spare(ERROR_REPLY_ROOM);
-    let n = match r {
-        Ok(()) => t.reply_ok(to, spare),
-        Err(e) => {
-            let code = wire_error(e);
-            t.reply_error(to, code, code.message(), spare)
-        }
-    };
-    out.commit(n.unwrap_or(0));
-}
-
-/// Encode an error reply.
-pub fn reply_error(
-    t: &mut Transmission,
-    out: &mut Buf,
-    to: ReplyTo,
-    code: ErrorCode,
-    message: &str,
-) {
-    let n = t.reply_error(
-        to,
-        code,
-        message,
-        out.spare(ERROR_REPLY_ROOM + message.len()),
-    );
-    out.commit(n.unwrap_or(0));
 }
 
 /// Run a validated request.
 pub fn execute(
-    conn: (u64, usize),
-    t: &mut Transmission,
+    conn: &mut Connection,
     out: &mut Buf,
-    backend: &Arc<dyn Backend>,
-    req: &Request<'_>,
+    target: &Target<'_>,
+    op: Op<'_>,
+    p: Pending,
     shared: &mut Shared,
 ) -> Executed {
-    let h = req.header;
-    let to = ReplyTo {
-        cookie: h.cookie,
-        offset: h.offset,
-    };
-    let fua = h.flags.contains(CmdFlags::FUA);
-    // Lengths were validated against the export size (a u64) and, for
-    // READ/WRITE, against the maximum payload, so they fit usize.
-    let op = match h.command {
-        Command::Read => Op::Read {
-            offset: h.offset,
-            len: h.len as usize,
-        },
-        Command::Write => Op::Write {
-            offset: h.offset,
-            fua,
-        },
-        Command::Flush => Op::Flush,
-        Command::Trim => Op::Trim {
-            offset: h.offset,
-            len: h.len,
-            fua,
-        },
-        Command::WriteZeroes => Op::Zero {
-            offset: h.offset,
-            len: h.len,
-            flags: zero_flags(h.flags),
-        },
-        Command::Cache => Op::Cache {
-            offset: h.offset,
-            len: h.len,
-        },
-        Command::BlockStatus => {
-            let len = if h.flags.contains(CmdFlags::PAYLOAD_LEN) {
-                nbd_proto_effect_len(req.data)
-            } else {
-                h.len
+    let backend = target.backend;
+    match target.exec {
+        Exec::Upstream { key, .. } => {
+            let data = match op {
+                Op::Write { data, .. } => data,
+                _ => &[],
             };
-            Op::Extents {
-                offset: h.offset,
-                len,
-            }
-        }
-        Command::Resize => Op::Resize { size: h.offset },
-        Command::Disc | Command::Unknown(_) => {
-            reply_error(t, out, to, ErrorCode::Inval, "unknown command");
-            return Executed::Done;
-        }
-    };
-    if let Op::Read { len: 0, .. } = op
-        && t.mode() != HeaderMode::Simple
-    {
-        // An OFFSET_DATA chunk carries at least one byte (checklist 98):
-        // an empty READ is answered with a lone NONE chunk instead.
-        let n = t.encode_done(to, out.spare(64)).unwrap_or(0);
-        out.commit(n);
-        return Executed::Done;
-    }
-    if !shared.upstreams.is_empty() {
-        // An `nbd` proxy export: forward on the loop (proxy/upstream.rs).
-        let id = crate::proxy::backend_id(backend);
-        if let Some(i) = shared.upstreams.iter().position(|u| u.backend_id == id) {
-            let job = new_job(shared, conn, to, h.flags, backend, op);
-            let up = &mut shared.upstreams[i];
-            return match up.submit(job, req.data) {
+            let job = new_job(shared, target, job_op(&op), p);
+            let Some(up) = shared.upstreams.get_mut(key) else {
+                let mut job = job;
+                job.result = Err(io::Error::from_raw_os_error(libc::EIO));
+                complete(conn, out, &mut job, &mut shared.descriptors);
+                shared.free_jobs.push(job);
+                return Executed::Done;
+            };
+            match up.submit(job, data) {
                 Submitted::Queued => Executed::Queued,
                 Submitted::Now(mut job) => {
-                    complete(t, out, &mut job, &mut shared.descriptors);
+                    complete(conn, out, &mut job, &mut shared.descriptors);
+                    job.reply = None;
                     shared.free_jobs.push(job);
                     Executed::Done
                 }
-            };
-        }
-    }
-    if backend.execution() == nbd_backends::Execution::Blocking && shared.pool.is_some() {
-        let mut job = new_job(shared, conn, to, h.flags, backend, op);
-        match op {
-            Op::Write { .. } => {
-                job.buf.clear();
-                job.buf.extend_from_slice(req.data);
             }
-            Op::Read { .. } => job.data_at = t.read_prefix_len(),
-            _ => {}
         }
-        if let Some(pool) = &shared.pool {
-            pool.submit(job);
+        Exec::Pool => queue(conn, target, op, p, shared),
+        Exec::Inline => {
+            run_inline(conn, out, backend, op, p, shared);
+            Executed::Done
         }
-        return Executed::Queued;
     }
+}
+
+/// Put the request on the worker pool.
+fn queue(
+    conn: &Connection,
+    target: &Target<'_>,
+    op: Op<'_>,
+    p: Pending,
+    shared: &mut Shared,
+) -> Executed {
+    let mut job = new_job(shared, target, job_op(&op), p);
     match op {
-        Op::Read { offset, len } => read_inline(t, out, backend, to, h.flags, offset, len, shared),
-        Op::Write { offset, fua } => {
-            let r = backend.write_at(offset, req.data, fua);
-            reply_result(t, out, to, &r);
+        Op::Write { data, .. } => {
+            job.buf.clear();
+            job.buf.extend_from_slice(data);
         }
-        Op::Extents { offset, len } => {
-            let r = backend.extents(offset, len, &mut shared.extents);
-            match r {
+        // Room in front for the reply prefix, so the finished buffer can
+        // become the output buffer without a copy (see `complete`).
+        Op::Read { .. } => job.data_at = conn.read_prefix_len(),
+        _ => {}
+    }
+    if let Some(pool) = &shared.pool {
+        pool.submit(job);
+    }
+    Executed::Queued
+}
+
+fn run_inline(
+    conn: &mut Connection,
+    out: &mut Buf,
+    backend: &Arc<dyn Backend>,
+    op: Op<'_>,
+    p: Pending,
+    shared: &mut Shared,
+) {
+    match op {
+        Op::Read { offset, len, df } => {
+            read_inline(conn, out, &**backend, p, offset, len, df, shared)
+        }
+        Op::Write { offset, data, fua } => {
+            let r = backend.write_at(offset, data, fua);
+            reply_result(conn, out, p, &r);
+        }
+        Op::BlockStatus { offset, len, .. } => {
+            match backend.extents(offset, len, &mut shared.extents) {
                 Ok(n) => {
+                    let n = n.min(shared.extents.len());
                     let (ext, desc) = (&shared.extents[..n], &mut shared.descriptors);
-                    reply_extents(t, out, to, h.flags, len, ext, desc);
+                    reply_extents(conn, out, p, ext, desc);
                 }
-                Err(e) => reply_result(t, out, to, &Err(e)),
+                Err(e) => reply_result(conn, out, p, &Err(e)),
             }
         }
         Op::Resize { size } => {
             let r = backend.resize(size);
-            if r.is_ok() {
-                t.set_size(size);
-            }
-            reply_result(t, out, to, &r);
+            reply_result(conn, out, p, &r);
         }
-        other => {
-            let r = run_simple(&**backend, other);
-            reply_result(t, out, to, &r);
+        Op::Flush => reply_result(conn, out, p, &backend.flush()),
+        Op::Trim { offset, len, fua } => {
+            reply_result(conn, out, p, &backend.trim(offset, len, fua))
         }
+        Op::WriteZeroes {
+            offset,
+            len,
+            fua,
+            may_trim,
+            fast,
+        } => {
+            let r = backend.write_zeroes(offset, len, zero_flags(fua, may_trim, fast));
+            reply_result(conn, out, p, &r);
+        }
+        Op::Cache { offset, len } => reply_result(conn, out, p, &backend.cache(offset, len)),
     }
-    Executed::Done
 }
 
 /// A recycled (or, until the free list warms up, new) job for `op`.
-fn new_job(
-    shared: &mut Shared,
-    conn: (u64, usize),
-    to: ReplyTo,
-    flags: CmdFlags,
-    backend: &Arc<dyn Backend>,
-    op: Op,
-) -> Box<Job> {
+fn new_job(shared: &mut Shared, target: &Target<'_>, op: workers::Op, p: Pending) -> Box<Job> {
+    let flags = p.flags();
     let mut job = shared.free_jobs.pop().unwrap_or_else(|| {
         Box::new(Job {
             conn_id: 0,
             token: 0,
-            to,
+            reply: None,
             flags,
-            backend: Arc::clone(backend),
+            backend: Arc::clone(target.backend),
             op,
             buf: Vec::new(),
             data_at: 0,
@@ -267,75 +382,74 @@ fn new_job(
             result: Ok(()),
         })
     });
-    job.conn_id = conn.0;
-    job.token = conn.1;
-    job.to = to;
+    job.conn_id = target.conn.0;
+    job.token = target.conn.1;
+    job.reply = Some(p);
     job.flags = flags;
-    job.backend = Arc::clone(backend);
+    job.backend = Arc::clone(target.backend);
     job.op = op;
     job.data_at = 0;
     job.result = Ok(());
     job
 }
 
-/// The effect length of a BLOCK_STATUS payload (validated by nbd-proto).
-fn nbd_proto_effect_len(payload: &[u8]) -> u64 {
-    payload
-        .first_chunk::<8>()
-        .map(|b| u64::from_be_bytes(*b))
-        .unwrap_or(0)
-}
-
-fn run_simple(b: &dyn Backend, op: Op) -> io::Result<()> {
-    match op {
-        Op::Flush => b.flush(),
-        Op::Trim { offset, len, fua } => b.trim(offset, len, fua),
-        Op::Zero { offset, len, flags } => b.write_zeroes(offset, len, flags),
-        Op::Cache { offset, len } => b.cache(offset, len),
-        _ => Ok(()),
-    }
-}
-
 /// Read straight into the output buffer behind a reserved reply prefix.
-/// On a backend error nothing is committed and the error is returned.
+/// With `p` (the whole request) the prefix ends the reply; without, it is
+/// one chunk of a chunked reply. On a backend error nothing is committed.
 fn read_piece(
-    t: &mut Transmission,
+    conn: &mut Connection,
     out: &mut Buf,
     backend: &dyn Backend,
-    to: ReplyTo,
+    chunk_of: Result<&Pending, Pending>,
     offset: u64,
     len: usize,
-    done: bool,
-) -> io::Result<()> {
-    let prefix = t.read_prefix_len();
+) -> Result<(), (io::Error, Option<Pending>)> {
+    let prefix = conn.read_prefix_len();
     let spare = out.spare(prefix + len);
-    backend.read_at(offset, &mut spare[prefix..prefix + len])?;
-    let n = t
-        .encode_read_prefix(to, offset, len, done, &mut spare[..prefix])
-        .unwrap_or(0);
-    out.commit(n + len);
+    let (head, data) = spare.split_at_mut(prefix);
+    let data = &mut data[..len];
+    match chunk_of {
+        Ok(p) => {
+            backend.read_at(offset, data).map_err(|e| (e, None))?;
+            // The prefix slot is exactly the prefix: it cannot be too small.
+            let n = conn.read_chunk(p, offset, len, head).unwrap_or(0);
+            out.commit(n + len);
+        }
+        Err(p) => {
+            if let Err(e) = backend.read_at(offset, data) {
+                return Err((e, Some(p)));
+            }
+            match conn.reply_read(p, head) {
+                Ok(n) => out.commit(n + len),
+                Err(NeedRoom { required, .. }) => {
+                    debug_assert!(false, "read prefix needs {required}");
+                }
+            }
+        }
+    }
     Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
 fn read_inline(
-    t: &mut Transmission,
+    conn: &mut Connection,
     out: &mut Buf,
-    backend: &Arc<dyn Backend>,
-    to: ReplyTo,
-    flags: CmdFlags,
+    backend: &dyn Backend,
+    p: Pending,
     offset: u64,
     len: usize,
+    df: bool,
     shared: &mut Shared,
 ) {
-    let sparse = t.mode() != HeaderMode::Simple
-        && !flags.contains(CmdFlags::DF)
-        && len >= SPARSE_READ_MIN
-        && backend.caps().contains(Caps::EXTENTS);
+    let structured = conn
+        .negotiated()
+        .is_some_and(|n| n.mode != HeaderMode::Simple);
+    let sparse =
+        structured && !df && len >= SPARSE_READ_MIN && backend.caps().contains(Caps::EXTENTS);
     if !sparse {
-        if let Err(e) = read_piece(t, out, &**backend, to, offset, len, true) {
+        if let Err((e, Some(p))) = read_piece(conn, out, backend, Err(p), offset, len) {
             let code = wire_error(&e);
-            reply_error(t, out, to, code, code.message());
+            reply_error(conn, out, p, code, code.message());
         }
         return;
     }
@@ -343,130 +457,102 @@ fn read_inline(
     // which always sends data), data runs are read in place.
     let n = backend
         .extents(offset, len as u64, &mut shared.extents)
-        .unwrap_or(0);
+        .unwrap_or(0)
+        .min(shared.extents.len());
     let end = offset + len as u64;
     let mut pos = offset;
-    for e in &shared.extents[..n] {
+    let runs = shared.extents[..n]
+        .iter()
+        .map(|e| (e.len, e.flags.contains(ExtentFlags::ZERO)));
+    // Whatever the extents did not cover is read as data.
+    for (run, zero) in runs.chain(std::iter::once((u64::MAX, false))) {
         if pos >= end {
             break;
         }
-        let piece = e.len.min(end - pos);
-        let r = if e.flags.contains(ExtentFlags::ZERO) {
-            let n = t
-                .encode_hole(to, pos, piece as u32, false, out.spare(64))
+        let piece = run.min(end - pos);
+        let r = if zero {
+            let hole = u32::try_from(piece).unwrap_or(u32::MAX);
+            let n = conn
+                .read_hole(&p, pos, hole, out.spare(HOLE_CHUNK_MAX))
                 .unwrap_or(0);
             out.commit(n);
             Ok(())
         } else {
-            read_piece(t, out, &**backend, to, pos, piece as usize, false)
+            read_piece(conn, out, backend, Ok(&p), pos, piece as usize)
         };
-        if let Err(e) = r {
+        if let Err((e, _)) = r {
             let code = wire_error(&e);
-            reply_error(t, out, to, code, code.message());
+            reply_error(conn, out, p, code, code.message());
             return;
         }
         pos += piece;
     }
-    if pos < end
-        && let Err(e) = read_piece(t, out, &**backend, to, pos, (end - pos) as usize, false)
-    {
-        let code = wire_error(&e);
-        reply_error(t, out, to, code, code.message());
-        return;
-    }
-    let n = t.encode_done(to, out.spare(64)).unwrap_or(0);
-    out.commit(n);
+    put(out, OK_REPLY_MAX, p, |p, b| conn.reply_done(p, b));
 }
 
 /// Encode the block-status reply for `base:allocation` (context ID 1, the
-/// only context nbdd offers) from backend extents.
+/// only context nbdd offers) from backend extents; nbd-proto applies the
+/// spec's clipping and merging rules.
 pub fn reply_extents(
-    t: &mut Transmission,
+    conn: &mut Connection,
     out: &mut Buf,
-    to: ReplyTo,
-    flags: CmdFlags,
-    req_len: u64,
+    p: Pending,
     extents: &[Extent],
     desc: &mut Vec<BlockStatusExtent>,
 ) {
     desc.clear();
-    let compact = t.mode() != HeaderMode::Extended;
-    let mut covered = 0u64;
-    for e in extents {
-        if e.len == 0 || covered >= req_len {
-            break;
-        }
-        // Clip to the request so 32-bit descriptors always fit.
-        let mut len = e.len.min(req_len - covered);
-        if compact {
-            len = len.min(u64::from(u32::MAX) & !511);
-        }
-        let status = u64::from((e.flags & (ExtentFlags::HOLE | ExtentFlags::ZERO)).bits());
-        match desc.last_mut() {
-            // Merge runs with the same status (SHOULD differ, proto.md).
-            Some(last) if last.flags == status && !flags.contains(CmdFlags::REQ_ONE) => {
-                last.len += len
-            }
-            _ => desc.push(BlockStatusExtent { len, flags: status }),
-        }
-        covered += len;
-        if flags.contains(CmdFlags::REQ_ONE) || desc.len() == MAX_EXTENTS {
-            break;
-        }
-    }
-    if desc.is_empty() {
-        // A backend that described nothing: report the range as data, which
-        // is always a legal answer.
-        desc.push(BlockStatusExtent {
-            len: req_len.clamp(1, u64::from(u32::MAX) & !511),
-            flags: 0,
-        });
-    }
-    let room = nbd_proto::wire::reply::block_status_len(t.mode(), desc.len());
-    let n = t
-        .encode_block_status(to, 1, desc, true, out.spare(room))
-        .unwrap_or(0);
-    out.commit(n);
+    desc.extend(extents.iter().take(MAX_EXTENTS).map(|e| BlockStatusExtent {
+        len: e.len,
+        flags: u64::from((e.flags & (ExtentFlags::HOLE | ExtentFlags::ZERO)).bits()),
+    }));
+    let mode = conn.negotiated().map_or(HeaderMode::Structured, |n| n.mode);
+    let room = nbd_proto::wire::reply::block_status_len(mode, desc.len().max(1));
+    put(out, room, p, |p, b| conn.reply_block_status(p, 1, desc, b));
 }
 
-/// Encode the reply of a finished pool job.
+/// Encode the reply of a finished pool or upstream job.
 pub fn complete(
-    t: &mut Transmission,
+    conn: &mut Connection,
     out: &mut Buf,
     job: &mut Job,
     desc: &mut Vec<BlockStatusExtent>,
 ) {
-    let to = job.to;
+    let Some(p) = job.reply.take() else {
+        debug_assert!(false, "a job without a reply token");
+        return;
+    };
     if let Err(e) = &job.result {
         let code = wire_error(e);
-        reply_error(t, out, to, code, code.message());
+        reply_error(conn, out, p, code, code.message());
         return;
     }
     match job.op {
-        Op::Read { offset, len } => {
-            let prefix = t.read_prefix_len();
+        workers::Op::Read { len, .. } => {
+            let prefix = conn.read_prefix_len();
             let start = job.data_at;
-            if out.is_empty() && start == prefix && job.buf.len() >= prefix + len {
+            if start == prefix && job.buf.len() >= prefix + len {
                 // The worker left room for the prefix: encode it in place and
-                // hand the whole buffer to the connection, whose old storage
-                // goes back with the job. No copy of the data.
-                if let Ok(n) = t.encode_read_prefix(to, offset, len, true, &mut job.buf[..prefix]) {
-                    out.swap_storage(&mut job.buf, n + len);
-                    return;
+                // queue the job's buffer itself. No copy of the data.
+                match conn.reply_read(p, &mut job.buf[..prefix]) {
+                    Ok(n) if n == prefix => out.push_vec(&mut job.buf, 0, prefix + len),
+                    // An empty READ: a lone NONE chunk, shorter than the prefix.
+                    Ok(n) => out.extend(&job.buf[..n]),
+                    Err(_) => debug_assert!(false, "read prefix of {prefix} bytes"),
                 }
+                return;
             }
             let spare = out.spare(prefix + len);
             spare[prefix..prefix + len].copy_from_slice(&job.buf[start..start + len]);
-            let n = t
-                .encode_read_prefix(to, offset, len, true, &mut spare[..prefix])
-                .unwrap_or(0);
-            out.commit(n + len);
+            match conn.reply_read(p, &mut spare[..prefix]) {
+                Ok(n) => out.commit(n + if n == prefix { len } else { 0 }),
+                Err(_) => debug_assert!(false, "read prefix of {prefix} bytes"),
+            }
         }
-        Op::Extents { len, .. } => reply_extents(t, out, to, job.flags, len, &job.extents, desc),
-        Op::Resize { size } => {
-            t.set_size(size);
-            reply_result(t, out, to, &Ok(()));
+        workers::Op::Extents { .. } => {
+            let ext = std::mem::take(&mut job.extents);
+            reply_extents(conn, out, p, &ext, desc);
+            job.extents = ext;
         }
-        _ => reply_result(t, out, to, &Ok(())),
+        _ => reply_ok(conn, out, p),
     }
 }

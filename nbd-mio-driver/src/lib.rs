@@ -5,9 +5,11 @@
 
 // Module owners while the crate is being built in parallel:
 // cli, listen, errno, main.rs, activation, captive, daemon, logging,
-// notify: startup; tls: TLS sessions;
+// notify, banner, errors, exports, info, man, privileges, tlsdefault: startup; tls: TLS sessions;
 // server, conn, buffer, workers, dispatch: the event loop.
+pub(crate) mod acceptor;
 pub mod activation;
+pub mod banner;
 pub mod buffer;
 pub mod captive;
 pub mod cli;
@@ -15,11 +17,19 @@ pub mod conn;
 pub mod daemon;
 pub mod dispatch;
 pub mod errno;
+pub mod errors;
+pub(crate) mod event_loop;
+pub mod exports;
+pub mod info;
 pub mod listen;
 pub mod logging;
+pub mod man;
 pub mod notify;
+pub mod outq;
+pub mod privileges;
 pub mod proxy;
 pub mod server;
 pub mod tls;
+pub mod tlsdefault;
 pub mod vsock;
 pub mod workers;

@@ -14,9 +14,10 @@ use std::path::{Path, PathBuf};
 
 use mio::event::Source;
 use mio::{Interest, Registry, Token};
+use nbd_backends::Peer;
 use rustix::net::{AddressFamily, SocketFlags, SocketType, sockopt};
 
-use crate::cli::{Config, TlsMode, UnixPath};
+use crate::cli::{Config, IpFamily, TlsMode, UnixPath};
 
 /// Pending connections the kernel queues per listener (nbdkit uses 1024 too).
 const BACKLOG: i32 = 1024;
@@ -50,13 +51,13 @@ impl Listener {
     ///
     /// `WouldBlock` when nothing is pending (keep accepting until then), or
     /// the OS error from `accept(2)`.
-    pub fn accept(&self) -> io::Result<(Stream, String)> {
+    pub fn accept(&self) -> io::Result<(Stream, String, Peer)> {
         match self {
             Self::Tcp(l) => {
                 let (s, peer) = l.accept()?;
                 // Best effort: a failure here only costs latency.
                 let _ = s.set_nodelay(true);
-                Ok((Stream::Tcp(s), peer.to_string()))
+                Ok((Stream::Tcp(s), peer.to_string(), Peer::Tcp(peer)))
             }
             Self::Unix(l) => {
                 let (s, _) = l.accept()?;
@@ -65,9 +66,16 @@ impl Listener {
                     |_| "unix".to_owned(),
                     |c| format!("unix pid {}", c.pid.as_raw_nonzero()),
                 );
-                Ok((Stream::Unix(s), peer))
+                Ok((Stream::Unix(s), peer, Peer::Unix))
             }
-            Self::Vsock(fd) => Ok((Stream::Unix(crate::vsock::accept(fd)?), "vsock".to_owned())),
+            Self::Vsock(fd) => {
+                let (s, cid, port) = crate::vsock::accept(fd)?;
+                Ok((
+                    Stream::Unix(s),
+                    format!("vsock {cid}:{port}"),
+                    Peer::Vsock { cid, port },
+                ))
+            }
         }
     }
 
@@ -378,6 +386,31 @@ pub fn bind(cfg: &Config) -> io::Result<(Vec<Listener>, ListenGuard)> {
             SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), cfg.port),
         ],
     };
+    // -4 / -6: one family only, both for -i's names and for the default
+    // addresses (nbdkit's meaning).
+    let addrs: Vec<SocketAddr> = match cfg.family {
+        None => addrs,
+        Some(f) => {
+            let keep: Vec<SocketAddr> = addrs
+                .into_iter()
+                .filter(|a| a.is_ipv4() == (f == IpFamily::V4))
+                .collect();
+            if keep.is_empty() {
+                let (flag, fam) = match f {
+                    IpFamily::V4 => ("-4", "IPv4"),
+                    IpFamily::V6 => ("-6", "IPv6"),
+                };
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrNotAvailable,
+                    format!(
+                        "{flag}: {} has no {fam} address",
+                        cfg.ipaddr.as_deref().unwrap_or("")
+                    ),
+                ));
+            }
+            keep
+        }
+    };
     let mut listeners = Vec::new();
     let mut port = cfg.port;
     for (i, mut addr) in addrs.iter().copied().enumerate() {
@@ -390,7 +423,9 @@ pub fn bind(cfg: &Config) -> io::Result<(Vec<Listener>, ListenGuard)> {
                 listeners.push(Listener::Tcp(l));
             }
             // A host without IPv6 still serves IPv4 when no -i was given.
-            Err(e) if cfg.ipaddr.is_none() && i > 0 && is_unavailable(&e) => {
+            Err(e)
+                if cfg.ipaddr.is_none() && cfg.family.is_none() && i > 0 && is_unavailable(&e) =>
+            {
                 log::debug!("not listening on {addr}: {e}");
             }
             Err(e) => return Err(annotate(e, &addr.to_string())),

@@ -50,7 +50,10 @@ impl Log for Logger {
         }
         match &self.sink {
             Sink::Stderr => {
-                let level = r.level().as_str().to_ascii_lowercase();
+                let level = match r.level() {
+                    Level::Warn => "warning".to_owned(),
+                    l => l.as_str().to_ascii_lowercase(),
+                };
                 // One write per line so concurrent threads do not interleave.
                 let line = format!("nbdd: {level}: {}\n", r.args());
                 let _ = std::io::stderr().lock().write_all(line.as_bytes());

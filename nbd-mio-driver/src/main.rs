@@ -1,25 +1,39 @@
 //! `nbdd`: parse the command line, prepare listeners and exports, become a
 //! service (fork, pidfile, systemd notification) and run the event loop.
-//! Start-up errors print one line on stderr and exit with status 1.
+//! Start-up errors print one line on stderr (`nbdd: ...`) and exit with
+//! status 1.
 
+use std::io::Write as _;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
-use nbd_mio_driver::cli::{self, Config, Parsed};
+use nbd_mio_driver::cli::{self, Config, Parsed, UnixPath};
 use nbd_mio_driver::listen::{self, ListenGuard, Stream};
 use nbd_mio_driver::server::{Server, ServerOptions};
 use nbd_mio_driver::tls::{TlsMode, TlsServerConfig};
-use nbd_mio_driver::{activation, captive, daemon, logging, notify};
+use nbd_mio_driver::{
+    activation, banner, captive, daemon, errors, exports, info, logging, notify, privileges,
+    tlsdefault,
+};
 
 fn main() -> ExitCode {
     match run() {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("nbdd: error: {e:#}");
+            eprintln!("nbdd: {}", errors::one_line(&e));
             ExitCode::from(1)
         }
     }
+}
+
+/// Prints `text` on stdout (the informational options).
+fn print(text: &str) -> anyhow::Result<u8> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .context("stdout")?;
+    Ok(0)
 }
 
 fn run() -> anyhow::Result<u8> {
@@ -31,14 +45,17 @@ fn run() -> anyhow::Result<u8> {
         })
         .collect::<anyhow::Result<Vec<String>>>()?;
     let mut cfg = match cli::parse(args).map_err(anyhow::Error::msg)? {
-        Parsed::Help => {
-            print!("{}{}", cli::help_text(), backends_help());
-            return Ok(0);
+        Parsed::Help { backend: None, .. } => return print(&info::help()),
+        Parsed::Help {
+            backend: Some(b),
+            filters,
+        } => return print(&info::backend_help(&b, &filters).map_err(anyhow::Error::msg)?),
+        Parsed::Version => return print(&format!("nbdd {}\n", env!("CARGO_PKG_VERSION"))),
+        Parsed::DumpConfig => return print(&info::dump_config()),
+        Parsed::DumpPlugin(c) => {
+            return print(&info::dump_plugin(&c.backend).map_err(anyhow::Error::msg)?);
         }
-        Parsed::Version => {
-            println!("nbdd {}", env!("CARGO_PKG_VERSION"));
-            return Ok(0);
-        }
+        Parsed::ListOptions { long } => return print(&info::list_options(long)),
         Parsed::Run(cfg) => *cfg,
     };
 
@@ -68,42 +85,46 @@ fn run() -> anyhow::Result<u8> {
         Some(daemon::daemonize().context("daemonizing")?)
     };
     logging::init(cfg.log, cfg.verbose).context("installing the logger")?;
+    warn_ignored(&cfg);
     if cfg.exit_with_parent {
         daemon::exit_with_parent().context("--exit-with-parent")?;
     }
+    if cfg.swap {
+        privileges::lock_memory().map_err(anyhow::Error::msg)?;
+    }
 
-    let exports = nbd_backends::build_with_filters_ext(
-        &cfg.backend,
-        &cfg.backend_args,
-        &cfg.filters,
-        &cfg.export_name,
-        cfg.readonly,
-        &[nbd_mio_driver::proxy::BACKEND],
-    )
-    .map_err(anyhow::Error::msg)?;
-    let tls = match cfg.tls {
-        TlsMode::Off => None,
-        _ => Some(Arc::new(
-            TlsServerConfig::load(
-                cfg.tls_certificates.as_deref(),
-                cfg.tls_psk.as_deref(),
-                cfg.tls_verify_peer,
-            )
-            .map_err(anyhow::Error::msg)?,
-        )),
-    };
+    let exports = exports::build(&cfg).map_err(anyhow::Error::msg)?;
+    let tls = load_tls(&cfg)?;
 
-    let (listeners, _guard) = match (activated, &single) {
+    privileges::socket_label(cfg.selinux_label.as_deref()).map_err(anyhow::Error::msg)?;
+    let (listeners, guard) = match (activated, &single) {
         (Some(l), _) => (l, ListenGuard::default()),
         (None, Some(_)) => (Vec::new(), ListenGuard::default()),
         (None, None) => listen::bind(&cfg).context("cannot listen")?,
     };
+    if cfg.selinux_label.is_some() {
+        privileges::socket_label(None).map_err(anyhow::Error::msg)?;
+    }
+    let mut owned = Vec::new();
+    match &cfg.unix {
+        Some(UnixPath::Path(p)) => owned.push(p.clone()),
+        Some(UnixPath::Private) => {
+            if let Some(d) = guard.private_dir() {
+                owned.extend([d.to_owned(), d.join("socket")]);
+            }
+        }
+        None => {}
+    }
+    let owned: Vec<&std::path::Path> = owned.iter().map(|p| p.as_path()).collect();
+    privileges::switch_user(cfg.user.as_deref(), cfg.group.as_deref(), &owned)
+        .map_err(anyhow::Error::msg)?;
     for l in &listeners {
         log::info!("listening on {}", l.describe());
     }
     // Everything that needs the listeners is computed before the server
     // takes them.
     let uri = listen::uri(&cfg, &listeners);
+    let start_line = banner::line(&exports, &listeners, &uri);
     let env = cfg
         .run
         .as_ref()
@@ -113,7 +134,10 @@ fn run() -> anyhow::Result<u8> {
         exports,
         tls,
         tls_mode: cfg.tls,
+        handshake: cfg.handshake(),
         oldstyle: cfg.oldstyle,
+        threads: cfg.threads.map_or(0, |t| t as usize),
+        busy_poll: std::time::Duration::from_micros(cfg.busy_poll_us),
         single,
         handshake_limit: (cfg.handshake_limit > 0)
             .then(|| std::time::Duration::from_secs(cfg.handshake_limit)),
@@ -124,6 +148,11 @@ fn run() -> anyhow::Result<u8> {
     // READY=1 with SIGTERM gets a graceful shutdown, not the default
     // "terminate" action.
     announce(&cfg, &uri)?;
+    // The start-up line is for a person at a terminal: not with --run
+    // (the command's output is the point), -s (one client on stdin) or -q.
+    if cfg.foreground && !cfg.quiet && cfg.run.is_none() && !cfg.single {
+        eprintln!("{start_line}");
+    }
     if let Some(d) = daemon {
         d.ready().context("detaching")?;
     }
@@ -138,6 +167,7 @@ fn run() -> anyhow::Result<u8> {
         _ => None,
     };
     server.run().context("serving")?;
+    drop(guard);
 
     match captive {
         Some(c) => Ok(c.wait().context("--run")?),
@@ -145,35 +175,64 @@ fn run() -> anyhow::Result<u8> {
     }
 }
 
+/// One warning line for each nbdkit option nbdd accepts but cannot apply.
+fn warn_ignored(cfg: &Config) {
+    for d in &cfg.debug_flags {
+        log::warn!("-D {d}: nbdkit debug flags do not apply to nbdd; ignored (use -v)");
+    }
+}
+
+/// The TLS credentials, from the options or nbdkit's default directory.
+fn load_tls(cfg: &Config) -> anyhow::Result<Option<Arc<TlsServerConfig>>> {
+    if cfg.tls == TlsMode::Off {
+        if cfg.tls_certificates.is_some() || cfg.tls_psk.is_some() {
+            log::warn!("--tls-certificates/--tls-psk: TLS is off (add --tls=on); ignored");
+        }
+        return Ok(None);
+    }
+    let certs = match &cfg.tls_psk {
+        Some(psk) => {
+            warn_if_world_readable(psk);
+            None
+        }
+        None => Some(
+            tlsdefault::certificates(cfg.tls_certificates.as_deref())
+                .map_err(anyhow::Error::msg)?,
+        ),
+    };
+    let loaded = TlsServerConfig::load(
+        certs.as_deref(),
+        cfg.tls_psk.as_deref(),
+        cfg.tls_verify_peer,
+    )
+    .map_err(anyhow::Error::msg)?;
+    Ok(Some(Arc::new(loaded)))
+}
+
+/// Keys anyone on the host can read are no secret (ssh refuses such keys;
+/// nbdd serves, with one warning).
+fn warn_if_world_readable(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    if let Ok(m) = std::fs::metadata(path)
+        && m.permissions().mode() & 0o004 != 0
+    {
+        log::warn!(
+            "--tls-psk: {} is readable by everyone (chmod 600 it)",
+            path.display()
+        );
+    }
+}
+
 /// `--print-uri` and the pidfile, once the server is ready to serve.
 fn announce(cfg: &Config, uri: &str) -> anyhow::Result<()> {
     if cfg.print_uri {
-        use std::io::Write as _;
         let mut out = std::io::stdout().lock();
         writeln!(out, "{uri}")
             .and_then(|()| out.flush())
             .context("--print-uri")?;
     }
     if let Some(p) = &cfg.pidfile {
-        daemon::write_pidfile(p).context("-P")?;
+        daemon::write_pidfile(p).with_context(|| format!("-P: {}", p.display()))?;
     }
     Ok(())
-}
-
-/// The backend list for `--help`.
-fn backends_help() -> String {
-    let mut s = String::from("\nBackends (the first bare word fills the key in brackets):\n");
-    let proxy = nbd_mio_driver::proxy::BACKEND;
-    let all = nbd_backends::BACKENDS
-        .iter()
-        .copied()
-        .chain([(proxy.name, proxy.magic, proxy.help)]);
-    for (name, magic, help) in all {
-        s.push_str(&format!("  {name:<10} [{magic}]  {help}\n"));
-    }
-    s.push_str("\nFilters (--filter=NAME, parameters as KEY=VALUE):\n");
-    for (name, params, help) in nbd_backends::filters::FILTERS {
-        s.push_str(&format!("  {name:<10} {params}\n             {help}\n"));
-    }
-    s
 }

@@ -50,17 +50,40 @@ pub fn bind(port: u32) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Accept one connection as a non-blocking stream.
+/// Accept one connection as a non-blocking stream, with the peer's
+/// context ID and port (for logs and the `ip` filter's `vsock:CID` rules).
 ///
 /// # Errors
 /// `WouldBlock` when nothing is pending, or the OS error.
-pub fn accept(listener: &OwnedFd) -> io::Result<mio::net::UnixStream> {
-    let fd = rustix::net::accept_with(
-        listener,
-        rustix::net::SocketFlags::NONBLOCK | rustix::net::SocketFlags::CLOEXEC,
-    )?;
-    let std_stream = std::os::unix::net::UnixStream::from(fd);
-    Ok(mio::net::UnixStream::from_std(std_stream))
+pub fn accept(listener: &OwnedFd) -> io::Result<(mio::net::UnixStream, u32, u32)> {
+    // SAFETY: all-zero bytes are a valid sockaddr_vm (plain integers).
+    #[allow(unsafe_code)]
+    let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+    // SAFETY: `addr` and `len` are live, writable and sized for the
+    // kernel's sockaddr_vm; `listener` is an open listening socket. On
+    // success the return value is a new descriptor we own.
+    #[allow(unsafe_code)]
+    let fd = unsafe {
+        libc::accept4(
+            listener.as_raw_fd(),
+            (&raw mut addr).cast::<libc::sockaddr>(),
+            &raw mut len,
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by accept4 and nothing else owns it.
+    #[allow(unsafe_code)]
+    let owned = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let std_stream = std::os::unix::net::UnixStream::from(owned);
+    Ok((
+        mio::net::UnixStream::from_std(std_stream),
+        addr.svm_cid,
+        addr.svm_port,
+    ))
 }
 
 /// This machine's vsock context ID (for the URI), if the kernel says.

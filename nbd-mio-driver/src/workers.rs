@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use nbd_backends::{Backend, Extent, ZeroFlags};
-use nbd_proto::wire::reply::ReplyTo;
+use nbd_proto::server::Pending;
 
 /// What a job does.
 #[derive(Debug, Clone, Copy)]
@@ -43,8 +43,8 @@ pub struct Job {
     pub conn_id: u64,
     /// Slab key of the connection.
     pub token: usize,
-    /// Where the reply goes.
-    pub to: ReplyTo,
+    /// The reply the request is owed (taken when the reply is encoded).
+    pub reply: Option<Pending>,
     /// Request flags the reply needs (REQ_ONE, DF).
     pub flags: nbd_proto::CmdFlags,
     /// The backend.
@@ -65,7 +65,18 @@ pub struct Job {
 }
 
 impl Job {
+    /// Run the operation. A backend that panics fails this request with
+    /// EIO instead of taking the worker (and the job, whose reply the
+    /// client waits for) with it.
     fn run(&mut self) {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_op()));
+        if r.is_err() {
+            log::error!("a backend panicked; the request fails with EIO");
+            self.result = Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+    }
+
+    fn run_op(&mut self) {
         let b = &*self.backend;
         self.result = match self.op {
             Op::Read { offset, len } => {
@@ -85,7 +96,9 @@ impl Job {
                 self.extents.resize(cap, Extent::default());
                 match b.extents(offset, len, &mut self.extents) {
                     Ok(n) => {
-                        self.extents.truncate(n);
+                        // A count beyond the slice is the backend's bug;
+                        // never trust it further than the slice.
+                        self.extents.truncate(n.min(cap));
                         Ok(())
                     }
                     Err(e) => Err(e),

@@ -47,8 +47,8 @@ fn help_lists_every_nbdkit_option() {
     ] {
         assert!(help.contains(opt), "--help lacks {opt}:\n{help}");
     }
-    // -t is accepted but the help must say why it does nothing.
-    assert!(help.contains("event-loop thread"), "{help}");
+    // -t starts event loops; the help says so.
+    assert!(help.contains("event loops (threads)"), "{help}");
 }
 
 #[test]

@@ -79,7 +79,10 @@ fn measured_server(
                 exports,
                 tls: None,
                 tls_mode: TlsMode::Off,
+                handshake: Default::default(),
                 oldstyle: false,
+                threads: 1,
+                busy_poll: std::time::Duration::ZERO,
                 single: None,
                 handshake_limit: None,
             })

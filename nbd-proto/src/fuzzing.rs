@@ -11,13 +11,13 @@
 use crate::client::{ClientConfig, ClientHandshake, ReplyDecoder};
 use crate::flags::{CmdFlags, TransmissionFlags};
 use crate::server::{
-    BlockSizes, ExportInfo, Handshake, HandshakeConfig, HandshakeEvent, Incoming, Negotiated,
-    TlsMode, Transmission, TransmissionConfig,
+    BlockSizes, Connection, ConnectionConfig, EXPORT_ANSWER_MAX, ExportInfo, HandshakeConfig,
+    Input, Negotiated, Op, Pending, TlsMode, TransmissionConfig,
 };
 use crate::types::{ChunkType, Cookie, HeaderMode, InfoType, OptReplyType};
 use crate::wire::handshake::{Greeting, OptionHeader, OptionReplyHeader};
 use crate::wire::option::{Info, InfoRequest, MetaContextRequest, OptReply};
-use crate::wire::reply::{BlockStatusExtent, ChunkHeader, ChunkPayload, ReplyTo, SimpleReply};
+use crate::wire::reply::{BlockStatusExtent, ChunkHeader, ChunkPayload, SimpleReply};
 use crate::wire::request::{Request, RequestHeader};
 
 fn mode_of(b: u8) -> HeaderMode {
@@ -36,68 +36,105 @@ fn split(data: &[u8]) -> (u8, &[u8]) {
     }
 }
 
-/// Run a transmission state machine over `input`, fed in pieces whose
-/// sizes come from `ctl`, answering every request like a driver would.
-fn drive_transmission(tx: &mut Transmission, input: &[u8], ctl: u8) {
-    let mut out = [0u8; 512];
+/// Run a server connection over `input`, fed in pieces whose sizes come
+/// from `ctl`, answering every question and request as a caller would and
+/// checking the invariants: nothing consumed beyond what was given, every
+/// request answered exactly once (the in-flight count agrees), no answer
+/// refused for lack of room in a buffer of the documented size.
+fn serve(conn: &mut Connection, input: &[u8], ctl: u8) {
+    let mut out = [0u8; 16384];
     let mut pos = 0usize;
     let mut end = 0usize;
     let step = usize::from(ctl % 64) + 1;
-    let mut accepted = 0usize;
-    let mut answered = 0usize;
     loop {
+        while conn.poll_transmit(&mut out).is_ok_and(|n| n > 0) {}
         let window = &input[pos..end];
-        let Ok((n, inc)) = tx.handle_request(window) else {
+        let before = conn.in_flight();
+        let Ok((n, next)) = conn.handle_input(window) else {
             return;
         };
         assert!(n <= window.len(), "consumed more than given");
         pos += n;
-        match inc {
-            Some(Incoming::Command(req)) => {
-                accepted += 1;
-                let h = req.header;
-                assert_eq!(req.data.len() as u64, h.payload_len(tx.mode()));
-                let to = ReplyTo {
-                    cookie: h.cookie,
-                    offset: h.offset,
-                };
-                let r = match h.command {
-                    crate::Command::Read => {
-                        tx.encode_read_prefix(to, h.offset, 0, h.len % 2 == 0, &mut out)
-                    }
-                    crate::Command::BlockStatus if tx.mode() != HeaderMode::Simple => {
-                        let e = [BlockStatusExtent {
-                            len: h.len.max(1),
-                            flags: 0,
-                        }];
-                        tx.encode_block_status(to, 1, &e, true, &mut out)
-                    }
-                    _ => tx.reply_ok(to, &mut out),
-                };
-                assert!(r.is_ok());
-                if h.command == crate::Command::Read && h.len % 2 != 0 {
-                    assert!(tx.encode_done(to, &mut out).is_ok());
-                }
-                answered += 1;
+        match next {
+            Input::Export(q) => {
+                let ans = lookup(conn.asked_name().len());
+                assert!(
+                    conn.answer_export(q, ans, &mut out[..EXPORT_ANSWER_MAX])
+                        .is_ok()
+                );
             }
-            Some(Incoming::Reject {
-                to, error, message, ..
-            }) => {
-                accepted += 1;
-                assert!(tx.reply_error(to, error, message, &mut out).is_ok());
-                answered += 1;
+            Input::List(q) => {
+                assert!(conn.list_entry(&q, "", "fuzz", &mut out).is_ok());
+                assert!(conn.finish_list(q, &mut out).is_ok());
             }
-            Some(Incoming::Disconnect) => assert!(!tx.wants_read()),
-            None if n == 0 => {
+            Input::MetaContexts(q) => {
+                assert!(conn.answer_meta_contexts(q, Ok(0b11), &mut out).is_ok());
+            }
+            Input::StartTls(t) => conn.handle_tls_established(t),
+            Input::Request { op, reply } => {
+                assert_eq!(conn.in_flight(), before + 1);
+                answer(conn, op, reply, &mut out);
+                assert_eq!(conn.in_flight(), before);
+            }
+            Input::Reject {
+                reply,
+                error,
+                message,
+            } => {
+                let room = crate::server::error_reply_len(message.len());
+                assert!(
+                    conn.reply_error(reply, error, message, &mut out[..room])
+                        .is_ok()
+                );
+                assert_eq!(conn.in_flight(), before);
+            }
+            Input::Disconnect => assert!(!conn.wants_read()),
+            Input::Closed => return,
+            Input::Continue => {}
+            Input::NeedInput | Input::Blocked => {
                 if end == input.len() {
-                    break;
+                    return;
                 }
                 end = (end + step).min(input.len());
             }
-            None => {}
         }
-        assert_eq!(tx.in_flight(), accepted - answered);
     }
+}
+
+/// Answer one request: READs in one piece or as chunks, BLOCK_STATUS with
+/// a run per context, everything else with success.
+fn answer(conn: &mut Connection, op: Op<'_>, p: Pending, out: &mut [u8]) {
+    let structured = conn
+        .negotiated()
+        .is_some_and(|n| n.mode != HeaderMode::Simple);
+    let r = match op {
+        Op::Read { len, .. } if structured && len % 2 == 1 => {
+            assert!(conn.read_chunk(&p, p.offset(), 0, out).is_ok());
+            assert!(conn.read_hole(&p, p.offset(), 1, out).is_ok());
+            conn.reply_done(p, out)
+        }
+        Op::Read { .. } => conn.reply_read(p, &mut out[..crate::server::READ_PREFIX_MAX]),
+        Op::BlockStatus { contexts, len, .. } => {
+            let e = [
+                BlockStatusExtent {
+                    len: len / 2,
+                    flags: 1,
+                },
+                BlockStatusExtent {
+                    len: u64::MAX,
+                    flags: 3,
+                },
+            ];
+            let mut ids = (0..64u32).filter(|i| contexts & (1 << i) != 0);
+            let last = ids.next_back().unwrap_or(0);
+            for id in ids {
+                assert!(conn.block_status_chunk(&p, id + 1, &e, out).is_ok());
+            }
+            conn.reply_block_status(p, last + 1, &e, out)
+        }
+        _ => conn.reply_ok(p, &mut out[..crate::server::OK_REPLY_MAX]),
+    };
+    assert!(r.is_ok());
 }
 
 /// Harness `request_stream`: the first byte picks the mode, flags and
@@ -119,8 +156,8 @@ pub fn request_stream(data: &[u8]) {
         };
         neg.block_sizes_agreed = true;
     }
-    let mut tx = Transmission::new(neg, TransmissionConfig::default());
-    drive_transmission(&mut tx, rest, ctl >> 2);
+    let mut conn = Connection::in_transmission(neg, TransmissionConfig::default());
+    serve(&mut conn, rest, ctl >> 2);
 }
 
 /// Harness `option_payload`: every decoder on the same bytes; what decodes
@@ -174,24 +211,27 @@ pub fn option_payload(data: &[u8]) {
     }
 }
 
-fn lookup(name: &str) -> Result<ExportInfo<'_>, OptReplyType> {
+fn lookup(name_len: usize) -> Result<ExportInfo<'static>, OptReplyType> {
     let info = ExportInfo {
         size: 1 << 20,
         flags: TransmissionFlags::SEND_FLUSH
             | TransmissionFlags::SEND_FUA
             | TransmissionFlags::SEND_TRIM,
-        name,
+        name: "",
         description: "fuzz",
         block_sizes: None,
+        meta_contexts: 0b01,
     };
-    match name.len() {
+    match name_len {
         0 => Ok(info),
         1 => Ok(ExportInfo {
+            name: "a",
             block_sizes: Some(BlockSizes {
                 minimum: 512,
                 preferred: 4096,
                 maximum: 65536,
             }),
+            meta_contexts: 0b11,
             ..info
         }),
         _ => Err(OptReplyType::ErrUnknown),
@@ -203,59 +243,31 @@ fn lookup(name: &str) -> Result<ExportInfo<'_>, OptReplyType> {
 /// transmission when negotiation succeeds.
 pub fn server_handshake(data: &[u8]) {
     let (ctl, input) = split(data);
-    let cfg = HandshakeConfig {
+    let handshake = HandshakeConfig {
         tls: match ctl % 3 {
             0 => TlsMode::Off,
             1 => TlsMode::On,
             _ => TlsMode::Require,
         },
+        fixed_newstyle: ctl & 0x20 == 0,
         no_zeroes: ctl & 0x04 != 0,
         structured_replies: ctl & 0x08 != 0,
         extended_headers: ctl & 0x10 != 0,
+        allow_meta_contexts: ctl & 0x40 == 0,
         max_option_len: 4096,
         max_drain_len: 1 << 20,
         max_options: 64,
+        meta_contexts: &["base:allocation", "qemu:allocation-depth"],
     };
-    let mut hs = Handshake::new(cfg);
-    let mut out = [0u8; 16384];
-    let mut pos = 0usize;
-    loop {
-        while hs.poll_transmit(&mut out) > 0 {}
-        if hs.is_closed() {
-            return;
-        }
-        if let Some(neg) = hs.negotiated() {
-            let mut tx = Transmission::new(neg, TransmissionConfig::default());
-            drive_transmission(&mut tx, &input[pos..], ctl);
-            return;
-        }
-        let window = &input[pos..];
-        let Ok((n, ev)) = hs.handle_input(window) else {
-            return;
-        };
-        assert!(n <= window.len());
-        pos += n;
-        let progressed = n > 0 || ev.is_some();
-        match ev {
-            Some(HandshakeEvent::Export(q)) => {
-                let ans = lookup(q.name());
-                assert!(hs.answer_export(&q, ans, &mut out).is_ok());
-            }
-            Some(HandshakeEvent::List) => {
-                assert!(hs.answer_list_entry("", "fuzz", &mut out).is_ok());
-                assert!(hs.finish_list(&mut out).is_ok());
-            }
-            Some(HandshakeEvent::MetaContexts(q)) => {
-                let offered = ["base:allocation", "qemu:dirty-bitmap:a"];
-                assert!(hs.answer_meta_contexts(&q, &offered, &mut out).is_ok());
-            }
-            Some(HandshakeEvent::StartTls) => hs.handle_tls_established(),
-            _ => {}
-        }
-        if !progressed {
-            return;
-        }
-    }
+    let cfg = ConnectionConfig {
+        handshake,
+        oldstyle: ctl & 0x20 != 0 && ctl & 0x40 != 0,
+        ..ConnectionConfig::default()
+    };
+    let mut conn = Connection::new(&cfg);
+    // Whole input at once when bit 7 is set, else in small pieces.
+    let step = if ctl & 0x80 != 0 { 63 } else { ctl >> 3 };
+    serve(&mut conn, input, step);
 }
 
 /// Harness `client_replies`: the first byte picks the mode; the rest is
@@ -301,4 +313,43 @@ pub fn client_replies(data: &[u8]) {
         pos += n;
     }
     let _ = CmdFlags::all();
+    client_connection(cfg, input);
+}
+
+/// The same bytes through `client::Connection`: negotiation, then (with
+/// a few requests in flight) transmission replies. Invariants: never
+/// consumes more than given, the in-flight count never grows from input,
+/// READ data always fits its READ.
+fn client_connection(cfg: ClientConfig<'_>, input: &[u8]) {
+    use crate::client::{Cmd, Connection, Event};
+    let Ok(mut c) = Connection::<4>::new(&cfg) else {
+        return;
+    };
+    let mut out = [0u8; crate::client::CLIENT_TRANSMIT_MAX];
+    let mut read = [0u8; 4096];
+    let mut extents = [BlockStatusExtent { len: 0, flags: 0 }; 4];
+    let mut pos = 0usize;
+    for _ in 0..100_000 {
+        let window = input.get(pos..).unwrap_or_default();
+        let before = c.in_flight();
+        let Ok((n, ev)) = c.handle_input(window) else {
+            break;
+        };
+        assert!(n <= window.len());
+        assert!(c.in_flight() <= before);
+        pos += n;
+        match ev {
+            Event::Transmit => assert!(c.poll_transmit(&mut out).is_ok_and(|w| w > 0)),
+            Event::StartTls(t) => c.handle_tls_established(t),
+            Event::Ready(_) => {
+                for cmd in [Cmd::read(0, 4096), Cmd::block_status(0, 4096), Cmd::flush()] {
+                    let _ = c.encode_request(&cmd, &mut out);
+                }
+            }
+            Event::ReadData(d) => assert!(d.copy_into(&mut read).is_ok()),
+            Event::BlockStatus(b) => assert!(b.copy_into(&mut extents) <= extents.len()),
+            Event::NeedInput { .. } | Event::Idle | Event::Closed | Event::TlsPending => break,
+            _ => {}
+        }
+    }
 }

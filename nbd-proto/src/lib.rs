@@ -16,24 +16,33 @@
 //!   the `answer_*` / `reply_*` calls produce output, `wants_read` /
 //!   `wants_write` drive readiness. A [`ProtocolError`] means "close now";
 //!   every error the peer should hear is a value (an option error reply or
-//!   [`server::Incoming::Reject`]).
+//!   [`server::Input::Reject`]). Decisions are owned tokens that the answer
+//!   consumes, so nothing can be answered twice.
 //!
 //! # Server run loop
-//! 1. Create a [`server::Handshake`]; write [`server::Handshake::poll_transmit`] to the socket.
-//! 2. Feed received bytes to [`server::Handshake::handle_input`] until it returns `(0, None)`,
-//!    consuming what it reports; answer every [`server::HandshakeEvent`] at once with the
-//!    matching `answer_*` call, and after each call drain `poll_transmit` until it returns 0.
-//! 3. On [`server::HandshakeEvent::StartTls`], flush the output, run TLS, then call
-//!    [`server::Handshake::handle_tls_established`].
-//! 4. When [`server::Handshake::negotiated`] is `Some`, build a [`server::Transmission`] and feed
-//!    it the remaining bytes with [`server::Transmission::handle_request`]; execute each
-//!    [`server::Incoming::Command`], answer each `Reject` with
-//!    [`server::Transmission::reply_error`], and close on `Err` or after `Disconnect` once
-//!    [`server::Transmission::in_flight`] is 0.
+//! One [`server::Connection`] per client, fed with
+//! [`server::Connection::handle_input`], drained with
+//! [`server::Connection::poll_transmit`]:
+//! 1. Create it with a [`server::ConnectionConfig`].
+//! 2. Loop: write out `poll_transmit` until it returns 0, then call
+//!    `handle_input` with the buffered input, discard the bytes it reports
+//!    consumed (after using a WRITE's data), and act on the [`server::Input`]:
+//!    - `NeedInput`: read more from the socket; `Continue`: call again;
+//!      `Blocked`: write output (or finish in-flight work) first;
+//!    - `Export`, `List`, `MetaContexts`: answer with the matching
+//!      `answer_*` / `list_entry` call, which consumes the question;
+//!    - `StartTls`: flush in plaintext, run TLS, then
+//!      [`server::Connection::handle_tls_established`];
+//!    - `Request { op, reply }`: run `op` and send one final reply through
+//!      `reply` (`reply_ok`, `reply_read`, `reply_error`, ...), now or
+//!      later; `Reject`: `reply_error` with what it says;
+//!    - `Disconnect`, then `Closed` (or [`server::Connection::is_closed`]):
+//!      write out what is queued and close.
+//! 3. An `Err(ProtocolError)` also means: write out what is queued, then close.
 //!
 //! ```
 //! use nbd_proto::server::*;
-//! use nbd_proto::{OptReplyType, TransmissionFlags};
+//! use nbd_proto::TransmissionFlags;
 //!
 //! // What a client sent: flags, then NBD_OPT_GO for the default export.
 //! let mut client = Vec::new();
@@ -43,75 +52,121 @@
 //! client.extend_from_slice(&6u32.to_be_bytes());
 //! client.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
 //!
-//! let mut hs = Handshake::new(HandshakeConfig::default());
-//! let (mut out, mut sent) = ([0u8; 9000], Vec::new());
-//! let mut pos = 0;
-//! let negotiated = loop {
+//! let mut conn = Connection::new(&ConnectionConfig::default());
+//! let (mut out, mut sent, mut input) = ([0u8; EXPORT_ANSWER_MAX], Vec::new(), &client[..]);
+//! while conn.negotiated().is_none() {
 //!     loop {
-//!         let n = hs.poll_transmit(&mut out);
+//!         let n = conn.poll_transmit(&mut out).unwrap();
 //!         if n == 0 { break; }
 //!         sent.extend_from_slice(&out[..n]);
 //!     }
-//!     if let Some(n) = hs.negotiated() { break n; }
-//!     let (n, event) = hs.handle_input(&client[pos..]).expect("close the connection");
-//!     pos += n;
-//!     let w = match event {
-//!         Some(HandshakeEvent::Export(q)) => {
+//!     let (used, next) = conn.handle_input(input).expect("close the connection");
+//!     input = &input[used..];
+//!     let written = match next {
+//!         Input::Export(q) => {
 //!             let info = ExportInfo { size: 1 << 20, flags: TransmissionFlags::SEND_FLUSH,
-//!                 name: "disk", description: "", block_sizes: None };
-//!             let answer = if q.name().is_empty() { Ok(info) } else { Err(OptReplyType::ErrUnknown) };
-//!             hs.answer_export(&q, answer, &mut out).unwrap()
+//!                 name: "disk", description: "", block_sizes: None, meta_contexts: 1 };
+//!             let answer = if conn.asked_name().is_empty() { Ok(info) } else { Err(nbd_proto::OptReplyType::ErrUnknown) };
+//!             conn.answer_export(q, answer, &mut out).unwrap()
 //!         }
-//!         Some(HandshakeEvent::List) => hs.finish_list(&mut out).unwrap(),
-//!         Some(HandshakeEvent::MetaContexts(q)) =>
-//!             hs.answer_meta_contexts(&q, &["base:allocation"], &mut out).unwrap(),
-//!         Some(_) => unimplemented!("STARTTLS: run TLS, then handle_tls_established"),
-//!         None if n == 0 => unreachable!("needs more input"),
-//!         None => 0,
+//!         Input::Continue => 0,
+//!         other => unreachable!("this client sends nothing else: {other:?}"),
 //!     };
-//!     sent.extend_from_slice(&out[..w]);
-//! };
+//!     sent.extend_from_slice(&out[..written]);
+//! }
 //! assert_eq!(&sent[..8], b"NBDMAGIC");
-//! let tx = Transmission::new(negotiated, TransmissionConfig::default());
-//! assert_eq!(tx.negotiated().size, 1 << 20);
+//! assert_eq!(conn.negotiated().unwrap().size, 1 << 20);
 //! ```
 //!
 //! # Client run loop
-//! 1. Create a [`client::ClientHandshake`] with a [`client::ClientConfig`].
-//! 2. Loop: write [`client::ClientHandshake::poll_transmit`] (a buffer of
-//!    [`client::CLIENT_TRANSMIT_MAX`] bytes always suffices), feed server bytes to
-//!    [`client::ClientHandshake::handle_input`] until `(0, None)`, act on each
-//!    [`client::ClientEvent`] (`StartTls`: run TLS, then `handle_tls_established`).
-//! 3. On [`client::ClientEvent::Ready`], encode requests with
-//!    [`wire::request::Request::encode`] and decode replies with a
-//!    [`client::ReplyDecoder`], telling it which cookies are READs and their lengths.
+//! [`client::Connection`] is a whole client connection in one value,
+//! from the server's greeting to `NBD_CMD_DISC`. Two complete programs
+//! show it against real servers:
+//! `examples/blocking_client.rs` (std::net: connect, GO, write, read
+//! back, block status) and `examples/tokio_client.rs` (tokio, extended
+//! headers, pipelined requests), both in the crate's source package; run
+//! them with
+//! `cargo run -p nbd-proto --example blocking_client -- nbd://HOST/EXPORT`.
+//!
+//! 1. Create a [`client::Connection`] from a [`client::ClientConfig`];
+//!    `Connection<N>` keeps up to `N` requests in flight.
+//! 2. Loop on [`client::Connection::handle_input`] with the bytes received
+//!    so far; it returns how many it consumed and one [`client::Event`]:
+//!    - `NeedInput`: receive more bytes;
+//!    - `Transmit`: write what [`client::Connection::poll_transmit`] gives;
+//!    - `StartTls(token)`: run a TLS handshake, then
+//!      [`client::Connection::handle_tls_established`]`(token)`;
+//!    - `Ready`: negotiation is over;
+//!    - `ReadData` / `BlockStatus`: copy the bytes or extents out with
+//!      their `copy_into`;
+//!    - `Done`: the reply for a cookie is complete (success or why not);
+//!    - `Idle`: nothing in flight; `Closed`: close the transport.
+//!
+//!    Drop the consumed bytes after acting on the event (events with data
+//!    borrow the input).
+//! 3. Send requests with [`client::Connection::encode_request`]
+//!    ([`client::Cmd::read`], [`client::Cmd::write`], …): it checks them
+//!    against what the server advertised, picks the cookie and writes the
+//!    frame into your buffer.
+//! 4. On EOF call [`client::Connection::handle_eof`]: requests in flight
+//!    are then reported lost, then `Closed`.
 //!
 //! ```
 //! use nbd_proto::client::*;
-//! use nbd_proto::{Cookie, HeaderMode};
 //!
-//! let mut c = ClientHandshake::new(ClientConfig { structured_replies: false, ..Default::default() });
+//! // What a server sends: greeting, ACK to STRUCTURED_REPLY, then the GO
+//! // answer (NBD_INFO_EXPORT: 4 KiB, HAS_FLAGS) and its ACK.
 //! let mut server = Vec::new();
-//! server.extend_from_slice(b"NBDMAGICIHAVEOPT\0\x03");          // greeting
-//! server.extend_from_slice(&[0, 3, 0xe8, 0x89, 4, 0x55, 0x65, 0xa9, 0, 0, 0, 7, 0, 0, 0, 3, 0, 0, 0, 12]);
-//! server.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 1]); // INFO_EXPORT: 4 KiB
-//! server.extend_from_slice(&[0, 3, 0xe8, 0x89, 4, 0x55, 0x65, 0xa9, 0, 0, 0, 7, 0, 0, 0, 1, 0, 0, 0, 0]);
-//! let (mut out, mut pos) = ([0u8; CLIENT_TRANSMIT_MAX], 0);
-//! while c.negotiated().is_none() {
-//!     let _to_send = c.poll_transmit(&mut out).unwrap();
-//!     let (n, _event) = c.handle_input(&server[pos..]).unwrap();
-//!     pos += n;
-//! }
-//! let neg = c.negotiated().unwrap();
-//! assert_eq!((neg.size, neg.mode), (4096, HeaderMode::Simple));
+//! server.extend_from_slice(b"NBDMAGICIHAVEOPT\0\x03");
+//! let rep = |opt: u8, ty: u8, data: &[u8]| {
+//!     let mut v = vec![0, 3, 0xe8, 0x89, 4, 0x55, 0x65, 0xa9, 0, 0, 0, opt, 0, 0, 0, ty];
+//!     v.extend_from_slice(&(data.len() as u32).to_be_bytes());
+//!     v.extend_from_slice(data);
+//!     v
+//! };
+//! server.extend(rep(8, 1, &[]));
+//! server.extend(rep(7, 3, &[0, 0, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 1]));
+//! server.extend(rep(7, 1, &[]));
 //!
-//! // A simple READ reply for cookie 1 carries the 2 bytes that were asked for.
-//! let dec = ReplyDecoder::new(neg.mode, 1 << 20);
-//! let reply = [0x67, 0x44, 0x66, 0x98, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xaa, 0xbb];
-//! let (r, used) = dec.decode(&reply, |c| (c == Cookie(1)).then_some(2)).unwrap().unwrap();
-//! assert_eq!(used, 18);
-//! assert!(matches!(r, Reply::Simple { data: &[0xaa, 0xbb], .. }));
+//! let mut conn: Connection = Connection::new(&ClientConfig::default()).unwrap();
+//! let (mut out, mut sent, mut pos) = ([0u8; CLIENT_TRANSMIT_MAX], Vec::new(), 0);
+//! loop {
+//!     let (used, event) = conn.handle_input(&server[pos..]).expect("protocol error");
+//!     pos += used;
+//!     match event {
+//!         Event::Transmit => {
+//!             let n = conn.poll_transmit(&mut out).unwrap();
+//!             sent.extend_from_slice(&out[..n]); // write these to the socket
+//!         }
+//!         Event::Ready(neg) => { assert_eq!(neg.size, 4096); break; }
+//!         Event::NeedInput { .. } => unreachable!("the script is complete"),
+//!         _ => {}
+//!     }
+//! }
+//!
+//! // A READ of 4 bytes, answered by one OFFSET_DATA chunk with DONE.
+//! let frame = conn.encode_request(&Cmd::read(0, 4), &mut out).unwrap();
+//! assert_eq!(frame.len, 28);
+//! let mut reply = vec![0x66, 0x8e, 0x33, 0xef, 0, 1, 0, 1];
+//! reply.extend_from_slice(&frame.cookie.0.to_be_bytes());
+//! reply.extend_from_slice(&12u32.to_be_bytes());
+//! reply.extend_from_slice(&0u64.to_be_bytes());
+//! reply.extend_from_slice(b"data");
+//! let (mut buf, mut pos) = ([0u8; 4], 0);
+//! loop {
+//!     let (used, event) = conn.handle_input(&reply[pos..]).unwrap();
+//!     pos += used;
+//!     match event {
+//!         Event::ReadData(d) => d.copy_into(&mut buf).unwrap(),
+//!         Event::Done(done) => { assert_eq!(done.result, Ok(())); break; }
+//!         other => panic!("{other:?}"),
+//!     }
+//! }
+//! assert_eq!(&buf, b"data");
 //! ```
+//!
+//! [`client::ClientHandshake`] and [`client::ReplyDecoder`] remain for
+//! callers that frame replies themselves.
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]

@@ -8,12 +8,9 @@ use std::collections::HashMap;
 use nbd_proto::client::{
     ClientConfig, ClientEvent, ClientHandshake, ClientNegotiated, Reply, ReplyDecoder,
 };
-use nbd_proto::server::{
-    ExportInfo, Handshake, HandshakeConfig, HandshakeEvent, Incoming, Transmission,
-    TransmissionConfig,
-};
+use nbd_proto::server::{Connection, ConnectionConfig, ExportInfo, Input, Op, Pending as Owed};
 use nbd_proto::wire::option::Info;
-use nbd_proto::wire::reply::{BlockStatusExtent, ChunkPayload, ReplyTo};
+use nbd_proto::wire::reply::{BlockStatusExtent, ChunkPayload};
 use nbd_proto::wire::request::{Request, RequestHeader};
 use nbd_proto::{
     AllocationFlags, CmdFlags, Command, Cookie, ErrorCode, HeaderMode, OptReplyType,
@@ -23,8 +20,7 @@ use nbd_proto::{
 const SIZE: usize = 64 * 1024;
 
 struct Server {
-    hs: Handshake,
-    tx: Option<Transmission>,
+    conn: Connection,
     disk: Vec<u8>,
     input: Vec<u8>,
 }
@@ -36,156 +32,125 @@ fn export() -> ExportInfo<'static> {
         name: "mem",
         description: "memory disk",
         block_sizes: None,
+        meta_contexts: 1,
     }
 }
 
 impl Server {
     fn new() -> Self {
         Self {
-            hs: Handshake::new(HandshakeConfig::default()),
-            tx: None,
+            conn: Connection::new(&ConnectionConfig::default()),
             disk: vec![0; SIZE],
             input: Vec::new(),
         }
     }
 
-    /// Consume client bytes, append server bytes to `out`.
+    /// Consume client bytes, append server bytes to `out`: the documented
+    /// run loop.
     fn run(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
         self.input.extend_from_slice(bytes);
         let mut buf = vec![0u8; 128 * 1024];
         loop {
+            loop {
+                let n = self.conn.poll_transmit(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                out.extend_from_slice(&buf[..n]);
+            }
             let input = std::mem::take(&mut self.input);
-            let (n, progressed) = if self.tx.is_some() {
-                self.transmission(&input, &mut buf, out)
-            } else {
-                self.negotiation(&input, &mut buf, out)
-            };
+            let (n, next) = self.conn.handle_input(&input).expect("server");
+            let stalled = matches!(next, Input::NeedInput | Input::Blocked | Input::Closed);
+            let w = self.act(next, &mut buf);
+            out.extend_from_slice(&buf[..w]);
             self.input = input[n..].to_vec();
-            if !progressed {
+            if stalled {
                 break;
             }
         }
     }
 
-    fn negotiation(&mut self, input: &[u8], buf: &mut [u8], out: &mut Vec<u8>) -> (usize, bool) {
-        loop {
-            let n = self.hs.poll_transmit(buf);
-            if n == 0 {
-                break;
-            }
-            out.extend_from_slice(&buf[..n]);
-        }
-        if let Some(neg) = self.hs.negotiated() {
-            self.tx = Some(Transmission::new(neg, TransmissionConfig::default()));
-            return (0, true);
-        }
-        let (n, ev) = self.hs.handle_input(input).expect("server handshake");
-        let w = match ev {
-            Some(HandshakeEvent::Export(q)) => {
-                let ans = if q.name() == "mem" || q.name().is_empty() {
+    fn act(&mut self, next: Input<'_>, buf: &mut [u8]) -> usize {
+        let c = &mut self.conn;
+        match next {
+            Input::Export(q) => {
+                let ans = if c.asked_name() == "mem" || c.asked_name().is_empty() {
                     Ok(export())
                 } else {
                     Err(OptReplyType::ErrUnknown)
                 };
-                self.hs.answer_export(&q, ans, buf).unwrap()
+                c.answer_export(q, ans, buf).unwrap()
             }
-            Some(HandshakeEvent::List) => {
-                let n = self
-                    .hs
-                    .answer_list_entry("mem", "memory disk", buf)
-                    .unwrap();
-                n + self.hs.finish_list(&mut buf[n..]).unwrap()
+            Input::List(q) => {
+                let n = c.list_entry(&q, "mem", "memory disk", buf).unwrap();
+                n + c.finish_list(q, &mut buf[n..]).unwrap()
             }
-            Some(HandshakeEvent::MetaContexts(q)) => self
-                .hs
-                .answer_meta_contexts(&q, &["base:allocation"], buf)
-                .unwrap(),
-            Some(_) => panic!("unexpected event"),
-            None => 0,
-        };
-        out.extend_from_slice(&buf[..w]);
-        let more = self.hs.wants_write() || self.hs.negotiated().is_some();
-        (n, n > 0 || w > 0 || more)
+            Input::MetaContexts(q) => c.answer_meta_contexts(q, Ok(1), buf).unwrap(),
+            Input::Request { op, reply } => Self::execute(c, &mut self.disk, op, reply, buf),
+            Input::Reject {
+                reply,
+                error,
+                message,
+            } => c.reply_error(reply, error, message, buf).unwrap(),
+            Input::StartTls(_) => panic!("no TLS here"),
+            _ => 0,
+        }
     }
 
-    fn transmission(&mut self, input: &[u8], buf: &mut [u8], out: &mut Vec<u8>) -> (usize, bool) {
-        let tx = self.tx.as_mut().unwrap();
-        let (n, inc) = tx.handle_request(input).expect("server transmission");
-        let Some(inc) = inc else {
-            return (n, n > 0);
-        };
-        match inc {
-            Incoming::Command(Request { header: h, data }) => {
-                let to = ReplyTo {
-                    cookie: h.cookie,
-                    offset: h.offset,
-                };
-                let (off, len) = (h.offset as usize, h.len as usize);
-                let w = match h.command {
-                    Command::Read if tx.mode() == HeaderMode::Simple || len < 2 => {
-                        let p = tx.read_prefix_len();
-                        buf[p..p + len].copy_from_slice(&self.disk[off..off + len]);
-                        tx.encode_read_prefix(to, h.offset, len, true, buf).unwrap() + len
-                    }
-                    Command::Read => {
-                        // Two chunks: data for the first half, then the
-                        // second half as data or a hole, then NONE.
-                        let half = len / 2;
-                        let p = tx.read_prefix_len();
-                        buf[p..p + half].copy_from_slice(&self.disk[off..off + half]);
-                        tx.encode_read_prefix(to, h.offset, half, false, buf)
-                            .unwrap();
-                        let mut w = p + half;
-                        let rest = &self.disk[off + half..off + len];
-                        if rest.iter().all(|&b| b == 0) {
-                            let hole = (h.offset + half as u64, (len - half) as u32);
-                            w += tx
-                                .encode_hole(to, hole.0, hole.1, false, &mut buf[w..])
-                                .unwrap();
-                        } else {
-                            let q = w + p;
-                            buf[q..q + rest.len()].copy_from_slice(rest);
-                            let at = h.offset + half as u64;
-                            tx.encode_read_prefix(to, at, rest.len(), false, &mut buf[w..])
-                                .unwrap();
-                            w = q + rest.len();
-                        }
-                        w + tx.encode_done(to, &mut buf[w..]).unwrap()
-                    }
-                    Command::Write => {
-                        self.disk[off..off + data.len()].copy_from_slice(data);
-                        tx.reply_ok(to, buf).unwrap()
-                    }
-                    Command::Trim | Command::WriteZeroes => {
-                        self.disk[off..off + len].fill(0);
-                        tx.reply_ok(to, buf).unwrap()
-                    }
-                    Command::BlockStatus => {
-                        let zero = self.disk[off..off + len].iter().all(|&b| b == 0);
-                        let flags = if zero {
-                            AllocationFlags::ZERO.bits()
-                        } else {
-                            0
-                        };
-                        let e = [BlockStatusExtent {
-                            len: len as u64,
-                            flags: u64::from(flags),
-                        }];
-                        tx.encode_block_status(to, 1, &e, true, buf).unwrap()
-                    }
-                    _ => tx.reply_ok(to, buf).unwrap(),
-                };
-                out.extend_from_slice(&buf[..w]);
+    fn execute(c: &mut Connection, disk: &mut [u8], op: Op<'_>, p: Owed, buf: &mut [u8]) -> usize {
+        let structured = c.negotiated().unwrap().mode != HeaderMode::Simple;
+        match op {
+            Op::Read { offset, len, .. } if !structured || len < 2 => {
+                let (off, pre) = (offset as usize, c.read_prefix_len());
+                buf[pre..pre + len].copy_from_slice(&disk[off..off + len]);
+                c.reply_read(p, buf).unwrap() + len
             }
-            Incoming::Reject {
-                to, error, message, ..
-            } => {
-                let w = tx.reply_error(to, error, message, buf).unwrap();
-                out.extend_from_slice(&buf[..w]);
+            Op::Read { offset, len, .. } => {
+                // Two chunks: data for the first half, then the second half
+                // as data or a hole, then NONE.
+                let (off, pre, half) = (offset as usize, c.read_prefix_len(), len / 2);
+                buf[pre..pre + half].copy_from_slice(&disk[off..off + half]);
+                c.read_chunk(&p, offset, half, buf).unwrap();
+                let mut w = pre + half;
+                let rest = &disk[off + half..off + len];
+                let at = offset + half as u64;
+                if rest.iter().all(|&b| b == 0) {
+                    w += c
+                        .read_hole(&p, at, rest.len() as u32, &mut buf[w..])
+                        .unwrap();
+                } else {
+                    let q = w + pre;
+                    buf[q..q + rest.len()].copy_from_slice(rest);
+                    c.read_chunk(&p, at, rest.len(), &mut buf[w..]).unwrap();
+                    w = q + rest.len();
+                }
+                w + c.reply_done(p, &mut buf[w..]).unwrap()
             }
-            Incoming::Disconnect => {}
+            Op::Write { offset, data, .. } => {
+                let off = offset as usize;
+                disk[off..off + data.len()].copy_from_slice(data);
+                c.reply_ok(p, buf).unwrap()
+            }
+            Op::Trim { offset, len, .. } | Op::WriteZeroes { offset, len, .. } => {
+                disk[offset as usize..(offset + len) as usize].fill(0);
+                c.reply_ok(p, buf).unwrap()
+            }
+            Op::BlockStatus { offset, len, .. } => {
+                let range = &disk[offset as usize..(offset + len) as usize];
+                let zero = range.iter().all(|&b| b == 0);
+                let flags = if zero {
+                    AllocationFlags::ZERO.bits()
+                } else {
+                    0
+                };
+                let e = [BlockStatusExtent {
+                    len,
+                    flags: u64::from(flags),
+                }];
+                c.reply_block_status(p, 1, &e, buf).unwrap()
+            }
+            _ => c.reply_ok(p, buf).unwrap(),
         }
-        (n, true)
     }
 }
 
@@ -221,7 +186,7 @@ fn negotiate(cfg: ClientConfig<'_>) -> (ClientNegotiated, Server, Vec<String>) {
         s2c.drain(..pos);
         if let Some(neg) = client.negotiated() {
             assert!(s2c.is_empty(), "server sent more than the handshake");
-            assert!(server.tx.is_some() || server.hs.negotiated().is_some());
+            assert!(server.conn.negotiated().is_some());
             server.run(&[], &mut s2c);
             return (neg, server, log);
         }
@@ -405,7 +370,7 @@ fn stream(neg: ClientNegotiated, mut server: Server, count: u64, seed: u64) {
             }
         }
         assert!(pending.is_empty(), "unanswered: {pending:?}");
-        assert_eq!(server.tx.as_ref().unwrap().in_flight(), 0);
+        assert_eq!(server.conn.in_flight(), 0);
     }
     assert_eq!(server.disk, model);
 }

@@ -3,7 +3,7 @@
 //! consume more than given; a model of the transmission state machine.
 
 use nbd_proto::fuzzing;
-use nbd_proto::server::{Incoming, Negotiated, Transmission, TransmissionConfig};
+use nbd_proto::server::{Connection, Input, Negotiated, Pending, TransmissionConfig};
 use nbd_proto::wire::handshake::{
     ExportNameReply, Greeting, OptionHeader, OptionReplyHeader, decode_client_flags,
     encode_client_flags,
@@ -180,7 +180,7 @@ fn check_chunk(m: HeaderMode, out: &[u8], n: usize) -> (ChunkHeader, ChunkPayloa
     (h, ChunkPayload::decode(h.ty, &out[hlen..n]).unwrap())
 }
 
-/// Model-based test of [`Transmission`]: every accepted request gets
+/// Model-based test of the transmission phase of [`Connection`]: every accepted request gets
 /// exactly one final reply, `in_flight` counts the unanswered ones, and
 /// nothing is read after DISC.
 #[derive(Debug, Clone)]
@@ -211,8 +211,8 @@ proptest! {
         let mut neg = Negotiated::oldstyle(1 << 20, TransmissionFlags::all() - TransmissionFlags::READ_ONLY);
         neg.mode = m;
         neg.meta_contexts = 1;
-        let mut tx = Transmission::new(neg, TransmissionConfig::default());
-        let mut pending: Vec<ReplyTo> = Vec::new();
+        let mut conn = Connection::in_transmission(neg, TransmissionConfig::default());
+        let mut pending: Vec<Pending> = Vec::new();
         let mut disc = false;
         let mut out = [0u8; 256];
         for (i, o) in ops.into_iter().enumerate() {
@@ -224,44 +224,48 @@ proptest! {
                     let data = vec![1u8; h.payload_len(m) as usize];
                     let mut frame = vec![0u8; 32 + data.len()];
                     let n = Request { header: h, data: &data }.encode(m, &mut frame).unwrap();
-                    let r = tx.handle_request(&frame[..n]);
+                    let r = conn.handle_input(&frame[..n]);
                     if disc {
                         prop_assert!(r.is_err(), "request read after DISC");
                         continue;
                     }
-                    let (mut used, inc) = r.unwrap();
+                    let (mut used, next) = r.unwrap();
+                    let is_disc = matches!(next, Input::Disconnect);
+                    match next {
+                        Input::Request { reply, .. } | Input::Reject { reply, .. } => {
+                            prop_assert_eq!(reply.cookie(), Cookie(i as u64));
+                            pending.push(reply);
+                        }
+                        Input::Disconnect => { disc = true; prop_assert_eq!(command, Command::Disc); }
+                        other => prop_assert!(false, "whole frame gave {:?}", other),
+                    }
                     // Drain any rejected payload (a DISC's payload is never
                     // read: nothing is, after DISC).
-                    while used < n && !matches!(inc, Some(Incoming::Disconnect)) {
-                        let (k, none) = tx.handle_request(&frame[used..n]).unwrap();
-                        prop_assert!(none.is_none() && k > 0);
+                    while used < n && !is_disc {
+                        let (k, next) = conn.handle_input(&frame[used..n]).unwrap();
+                        prop_assert!(matches!(next, Input::Continue) && k > 0);
                         used += k;
-                    }
-                    match inc {
-                        Some(Incoming::Command(req)) => pending.push(ReplyTo { cookie: req.header.cookie, offset: off }),
-                        Some(Incoming::Reject { to, .. }) => pending.push(to),
-                        Some(Incoming::Disconnect) => { disc = true; prop_assert_eq!(command, Command::Disc); }
-                        None => prop_assert!(false, "whole frame gave no request"),
                     }
                 }
                 Op::Answer(k) if !pending.is_empty() => {
-                    let to = pending.remove(k % pending.len());
-                    tx.reply_error(to, ErrorCode::Io, "x", &mut out).unwrap();
+                    let p = pending.remove(k % pending.len());
+                    conn.reply_error(p, ErrorCode::Io, "x", &mut out).unwrap();
                 }
                 Op::Answer(_) => {}
                 Op::Disc => {
                     let mut frame = [0u8; 32];
                     let h = RequestHeader { flags: CmdFlags::empty(), command: Command::Disc, cookie: Cookie(0), offset: 0, len: 0 };
                     let n = h.encode(m, &mut frame).unwrap();
-                    let r = tx.handle_request(&frame[..n]);
+                    let r = conn.handle_input(&frame[..n]);
                     if disc { prop_assert!(r.is_err()); } else {
-                        prop_assert_eq!(r, Ok((n, Some(Incoming::Disconnect))));
+                        prop_assert!(matches!(r, Ok((k, Input::Disconnect)) if k == n));
                         disc = true;
                     }
                 }
             }
-            prop_assert_eq!(tx.in_flight(), pending.len());
-            prop_assert_eq!(tx.wants_read(), !disc);
+            prop_assert_eq!(conn.in_flight(), pending.len());
+            prop_assert_eq!(conn.wants_read(), !disc);
+            prop_assert_eq!(conn.is_closed(), disc && pending.is_empty());
         }
     }
 }

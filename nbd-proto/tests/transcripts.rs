@@ -490,6 +490,38 @@ fn checklist_37_38_meta_context_before_structured_invalid() {
     );
 }
 
+/// nbdkit's `--no-mc`: both meta-context options are unsupported, even
+/// after structured replies were negotiated.
+#[test]
+fn meta_contexts_off_answers_unsup() {
+    let cfg = HandshakeConfig {
+        allow_meta_contexts: false,
+        ..cfg()
+    };
+    let mut d = Driver::start(cfg, 3).0;
+    assert_eq!(d.feed(&opt(8, b"")), rep(8, ACK, b""));
+    let data = meta_data("disk", &["base:allocation"]);
+    let out = d.feed(&cat(&[opt(9, &data), opt(10, &data)]));
+    assert_eq!(out, cat(&[rep(9, ERR_UNSUP, b""), rep(10, ERR_UNSUP, b"")]));
+}
+
+/// nbdkit's `--mask-handshake` bit 0: without FIXED_NEWSTYLE in the
+/// greeting, a client that sets the flag anyway is closed (checklist 3),
+/// and one that does not may only send EXPORT_NAME.
+#[test]
+fn fixed_newstyle_off_is_not_offered_nor_accepted() {
+    let cfg = HandshakeConfig {
+        fixed_newstyle: false,
+        ..cfg()
+    };
+    let (_, g) = Driver::start(cfg, 2);
+    assert_eq!(g, greeting(0x0002));
+    let mut d = Driver::new(cfg);
+    d.feed(&[]);
+    assert!(d.feed(&1u32.to_be_bytes()).is_empty());
+    assert_eq!(d.error, Some(ProtocolError::BadClientFlags(1)));
+}
+
 fn structured() -> Driver {
     let mut d = fixed();
     assert_eq!(d.feed(&opt(8, b"")), rep(8, ACK, b""));
@@ -510,7 +542,7 @@ fn checklist_39_query_past_option_length_invalid() {
 #[test]
 fn checklist_40_list_zero_queries_lists_everything() {
     let mut d = structured();
-    d.offered = vec!["base:allocation", "qemu:allocation-depth"];
+    d.offered = 0b11;
     let out = d.feed(&opt(9, &meta_data("disk", &[])));
     assert_eq!(
         out,
@@ -525,7 +557,7 @@ fn checklist_40_list_zero_queries_lists_everything() {
 #[test]
 fn checklist_41_list_namespace_wildcard() {
     let mut d = structured();
-    d.offered = vec!["base:allocation", "qemu:allocation-depth"];
+    d.offered = 0b11;
     let out = d.feed(&opt(9, &meta_data("disk", &["base:"])));
     assert_eq!(
         out,
@@ -576,7 +608,7 @@ fn checklist_45_46_set_namespace_or_unknown_leaf_ignored() {
 #[test]
 fn checklist_47_ids_unique_and_duplicates_once() {
     let mut d = structured();
-    d.offered = vec!["base:allocation", "qemu:allocation-depth"];
+    d.offered = 0b11;
     let out = d.feed(&opt(
         10,
         &meta_data(
@@ -677,7 +709,7 @@ fn start_tls(mode: TlsMode) -> Driver {
     assert_eq!(d.feed(&opt(5, b"")), rep(5, ACK, b""));
     assert_eq!(d.seen.starttls, 1);
     assert!(!d.hs.wants_read(), "no plaintext read while TLS starts");
-    d.hs.handle_tls_established();
+    d.tls_established();
     assert!(d.hs.tls_active());
     d
 }
@@ -730,7 +762,7 @@ fn checklist_58_state_before_starttls_forgotten() {
         opt(5, b""),
     ]));
     assert!(out.ends_with(&rep(5, ACK, b"")));
-    d.hs.handle_tls_established();
+    d.tls_established();
     let out = d.feed(&opt(7, &info_data("disk", &[])));
     // No SEND_DF: structured replies were forgotten.
     assert_eq!(out, go_ok(7, DISK_WIRE_FLAGS));

@@ -2,8 +2,7 @@
 //! driver that runs the documented loop (checklist 62-120, the items about
 //! validation and reply layout).
 
-use nbd_proto::server::{BlockSizes, Incoming, Negotiated, Transmission, TransmissionConfig};
-use nbd_proto::wire::reply::ReplyTo;
+use nbd_proto::server::{BlockSizes, Connection, Input, Negotiated, Op, TransmissionConfig};
 use nbd_proto::wire::request::{Request, RequestHeader};
 use nbd_proto::{CmdFlags, Command, Cookie, ErrorCode, HeaderMode, ProtocolError};
 use nbd_proto::{TransmissionFlags as TF, wire::reply::BlockStatusExtent};
@@ -18,7 +17,7 @@ enum Seen {
 }
 
 struct Tx {
-    tx: Transmission,
+    tx: Connection,
     input: Vec<u8>,
     out: Vec<u8>,
     seen: Vec<Seen>,
@@ -48,8 +47,12 @@ fn all_flags() -> TF {
 
 impl Tx {
     fn new(n: Negotiated) -> Self {
+        Self::with(n, TransmissionConfig::default())
+    }
+
+    fn with(n: Negotiated, cfg: TransmissionConfig) -> Self {
         Self {
-            tx: Transmission::new(n, TransmissionConfig::default()),
+            tx: Connection::in_transmission(n, cfg),
             input: Vec::new(),
             out: Vec::new(),
             seen: Vec::new(),
@@ -61,15 +64,14 @@ impl Tx {
         Self::new(neg(HeaderMode::Simple, all_flags()))
     }
 
-    /// Feed bytes and run the loop: execute commands (READs return zeroes),
-    /// answer rejections with `reply_error`, stop on DISC or an error.
+    /// Feed bytes and run the loop: execute commands (READs return 0xab
+    /// bytes), answer rejections with `reply_error`, stop on DISC or an error.
     fn feed(&mut self, bytes: &[u8]) -> Vec<u8> {
         self.input.extend_from_slice(bytes);
-        let mut buf = vec![0u8; 128 * 1024];
+        let mut buf = vec![0u8; 65 << 20];
         loop {
             let input = std::mem::take(&mut self.input);
-            let r = self.tx.handle_request(&input);
-            let (n, inc) = match r {
+            let (n, next) = match self.tx.handle_input(&input) {
                 Ok(x) => x,
                 Err(e) => {
                     self.error = Some(e);
@@ -78,52 +80,44 @@ impl Tx {
                 }
             };
             assert!(n <= input.len());
-            let progressed = n > 0 || inc.is_some();
-            match inc {
-                Some(Incoming::Command(req)) => {
-                    let h = req.header;
-                    self.seen.push(Seen::Exec(h.command, h.cookie.0));
-                    let to = ReplyTo {
-                        cookie: h.cookie,
-                        offset: h.offset,
-                    };
-                    let w = match h.command {
-                        Command::Read => {
+            let stalled = matches!(next, Input::NeedInput | Input::Blocked | Input::Closed);
+            match next {
+                Input::Request { op, reply } => {
+                    self.seen
+                        .push(Seen::Exec(reply.command(), reply.cookie().0));
+                    let w = match op {
+                        Op::Read { len, .. } => {
                             let p = self.tx.read_prefix_len();
-                            let len = h.len as usize;
                             buf[p..p + len].fill(0xab);
-                            let n = self
-                                .tx
-                                .encode_read_prefix(to, h.offset, len, true, &mut buf)
-                                .unwrap();
-                            assert_eq!(n, p);
-                            p + len
+                            let n = self.tx.reply_read(reply, &mut buf).unwrap();
+                            assert!(n == p || len == 0);
+                            n + len
                         }
-                        Command::BlockStatus => {
-                            let e = [BlockStatusExtent {
-                                len: h.len.max(1),
-                                flags: 0,
-                            }];
-                            self.tx
-                                .encode_block_status(to, 1, &e, true, &mut buf)
-                                .unwrap()
+                        Op::BlockStatus { len, .. } => {
+                            let e = [BlockStatusExtent { len, flags: 0 }];
+                            self.tx.reply_block_status(reply, 1, &e, &mut buf).unwrap()
                         }
-                        _ => self.tx.reply_ok(to, &mut buf).unwrap(),
+                        _ => self.tx.reply_ok(reply, &mut buf).unwrap(),
                     };
                     self.out.extend_from_slice(&buf[..w]);
                 }
-                Some(Incoming::Reject {
-                    to, error, message, ..
-                }) => {
-                    self.seen.push(Seen::Reject(to.cookie.0, error));
-                    let w = self.tx.reply_error(to, error, message, &mut buf).unwrap();
+                Input::Reject {
+                    reply,
+                    error,
+                    message,
+                } => {
+                    self.seen.push(Seen::Reject(reply.cookie().0, error));
+                    let w = self
+                        .tx
+                        .reply_error(reply, error, message, &mut buf)
+                        .unwrap();
                     self.out.extend_from_slice(&buf[..w]);
                 }
-                Some(Incoming::Disconnect) => self.seen.push(Seen::Disc),
-                None => {}
+                Input::Disconnect => self.seen.push(Seen::Disc),
+                _ => {}
             }
             self.input = input[n..].to_vec();
-            if !progressed {
+            if stalled {
                 break;
             }
         }
@@ -131,7 +125,7 @@ impl Tx {
     }
 
     fn mode(&self) -> HeaderMode {
-        self.tx.mode()
+        self.tx.negotiated().unwrap().mode
     }
 }
 
@@ -427,10 +421,40 @@ fn checklist_81_write_above_maximum_but_small_drained_einval() {
     let mut n = neg(S, all_flags());
     n.size = 64 << 20;
     n.block_sizes.maximum = 65536;
+    n.block_sizes_agreed = true;
     let mut t = Tx::new(n);
     t.feed(&write(S, 1, 0, &vec![0; 1 << 20]));
     assert_eq!(t.seen, [Seen::Reject(1, ErrorCode::Inval)]);
     still_usable(&mut t);
+}
+
+/// A client that never agreed to block sizes may send up to 64 MiB (the
+/// reference NBD test client's `integrityhuge` sends up to 47.5 MiB;
+/// nbdkit accepts 64 MiB), whatever maximum was advertised; above that the
+/// request is refused as before.
+#[test]
+fn unnegotiated_clients_may_send_up_to_64_mib() {
+    let mut n = neg(S, all_flags());
+    n.size = 128 << 20;
+    let mut t = Tx::new(n);
+    let big = 48 << 20;
+    t.feed(&write(S, 1, 0, &vec![5; big]));
+    let out = t.feed(&req(S, Command::Read, E, 2, 0, big as u64));
+    assert_eq!(
+        t.seen,
+        [Seen::Exec(Command::Write, 1), Seen::Exec(Command::Read, 2)]
+    );
+    assert_eq!(out.len(), 16 + big);
+    t.feed(&req(S, Command::Read, E, 3, 0, (64 << 20) + 1));
+    assert_eq!(t.seen[2], Seen::Reject(3, ErrorCode::Inval));
+    assert_eq!(
+        t.tx.needed(&req(S, Command::Write, E, 4, 0, 64 << 20)),
+        28 + (64 << 20)
+    );
+    assert_eq!(
+        t.tx.needed(&req(S, Command::Write, E, 4, 0, (64 << 20) + 1)),
+        28
+    );
 }
 
 #[test]
@@ -547,16 +571,11 @@ fn checklist_102_df_read_above_limit_eoverflow() {
     let st = HeaderMode::Structured;
     let mut n = neg(st, all_flags() | TF::SEND_DF);
     n.size = 1 << 30;
-    let mut t = Tx {
-        tx: Transmission::new(
-            n,
-            TransmissionConfig {
-                max_df_read: 65536,
-                ..TransmissionConfig::default()
-            },
-        ),
-        ..Tx::simple()
+    let cfg = TransmissionConfig {
+        max_df_read: 65536,
+        ..TransmissionConfig::default()
     };
+    let mut t = Tx::with(n, cfg);
     t.feed(&req(st, Command::Read, CmdFlags::DF, 1, 0, 65537));
     assert_eq!(t.seen, [Seen::Reject(1, ErrorCode::Overflow)]);
 }
@@ -623,7 +642,7 @@ fn checklist_110_disc_after_pipelined_writes() {
         cat(&[simple_reply(1, 0), simple_reply(2, 0), simple_reply(3, 0)])
     );
     assert_eq!(t.seen.last(), Some(&Seen::Disc));
-    assert!(t.tx.is_disconnecting());
+    assert!(t.tx.is_closed(), "DISC with nothing in flight closes");
     assert!(!t.tx.wants_read());
     assert_eq!(t.tx.in_flight(), 0);
     t.feed(&req(S, Command::Flush, E, 5, 0, 0));
@@ -636,6 +655,8 @@ fn ext() -> Tx {
     let mut n = neg(X, all_flags() | TF::SEND_DF | TF::BLOCK_STATUS_PAYLOAD);
     n.meta_contexts = 0b1;
     n.block_sizes.maximum = 1 << 20;
+    // Agreed, so the 1 MiB maximum is the limit (checklist 118).
+    n.block_sizes_agreed = true;
     Tx::new(n)
 }
 
@@ -743,7 +764,7 @@ fn cat(parts: &[Vec<u8>]) -> Vec<u8> {
 /// header and drained as it streams, so only the header is needed.
 #[test]
 fn needed_never_asks_for_a_payload_that_will_be_rejected() {
-    let t = Transmission::new(
+    let t = Connection::in_transmission(
         neg(HeaderMode::Simple, all_flags()),
         TransmissionConfig::default(),
     );

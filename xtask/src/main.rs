@@ -7,9 +7,12 @@
 //! - `cargo xtask ci`: what `.ci/run` calls; `test` with installing allowed.
 //! - `cargo xtask fuzz [TARGET] [--secs N]`: cargo-fuzz on nightly.
 //! - `cargo xtask bench`: criterion benches, then fio nbdd-vs-nbdkit.
+//! - `cargo xtask man [--install]`: regenerate docs/nbdd.1 from the option
+//!   table (via tests/cli_man.rs), optionally install it.
 
 mod bench;
 mod fuzz;
+mod man;
 mod prereq;
 mod test;
 mod util;
@@ -30,7 +33,10 @@ commands:
   fuzz [TARGET] [--secs N]
         run each fuzz target (or TARGET) for N seconds (default 60) on nightly
   bench run nbd-proto criterion benches, then fio nbdd vs nbdkit;
-        report in target/bench-report.md";
+        report in target/bench-report.md
+  man [--install]
+        regenerate docs/nbdd.1 from nbdd's option table; --install copies it
+        to /usr/local/share/man/man1";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -46,6 +52,7 @@ fn main() -> ExitCode {
         }),
         "fuzz" => fuzz::parse(rest).and_then(|o| fuzz::run(&o)),
         "bench" if rest.is_empty() => bench::run(),
+        "man" => man::run(rest),
         "help" | "-h" | "--help" => {
             println!("{USAGE}");
             Ok(())

@@ -18,6 +18,8 @@ enum Probe {
 const NEEDS: &[(&str, Probe, &str)] = &[
     ("qemu-img", Probe::Tool("qemu-img"), "qemu-utils"),
     ("qemu-io", Probe::Tool("qemu-io"), "qemu-utils"),
+    // Allocation-depth tests compare with qemu-nbd -A.
+    ("qemu-nbd", Probe::Tool("qemu-nbd"), "qemu-utils"),
     ("nbdinfo", Probe::Tool("nbdinfo"), "libnbd-bin"),
     ("nbdcopy", Probe::Tool("nbdcopy"), "libnbd-bin"),
     ("nbdsh", Probe::Tool("nbdsh"), "libnbd-bin"),
@@ -33,6 +35,10 @@ const NEEDS: &[(&str, Probe, &str)] = &[
     ("certtool", Probe::Tool("certtool"), "gnutls-bin"),
     ("psktool", Probe::Tool("psktool"), "gnutls-bin"),
     ("gnutls-cli", Probe::Tool("gnutls-cli"), "gnutls-bin"),
+    // cli_compat: an immutable file for the read-only fallback.
+    ("chattr", Probe::Tool("chattr"), "e2fsprogs"),
+    // cli_man: the generated nbdd(1) must format without warnings.
+    ("groff", Probe::Tool("groff"), "groff-base"),
     // Partition-filter tests label disk images with sfdisk.
     ("sfdisk", Probe::Tool("sfdisk"), "fdisk"),
     // Service tests: socket activation and the sample unit files.
@@ -43,6 +49,22 @@ const NEEDS: &[(&str, Probe, &str)] = &[
     ),
     ("systemd-analyze", Probe::Tool("systemd-analyze"), "systemd"),
     ("pkg-config", Probe::Tool("pkg-config"), "pkg-config"),
+    // Plugin tests (e2e_plugins): curl against a local nginx over HTTP and
+    // HTTPS (certificates made with openssl), ssh against a local sshd
+    // (keys from ssh-keygen), tmpdisk's default mkfs.ext4.
+    ("nginx", Probe::Tool("nginx"), "nginx-light"),
+    ("openssl", Probe::Tool("openssl"), "openssl"),
+    (
+        "sshd",
+        Probe::Cmd(&["test", "-x", "/usr/sbin/sshd"]),
+        "openssh-server",
+    ),
+    ("ssh-keygen", Probe::Tool("ssh-keygen"), "openssh-client"),
+    (
+        "mkfs.ext4",
+        Probe::Cmd(&["test", "-x", "/usr/sbin/mkfs.ext4"]),
+        "e2fsprogs",
+    ),
     // The openssl crate (TLS backend) builds against the system headers.
     (
         "OpenSSL headers",

@@ -187,7 +187,7 @@ impl super::Filter for Blocksize {
         self.size
     }
     fn caps(&self) -> Caps {
-        self.inner.caps() - Caps::RESIZE
+        self.inner.caps() - Caps::RESIZE - Caps::ALLOCATION_DEPTH
     }
     fn block_size(&self) -> Option<BlockSize> {
         let pref = self.inner.block_size().map_or(4096, |b| b.preferred);
@@ -275,6 +275,15 @@ impl super::Filter for Blocksize {
         crate::util::extents_loop(offset, end, out, |pos, end, buf| {
             self.extents_once(pos, end, buf)
         })
+    }
+    /// Depth below means nothing here (not advertised).
+    fn allocation_depth(
+        &self,
+        _offset: u64,
+        _len: u64,
+        _out: &mut [crate::DepthExtent],
+    ) -> io::Result<usize> {
+        Err(io::Error::from(io::ErrorKind::Unsupported))
     }
     fn resize(&self, _new_size: u64) -> io::Result<()> {
         Err(io::Error::from(io::ErrorKind::Unsupported))

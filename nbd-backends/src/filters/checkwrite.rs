@@ -69,7 +69,11 @@ impl super::Filter for CheckWrite {
         Ok(Arc::new(Self::new(inner)))
     }
     fn caps(&self) -> Caps {
-        let kept = Caps::EXTENTS | Caps::CACHE | Caps::MULTI_CONN | Caps::ROTATIONAL;
+        let kept = Caps::EXTENTS
+            | Caps::ALLOCATION_DEPTH
+            | Caps::CACHE
+            | Caps::MULTI_CONN
+            | Caps::ROTATIONAL;
         (self.inner.caps() & kept)
             | Caps::FLUSH
             | Caps::FUA

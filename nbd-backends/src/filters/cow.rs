@@ -14,8 +14,8 @@ use std::io;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::params::{FilterParams, Switch};
-use crate::util::{check_read, check_write, len64};
-use crate::{Backend, Caps, MemoryBackend, PAGE_SIZE, ZeroFlags};
+use crate::util::{check_read, check_write, len64, out_of_range, push_depth};
+use crate::{Backend, Caps, DepthExtent, Extent, ExtentFlags, MemoryBackend, PAGE_SIZE, ZeroFlags};
 
 /// How the overlay is filled.
 #[derive(Debug, Clone)]
@@ -124,6 +124,64 @@ impl Cow {
     }
 }
 
+impl Cow {
+    /// Push the base's depths for `[pos, pos + len)` into `out`, each one
+    /// layer deeper (from extents: 2 where allocated, 0 in holes). False
+    /// when `out` filled up.
+    fn base_depth(
+        &self,
+        mut pos: u64,
+        len: u64,
+        out: &mut [DepthExtent],
+        n: &mut usize,
+    ) -> io::Result<bool> {
+        let end = pos + len;
+        let deep = self.inner.caps().contains(Caps::ALLOCATION_DEPTH);
+        let mut buf = [DepthExtent::default(); 16];
+        let mut ext = [Extent::default(); 16];
+        while pos < end {
+            let got = if deep {
+                let k = self.inner.allocation_depth(pos, end - pos, &mut buf)?;
+                for d in buf.iter_mut().take(k) {
+                    d.depth = if d.depth == 0 {
+                        0
+                    } else {
+                        d.depth.saturating_add(1)
+                    };
+                }
+                k
+            } else {
+                let k = self.inner.extents(pos, end - pos, &mut ext)?;
+                for (d, e) in buf.iter_mut().zip(&ext[..k]) {
+                    let hole = e.flags.contains(ExtentFlags::HOLE);
+                    *d = DepthExtent {
+                        len: e.len,
+                        depth: if hole { 0 } else { 2 },
+                    };
+                }
+                k
+            };
+            let before = pos;
+            for d in &buf[..got] {
+                let l = d.len.min(end - pos);
+                if l == 0 {
+                    break;
+                }
+                if !push_depth(out, n, l, d.depth) {
+                    return Ok(false);
+                }
+                pos += l;
+            }
+            if pos == before {
+                // A base that describes nothing: call the rest allocated,
+                // as the default `extents` does, rather than loop.
+                return Ok(push_depth(out, n, end - pos, 2));
+            }
+        }
+        Ok(true)
+    }
+}
+
 pub(crate) fn spec(p: &mut FilterParams<'_, '_>) -> Result<super::Spec, String> {
     let mut opts = CowOptions::default();
     if let Some(bs) = p.take_size("cow-block-size")? {
@@ -166,7 +224,8 @@ impl super::Filter for Cow {
             | Caps::TRIM
             | Caps::WRITE_ZEROES
             | Caps::FAST_ZERO
-            | Caps::CACHE;
+            | Caps::CACHE
+            | Caps::ALLOCATION_DEPTH;
         if self.private {
             caps
         } else {
@@ -233,6 +292,41 @@ impl super::Filter for Cow {
     fn extents(&self, offset: u64, len: u64, out: &mut [crate::Extent]) -> io::Result<usize> {
         // Everything is data: the overlay hides what the layer below knows.
         crate::util::all_data(self.overlay.size(), offset, len, out)
+    }
+    /// Overlay blocks are depth 1; the rest is the base's depth plus one
+    /// (qemu-nbd's numbering for an overlay on a chain).
+    fn allocation_depth(
+        &self,
+        offset: u64,
+        len: u64,
+        out: &mut [DepthExtent],
+    ) -> io::Result<usize> {
+        let size = self.overlay.size();
+        if offset > size {
+            return Err(out_of_range());
+        }
+        let end = offset.saturating_add(len).min(size);
+        let owned = self.owned.lock().unwrap_or_else(PoisonError::into_inner);
+        let (mut n, mut pos) = (0, offset);
+        while pos < end && n < out.len() {
+            let block = pos / self.bs();
+            let mine = owned.contains(&block);
+            // Extend the run while blocks stay on the same side.
+            let mut to = self.block_range(block).1.min(end);
+            while to < end && owned.contains(&(to / self.bs())) == mine {
+                to = (to + self.bs()).min(end);
+            }
+            let ok = if mine {
+                push_depth(out, &mut n, to - pos, 1)
+            } else {
+                self.base_depth(pos, to - pos, out, &mut n)?
+            };
+            if !ok {
+                break;
+            }
+            pos = to;
+        }
+        Ok(n)
     }
     fn resize(&self, _new_size: u64) -> io::Result<()> {
         Err(io::Error::from(io::ErrorKind::Unsupported))

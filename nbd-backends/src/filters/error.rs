@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::params::FilterParams;
 
-use crate::{Backend, Extent, ZeroFlags};
+use crate::{Backend, DepthExtent, Extent, ZeroFlags};
 
 /// Operation names in the per-operation keys (`error-OP=`), in the order
 /// of [`ErrorInject::with_rules`]' array.
@@ -191,6 +191,15 @@ impl super::Filter for ErrorInject {
     fn extents(&self, offset: u64, len: u64, out: &mut [Extent]) -> io::Result<usize> {
         self.roll(6)?;
         self.inner.extents(offset, len, out)
+    }
+    fn allocation_depth(
+        &self,
+        offset: u64,
+        len: u64,
+        out: &mut [DepthExtent],
+    ) -> io::Result<usize> {
+        self.roll(6)?;
+        self.inner.allocation_depth(offset, len, out)
     }
 }
 

@@ -111,6 +111,15 @@ impl super::Filter for Gzip {
     fn extents(&self, offset: u64, len: u64, out: &mut [Extent]) -> io::Result<usize> {
         crate::util::all_data(self.size, offset, len, out)
     }
+    /// Depth below means nothing here (not advertised).
+    fn allocation_depth(
+        &self,
+        _offset: u64,
+        _len: u64,
+        _out: &mut [crate::DepthExtent],
+    ) -> io::Result<usize> {
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
     fn resize(&self, _: u64) -> io::Result<()> {
         Err(read_only())
     }

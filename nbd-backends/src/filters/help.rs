@@ -408,6 +408,13 @@ pub const FILTER_DOCS: &[FilterDoc] = &[
         example: "protect=0-511",
     },
     FilterDoc {
+        name: "qcow2dec",
+        summary: "the layer below is a qcow2 image: serve its contents, read-only",
+        params: &[],
+        notes: "no backing files, encryption, external data files, zstd or extended L2 (use the qcow2 backend for those)",
+        example: "",
+    },
+    FilterDoc {
         name: "rate",
         summary: "limit bandwidth, for the server and per connection",
         params: &[

@@ -6,12 +6,16 @@
 //! in a fresh copy of itself ([`Filter::reopen`]), so that
 //! `--filter=X tmpdisk` gives each client its own disk through `X`. State
 //! that belongs to the export (statistics, a shared cache, a connection
-//! count) is behind an `Arc` the copies share.
+//! count) is behind an `Arc` the copies share. [`Backend::as_any`] is
+//! never forwarded (the driver must not drive a filter's layer below
+//! behind its back).
 
 use std::io;
 use std::sync::Arc;
 
-use crate::{Backend, BlockSize, Caps, ClientInfo, Execution, Extent, Peer, ZeroFlags};
+use crate::{
+    Backend, BlockSize, Caps, ClientInfo, DepthExtent, Execution, Extent, Peer, ZeroFlags,
+};
 
 /// A backend layered over `inner()`. Every method defaults to the layer
 /// below; `Backend` is implemented for every `Filter`.
@@ -119,6 +123,20 @@ pub trait Filter: Send + Sync + 'static {
     fn extents(&self, offset: u64, len: u64, out: &mut [Extent]) -> io::Result<usize> {
         self.inner().extents(offset, len, out)
     }
+    /// See [`Backend::allocation_depth`]. A filter that moves, resizes or
+    /// rewrites data must drop [`Caps::ALLOCATION_DEPTH`] and refuse this.
+    ///
+    /// # Errors
+    ///
+    /// As the layer below.
+    fn allocation_depth(
+        &self,
+        offset: u64,
+        len: u64,
+        out: &mut [DepthExtent],
+    ) -> io::Result<usize> {
+        self.inner().allocation_depth(offset, len, out)
+    }
     /// See [`Backend::resize`].
     ///
     /// # Errors
@@ -172,6 +190,14 @@ impl<T: Filter> Backend for T {
     }
     fn extents(&self, offset: u64, len: u64, out: &mut [Extent]) -> io::Result<usize> {
         Filter::extents(self, offset, len, out)
+    }
+    fn allocation_depth(
+        &self,
+        offset: u64,
+        len: u64,
+        out: &mut [DepthExtent],
+    ) -> io::Result<usize> {
+        Filter::allocation_depth(self, offset, len, out)
     }
     fn resize(&self, new_size: u64) -> io::Result<()> {
         Filter::resize(self, new_size)

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::params::FilterParams;
-use crate::{Backend, Caps, ClientInfo, Execution, Extent, ZeroFlags};
+use crate::{Backend, Caps, ClientInfo, DepthExtent, Execution, Extent, ZeroFlags};
 
 /// Where entries go; shared by the per-connection copies.
 struct Sink {
@@ -365,6 +365,16 @@ impl super::Filter for Log {
     fn extents(&self, offset: u64, len: u64, out: &mut [Extent]) -> io::Result<usize> {
         self.logged("Extents", offset, len, "", || {
             self.inner.extents(offset, len, out)
+        })
+    }
+    fn allocation_depth(
+        &self,
+        offset: u64,
+        len: u64,
+        out: &mut [DepthExtent],
+    ) -> io::Result<usize> {
+        self.logged("AllocationDepth", offset, len, "", || {
+            self.inner.allocation_depth(offset, len, out)
         })
     }
     fn resize(&self, new_size: u64) -> io::Result<()> {

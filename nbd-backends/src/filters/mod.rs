@@ -32,6 +32,7 @@ mod offset;
 mod params;
 pub mod partition;
 mod protect;
+mod qcow2dec;
 mod rate;
 mod readahead;
 mod readonly;
@@ -65,6 +66,7 @@ pub use nozero::{FastZeroMode, NoZero, ZeroMode};
 pub use offset::Offset;
 pub use params::{Switch, parse_bool};
 pub use protect::{Protect, RangeSpec};
+pub use qcow2dec::Qcow2Dec;
 pub use rate::{Rate, RateOptions, RateSource};
 pub use readahead::ReadAhead;
 pub use readonly::ReadOnly;
@@ -187,6 +189,11 @@ pub const FILTERS: &[(&str, &str, &str)] = &[
         "refuse writes that would change protected byte ranges (EPERM)",
     ),
     (
+        "qcow2dec",
+        "",
+        "the export is a qcow2 image: serve its contents, read-only",
+    ),
+    (
         "rate",
         "rate= connection-rate= rate-file= connection-rate-file= burstiness=",
         "limit bandwidth, for the server and per connection",
@@ -239,7 +246,7 @@ type Build = Box<dyn Fn(Arc<dyn Backend>) -> Result<Arc<dyn Backend>, String> + 
 /// A parsed filter, ready to stack.
 pub(crate) struct Spec {
     /// Nothing is written below this filter, so the backend is opened
-    /// read-only (cow, checkwrite, xz, gzip; as nbdkit does).
+    /// read-only (cow, checkwrite, qcow2dec, xz, gzip; as nbdkit does).
     pub(crate) read_only_below: bool,
     build: Build,
 }
@@ -287,6 +294,7 @@ const PARSERS: &[(&str, Parser)] = &[
     ("offset", offset::spec),
     ("partition", partition::spec),
     ("protect", protect::spec),
+    ("qcow2dec", qcow2dec::spec),
     ("rate", rate::spec),
     ("readahead", readahead::spec),
     ("readonly", readonly::spec),

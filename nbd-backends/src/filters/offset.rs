@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::params::FilterParams;
 use crate::util::{check_read, check_write, len64, out_of_range};
-use crate::{Backend, Caps, Extent, ZeroFlags};
+use crate::{Backend, Caps, DepthExtent, Extent, ZeroFlags};
 
 /// `[offset, offset + range)` of the inner backend, seen from 0.
 pub struct Offset {
@@ -41,6 +41,31 @@ impl Offset {
             range,
         })
     }
+}
+
+impl Offset {
+    /// `len` cut to the window, for a status request at `offset`.
+    fn window(&self, offset: u64, len: u64) -> io::Result<u64> {
+        if offset > self.range {
+            return Err(out_of_range());
+        }
+        Ok(len.min(self.range - offset))
+    }
+}
+
+/// The inner backend may describe past the window: shorten the runs
+/// (given by their lengths) to `left` bytes; returns how many are kept.
+fn clip<'a>(lens: impl Iterator<Item = &'a mut u64>, mut left: u64) -> usize {
+    let mut kept = 0;
+    for l in lens {
+        if left == 0 {
+            break;
+        }
+        *l = (*l).min(left);
+        left -= *l;
+        kept += 1;
+    }
+    kept
 }
 
 pub(crate) fn spec(p: &mut FilterParams<'_, '_>) -> Result<super::Spec, String> {
@@ -87,23 +112,21 @@ impl super::Filter for Offset {
         self.inner.cache(self.offset + offset, len)
     }
     fn extents(&self, offset: u64, len: u64, out: &mut [Extent]) -> io::Result<usize> {
-        if offset > self.range {
-            return Err(out_of_range());
-        }
-        let len = len.min(self.range - offset);
+        let len = self.window(offset, len)?;
         let n = self.inner.extents(self.offset + offset, len, out)?;
-        // The inner backend may describe past the window: clip.
-        let mut left = len;
-        let mut kept = 0;
-        for e in out.iter_mut().take(n) {
-            if left == 0 {
-                break;
-            }
-            e.len = e.len.min(left);
-            left -= e.len;
-            kept += 1;
-        }
-        Ok(kept)
+        Ok(clip(out.iter_mut().take(n).map(|e| &mut e.len), len))
+    }
+    fn allocation_depth(
+        &self,
+        offset: u64,
+        len: u64,
+        out: &mut [DepthExtent],
+    ) -> io::Result<usize> {
+        let len = self.window(offset, len)?;
+        let n = self
+            .inner
+            .allocation_depth(self.offset + offset, len, out)?;
+        Ok(clip(out.iter_mut().take(n).map(|e| &mut e.len), len))
     }
     /// The window has a fixed size.
     fn resize(&self, _new_size: u64) -> io::Result<()> {

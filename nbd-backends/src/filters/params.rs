@@ -121,11 +121,7 @@ impl<'p, 'a> FilterParams<'p, 'a> {
 ///
 /// A reason naming the accepted spellings.
 pub fn parse_bool(v: &str) -> Result<bool, &'static str> {
-    match v.to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Ok(true),
-        "0" | "false" | "no" | "off" => Ok(false),
-        _ => Err("expected a boolean (true/false, yes/no, on/off, 1/0)"),
-    }
+    crate::util::parse_bool(v).ok_or("expected a boolean (true/false, yes/no, on/off, 1/0)")
 }
 
 /// `true`, `false`, or an absolute path whose existence switches the

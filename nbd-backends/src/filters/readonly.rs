@@ -55,7 +55,12 @@ impl super::Filter for ReadOnly {
         if self.file.is_some() {
             return self.inner.caps();
         }
-        let kept = Caps::FLUSH | Caps::EXTENTS | Caps::CACHE | Caps::MULTI_CONN | Caps::ROTATIONAL;
+        let kept = Caps::FLUSH
+            | Caps::EXTENTS
+            | Caps::ALLOCATION_DEPTH
+            | Caps::CACHE
+            | Caps::MULTI_CONN
+            | Caps::ROTATIONAL;
         (self.inner.caps() & kept) | Caps::READ_ONLY
     }
     fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> io::Result<()> {

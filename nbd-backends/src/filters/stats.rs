@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use super::params::FilterParams;
-use crate::{Backend, Extent, ZeroFlags};
+use crate::{Backend, DepthExtent, Extent, ZeroFlags};
 
 const OPS: [&str; 7] = ["read", "write", "trim", "zero", "extents", "cache", "flush"];
 const READ: usize = 0;
@@ -319,6 +319,16 @@ impl super::Filter for Stats {
     fn extents(&self, offset: u64, len: u64, out: &mut [Extent]) -> io::Result<usize> {
         self.timed(EXTENTS, offset, len, || {
             self.inner.extents(offset, len, out)
+        })
+    }
+    fn allocation_depth(
+        &self,
+        offset: u64,
+        len: u64,
+        out: &mut [DepthExtent],
+    ) -> io::Result<usize> {
+        self.timed(EXTENTS, offset, len, || {
+            self.inner.allocation_depth(offset, len, out)
         })
     }
 }

@@ -27,7 +27,7 @@ fn every_filter_is_documented_listed_and_parsed() {
 fn every_key_a_filter_takes_is_documented() {
     for d in help::FILTER_DOCS {
         let args = words(d.example);
-        let mut p = Params::parse("memory", "size", &args).unwrap();
+        let mut p = Params::parse("memory", "size", &args, REPEATABLE).unwrap();
         let (_, asked) = parse_one(d.name, &mut p)
             .unwrap_or_else(|e| panic!("{}: example '{}': {e}", d.name, d.example));
         let documented: Vec<_> = d.keys().collect();

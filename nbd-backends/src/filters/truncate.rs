@@ -91,7 +91,7 @@ impl super::Filter for Truncate {
         self.size
     }
     fn caps(&self) -> Caps {
-        (self.inner.caps() | Caps::EXTENTS) - Caps::RESIZE
+        (self.inner.caps() | Caps::EXTENTS) - Caps::RESIZE - Caps::ALLOCATION_DEPTH
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         let end = check_read(offset, len64(buf), self.size)?;
@@ -167,6 +167,15 @@ impl super::Filter for Truncate {
             }
             _ => Ok(0),
         }
+    }
+    /// Depth below means nothing here (not advertised).
+    fn allocation_depth(
+        &self,
+        _offset: u64,
+        _len: u64,
+        _out: &mut [crate::DepthExtent],
+    ) -> io::Result<usize> {
+        Err(io::Error::from(io::ErrorKind::Unsupported))
     }
     fn resize(&self, _new_size: u64) -> io::Result<()> {
         Err(io::Error::from(io::ErrorKind::Unsupported))

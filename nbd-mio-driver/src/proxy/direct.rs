@@ -1,83 +1,71 @@
 //! The proxy served through the [`nbd_backends::Backend`] trait, for when
 //! a filter wraps it: the filter calls its inner backend synchronously on
 //! a worker thread, where the event loop's [`super::upstream::Upstream`]
-//! cannot reach. The proxy then drives its own negotiated connection,
-//! blocking, one request at a time under a mutex: encode, `write_all`,
-//! read and decode replies until the final chunk.
-//!
-//! This path serialises requests (one in flight upstream) where the
-//! unfiltered, loop-driven path keeps many in flight; it is correct, and
-//! its cost is one upstream round trip per request. The emulation rules
-//! match upstream.rs: FLUSH/TRIM/CACHE the upstream lacks are no-ops,
-//! WRITE_ZEROES without upstream support becomes WRITEs of zeroes, a
-//! FAST_ZERO the upstream cannot honour fails with ENOTSUP before touching
-//! data, and `base:allocation` missing upstream reports all data. Being
-//! synchronous, this path also splits requests the compact header cannot
-//! carry (over 4 GiB) instead of refusing them, and emulates FUA with a
-//! FLUSH when the upstream lacks FUA.
+//! cannot reach. The proxy then drives its own connection, blocking, one
+//! command at a time under a mutex, with the same op → command mapping as
+//! the loop path ([`super::plan`]) and nbd-proto's `client::Connection`
+//! for the protocol.
 //!
 //! A transport failure (I/O error, a 60 s read timeout, a reply that
-//! breaks the protocol) leaves the stream out of step, so the connection
-//! is declared dead, logged once, shut down, and every request after it
-//! fails with EIO.
+//! breaks the protocol) leaves the stream out of step: the connection is
+//! declared dead, logged once, shut down, and the request fails with EIO
+//! (a READ, BLOCK_STATUS or CACHE is sent once more on a new connection
+//! when `retry` allows waiting). With reconnect information, the next
+//! request reconnects (backoff 100 ms doubling to 2 s between attempts;
+//! it waits up to `retry` for the upstream to come back); without, every
+//! request after it fails with EIO.
 
 use std::io;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nbd_backends::{Extent, ExtentFlags, ZeroFlags};
-use nbd_proto::client::{ClientNegotiated, Reply, ReplyDecoder};
-use nbd_proto::wire::reply::ChunkPayload;
-use nbd_proto::wire::request::{Request, RequestHeader};
-use nbd_proto::{CmdFlags, Command, Cookie, ErrorCode, TransmissionFlags};
+use nbd_proto::client::{ClientNegotiated, Cmd, Connection, Event, ReplyError};
+use nbd_proto::wire::reply::BlockStatusExtent;
 
-use super::handshake::Stream;
-use super::upstream::{eio, upstream_error};
-use super::{MAX_EFFECT, MAX_PAYLOAD, MAX_REPLY};
+use super::MAX_REPLY;
+use super::handshake::{Stream, check_same, open_peer};
+use super::link::Backoff;
+use super::plan::{Piece, PieceData, Pieces, Plan, ZEROES, plan};
+use super::upstream::{Reconnect, eio, upstream_error};
+use crate::workers::Op;
 
 /// A reply slower than this means a dead or wedged upstream: a worker
 /// must not hang on it forever.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Zeroes written per WRITE when the upstream has no WRITE_ZEROES.
-const ZERO_CHUNK: usize = 1 << 20;
-
-/// Where a reply's payload goes.
+/// Where a request's reply goes.
 enum Sink<'a> {
-    /// Nothing expected.
     None,
-    /// READ data for `buf`, which starts at `offset`; `covered` counts the
-    /// bytes the chunks filled.
+    /// READ data for `buf`, which starts at the READ's offset `start`.
     Read {
-        offset: u64,
+        start: u64,
         buf: &'a mut [u8],
-        covered: u64,
     },
-    /// `base:allocation` extents into `out`, at most `limit` bytes.
+    /// `base:allocation` extents into `out` (`n` so far).
     Extents {
-        id: u32,
         out: &'a mut [Extent],
         n: usize,
-        total: u64,
-        limit: u64,
     },
 }
 
 /// One negotiated upstream connection used synchronously.
 pub struct Direct {
-    stream: Stream,
-    neg: ClientNegotiated,
-    decoder: ReplyDecoder,
-    /// Encoded request (header and WRITE payload), reused.
-    out: Vec<u8>,
+    stream: Option<Stream>,
+    conn: Connection<1>,
+    first: ClientNegotiated,
     /// Bytes read and not yet decoded, reused.
     input: Vec<u8>,
-    next_cookie: u64,
-    dead: bool,
+    /// Encoded request, reused.
+    out: Vec<u8>,
+    scratch: Vec<BlockStatusExtent>,
+    reconnect: Option<Reconnect>,
+    backoff: Backoff,
 }
 
 impl Direct {
     /// Wrap a negotiated, blocking `stream`, with [`REPLY_TIMEOUT`] on
-    /// reads and writes.
+    /// reads and writes. It never reconnects unless given
+    /// [`Direct::with_reconnect`].
     ///
     /// # Errors
     ///
@@ -85,140 +73,287 @@ impl Direct {
     pub fn new(stream: Stream, neg: ClientNegotiated) -> io::Result<Self> {
         stream.set_timeouts(Some(REPLY_TIMEOUT))?;
         Ok(Self {
-            stream,
-            decoder: ReplyDecoder::new(neg.mode, MAX_REPLY),
-            neg,
-            out: Vec::new(),
+            stream: Some(stream),
+            conn: Self::connection(neg),
+            first: neg,
             input: Vec::new(),
-            next_cookie: 1,
-            dead: false,
+            out: Vec::new(),
+            scratch: vec![BlockStatusExtent { len: 0, flags: 0 }; 1024],
+            reconnect: None,
+            backoff: Backoff::new(Instant::now()),
         })
     }
 
-    /// Give the socket up (the event loop takes it over).
-    pub fn into_stream(self) -> Stream {
-        self.stream
-    }
-
-    fn has(&self, f: TransmissionFlags) -> bool {
-        self.neg.flags.contains(f)
-    }
-
-    /// The largest READ/WRITE payload the upstream accepts.
-    fn max_io(&self) -> usize {
-        let max = self.neg.block_sizes.map_or(MAX_PAYLOAD, |b| b.maximum);
-        max.clamp(512, MAX_PAYLOAD) as usize
-    }
-
-    /// The connection is unusable: log once, shut it down.
-    pub fn die(&mut self, why: &str) {
-        if !self.dead {
-            self.dead = true;
-            log::error!("nbd proxy: upstream connection lost: {why}");
-            self.stream.shutdown();
+    /// A connection made at the first request (a per-client handle under
+    /// a filter): nothing is connected until then.
+    #[must_use]
+    pub fn lazy(neg: ClientNegotiated, r: Reconnect) -> Self {
+        Self {
+            stream: None,
+            conn: Self::connection(neg),
+            first: neg,
+            input: Vec::new(),
+            out: Vec::new(),
+            scratch: vec![BlockStatusExtent { len: 0, flags: 0 }; 1024],
+            reconnect: Some(r),
+            backoff: Backoff::new(Instant::now()),
         }
     }
 
-    /// Send one request and wait for its last reply. Transport failures
-    /// kill the connection (EIO); an upstream error maps to its errno.
+    /// End the connection politely (`NBD_CMD_DISC`), best effort.
+    pub fn close(&mut self) {
+        let mut frame = [0u8; 32];
+        if let (Some(s), Ok(sent)) = (
+            self.stream.as_mut(),
+            self.conn.encode_request(&Cmd::disconnect(), &mut frame),
+        ) {
+            let _ = s.io().write_all(frame.get(..sent.len).unwrap_or_default());
+            s.shutdown();
+        }
+        self.stream = None;
+    }
+
+    fn connection(neg: ClientNegotiated) -> Connection<1> {
+        let mut c = Connection::from_negotiated(neg);
+        c.set_max_chunk_len(u32::try_from(MAX_REPLY).unwrap_or(u32::MAX));
+        c
+    }
+
+    /// Reconnect to `r` when the connection is lost.
+    #[must_use]
+    pub fn with_reconnect(mut self, r: Reconnect) -> Self {
+        self.reconnect = Some(r);
+        self
+    }
+
+    /// Give the socket up (the event loop takes it over); `None` when the
+    /// connection is dead.
+    pub fn into_stream(self) -> Option<Stream> {
+        self.stream
+    }
+
+    /// The connection is unusable: log, shut it down.
+    pub fn die(&mut self, why: &str) {
+        if let Some(s) = self.stream.take() {
+            log::error!("nbd proxy: upstream connection lost: {why}");
+            s.shutdown();
+            self.backoff.failed(Instant::now());
+        }
+    }
+
+    /// A live connection: the current one, or a new one when reconnecting
+    /// is configured (waiting up to `retry` for the upstream).
+    fn ensure(&mut self) -> io::Result<()> {
+        if self.stream.is_some() {
+            return Ok(());
+        }
+        let Some(r) = self.reconnect.clone() else {
+            return Err(eio());
+        };
+        let deadline = Instant::now() + r.retry;
+        loop {
+            let now = Instant::now();
+            if self.backoff.due(now) {
+                let timeout = REPLY_TIMEOUT.min(Duration::from_secs(10));
+                let opened = open_peer(&r.peer, &r.export, timeout).and_then(|o| {
+                    check_same(&self.first, &o.negotiated).map_err(io::Error::other)?;
+                    o.stream.set_timeouts(Some(REPLY_TIMEOUT))?;
+                    Ok(o)
+                });
+                match opened {
+                    Ok(o) => {
+                        log::warn!("nbd proxy: upstream connection restored");
+                        self.conn = Self::connection(o.negotiated);
+                        self.stream = Some(o.stream);
+                        self.input.clear();
+                        self.backoff.reset(now);
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        log::debug!("nbd proxy: reconnect failed: {e}");
+                        self.backoff.failed(now);
+                    }
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(eio());
+            }
+            std::thread::sleep(
+                self.backoff
+                    .next()
+                    .min(deadline)
+                    .saturating_duration_since(now),
+            );
+        }
+    }
+
+    fn negotiated(&self) -> ClientNegotiated {
+        self.conn.negotiated().copied().unwrap_or(self.first)
+    }
+
+    /// Run `op` (a WRITE with `payload`), replies into `sink`. A lost
+    /// connection fails it with EIO, or resends an idempotent one once.
+    fn run(&mut self, op: Op, payload: &[u8], sink: &mut Sink<'_>) -> io::Result<()> {
+        let resend = matches!(op, Op::Read { .. } | Op::Extents { .. } | Op::Cache { .. })
+            && self.reconnect.as_ref().is_some_and(|r| !r.retry.is_zero());
+        for attempt in 0..2 {
+            self.ensure()?;
+            match self.run_once(&op, payload, sink) {
+                Err(Lost) if resend && attempt == 0 => {
+                    if let Sink::Extents { n, .. } = sink {
+                        *n = 0;
+                    }
+                }
+                Err(Lost) => return Err(eio()),
+                Ok(r) => return r,
+            }
+        }
+        Err(eio())
+    }
+
+    fn run_once(
+        &mut self,
+        op: &Op,
+        payload: &[u8],
+        sink: &mut Sink<'_>,
+    ) -> Result<io::Result<()>, Lost> {
+        let pieces = match plan(op, payload.len(), &self.negotiated()) {
+            Plan::Now(r) => return Ok(r),
+            Plan::AllData => {
+                if let (Sink::Extents { out, n }, Op::Extents { len, .. }) = (sink, op)
+                    && let Some(first) = out.first_mut()
+                {
+                    *first = Extent {
+                        len: *len,
+                        flags: ExtentFlags::empty(),
+                    };
+                    *n = 1;
+                }
+                return Ok(Ok(()));
+            }
+            Plan::Send(p) => p,
+        };
+        let flush = pieces.flush_after;
+        for piece in pieces {
+            if let Err(e) = self.call(piece, payload, sink)? {
+                return Ok(Err(e));
+            }
+        }
+        if flush {
+            for piece in Pieces::flush() {
+                if let Err(e) = self.call(piece, payload, &mut Sink::None)? {
+                    return Ok(Err(e));
+                }
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    /// Send one command and wait for its reply: `Err(Lost)` when the
+    /// transport failed, else the upstream's answer.
     fn call(
         &mut self,
-        command: Command,
-        flags: CmdFlags,
-        offset: u64,
-        len: u64,
-        data: &[u8],
+        p: Piece,
+        payload: &[u8],
         sink: &mut Sink<'_>,
-    ) -> io::Result<()> {
-        if self.dead {
-            return Err(eio());
-        }
-        match self.exchange(command, flags, offset, len, data, sink) {
-            Ok(None) => Ok(()),
-            Ok(Some(e)) => Err(upstream_error(e)),
-            Err(why) => {
-                self.die(&why);
-                Err(eio())
-            }
-        }
-    }
-
-    fn exchange(
-        &mut self,
-        command: Command,
-        flags: CmdFlags,
-        offset: u64,
-        len: u64,
-        data: &[u8],
-        sink: &mut Sink<'_>,
-    ) -> Result<Option<ErrorCode>, String> {
-        let cookie = Cookie(self.next_cookie);
-        self.next_cookie = self.next_cookie.wrapping_add(1);
-        let req = Request {
-            header: RequestHeader {
-                flags,
-                command,
-                cookie,
-                offset,
-                len,
-            },
+    ) -> Result<io::Result<()>, Lost> {
+        let len = p.len as usize;
+        let data: &[u8] = match p.data {
+            PieceData::None => &[],
+            PieceData::Zeroes => ZEROES.get(..len).unwrap_or_default(),
+            PieceData::Payload(from) => payload.get(from..from + len).unwrap_or_default(),
+        };
+        let cmd = Cmd {
+            command: p.command,
+            flags: p.flags,
+            offset: p.offset,
+            len: p.len,
             data,
         };
-        let mode = self.neg.mode;
-        self.out.resize(mode.request_header_len() + data.len(), 0);
-        let n = req
-            .encode(mode, &mut self.out)
-            .map_err(|e| format!("encode: {e:?}"))?;
-        let frame = self.out.get(..n).unwrap_or_default();
-        self.stream
-            .io()
-            .write_all(frame)
-            .map_err(|e| format!("write: {e}"))?;
-        let read_len = match sink {
-            Sink::Read { buf, .. } => Some(buf.len() as u64),
-            _ => None,
+        self.out.resize(32 + data.len(), 0);
+        let sent = match self.conn.encode_request(&cmd, &mut self.out) {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("nbd proxy: not sent upstream: {:?}: {e}", p.command);
+                return Ok(Err(io::Error::from_raw_os_error(libc::EINVAL)));
+            }
         };
-        let len_of = |c: Cookie| if c == cookie { read_len } else { None };
-        let base = self.neg.base_allocation;
-        let mut error = None;
-        let mut pos = 0;
-        loop {
-            let avail = self.input.get(pos..).unwrap_or_default();
-            let decoded = self
-                .decoder
-                .decode(avail, len_of)
-                .map_err(|e| format!("bad reply: {e}"))?;
-            let Some((reply, used)) = decoded else {
-                let need = self.decoder.needed(avail, len_of);
-                self.input.drain(..pos);
-                pos = 0;
-                self.fill(need)?;
-                continue;
-            };
-            if reply.cookie() != cookie {
-                return Err(format!("reply for unknown cookie {:#x}", reply.cookie().0));
-            }
-            let fin = reply.is_final();
-            apply(reply, sink, base, &mut error)?;
-            pos += used;
-            if fin {
-                break;
-            }
+        let Some(stream) = self.stream.as_mut() else {
+            return Err(Lost);
+        };
+        if let Err(e) = stream
+            .io()
+            .write_all(self.out.get(..sent.len).unwrap_or_default())
+        {
+            return self.lose(&format!("write: {e}"));
         }
-        self.input.drain(..pos);
-        if !self.input.is_empty() {
-            return Err("reply data with no request outstanding".into());
-        }
-        Ok(error)
+        self.wait(p, sink)
     }
 
-    /// Read until `input` holds at least `need` bytes (at least one more).
-    fn fill(&mut self, need: usize) -> Result<(), String> {
+    /// Read replies until the command's `Done`.
+    fn wait(&mut self, p: Piece, sink: &mut Sink<'_>) -> Result<io::Result<()>, Lost> {
+        loop {
+            let (used, ev) = match self.conn.handle_input(&self.input) {
+                Ok(x) => x,
+                Err(e) => return self.lose(&format!("bad reply: {e}")),
+            };
+            let mut result = None;
+            let mut need = false;
+            match ev {
+                Event::NeedInput { .. } => need = true,
+                Event::ReadData(d) => {
+                    if let Sink::Read { start, buf } = sink {
+                        let rel = (p.offset - *start) as usize;
+                        if let Some(dst) = buf.get_mut(rel..rel + p.len as usize) {
+                            let _ = d.copy_into(dst);
+                        }
+                    }
+                }
+                Event::BlockStatus(b) => {
+                    if let Sink::Extents { out, n } = sink {
+                        let got = b.copy_into(&mut self.scratch);
+                        for e in self.scratch.iter().take(got) {
+                            let Some(slot) = out.get_mut(*n) else { break };
+                            *slot = Extent {
+                                len: e.len,
+                                flags: ExtentFlags::from_bits_truncate(e.flags as u32),
+                            };
+                            *n += 1;
+                        }
+                    }
+                }
+                Event::Done(d) => result = Some(d.result),
+                Event::Idle | Event::Closed => {
+                    return self.lose("reply missing");
+                }
+                _ => {}
+            }
+            self.input.drain(..used);
+            match result {
+                Some(Ok(())) => return Ok(Ok(())),
+                Some(Err(ReplyError::Server(code))) => return Ok(Err(upstream_error(code))),
+                Some(Err(ReplyError::Incomplete)) => {
+                    log::warn!("nbd proxy: upstream READ reply did not cover the request");
+                    return Ok(Err(eio()));
+                }
+                Some(Err(e)) => return self.lose(&e.to_string()),
+                None => {}
+            }
+            if need {
+                self.fill()?;
+            }
+        }
+    }
+
+    fn fill(&mut self) -> Result<(), Lost> {
         let have = self.input.len();
-        let want = need.saturating_sub(have).max(64 * 1024);
-        self.input.resize(have + want, 0);
+        self.input.resize(have + 64 * 1024, 0);
+        let Some(stream) = self.stream.as_mut() else {
+            return Err(Lost);
+        };
         let r = loop {
-            match self.stream.io().read(&mut self.input[have..]) {
+            match stream.io().read(&mut self.input[have..]) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 r => break r,
             }
@@ -226,7 +361,7 @@ impl Direct {
         match r {
             Ok(0) => {
                 self.input.truncate(have);
-                Err("upstream closed the connection".into())
+                self.lose("upstream closed the connection")
             }
             Ok(got) => {
                 self.input.truncate(have + got);
@@ -234,165 +369,68 @@ impl Direct {
             }
             Err(e) => {
                 self.input.truncate(have);
-                Err(format!("read: {e}"))
+                self.lose(&format!("read: {e}"))
             }
         }
     }
 
-    /// FUA on a write-like command, or a FLUSH after it when the upstream
-    /// has no FUA.
-    fn fua(&self, fua: bool) -> (CmdFlags, bool) {
-        match (fua, self.has(TransmissionFlags::SEND_FUA)) {
-            (true, true) => (CmdFlags::FUA, false),
-            (true, false) => (CmdFlags::empty(), true),
-            (false, _) => (CmdFlags::empty(), false),
-        }
+    fn lose<T>(&mut self, why: &str) -> Result<T, Lost> {
+        self.die(why);
+        self.conn.handle_eof();
+        self.input.clear();
+        Err(Lost)
     }
 
     /// `Backend::read_at`.
     pub fn read(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        let max = self.max_io();
-        let mut at = offset;
-        for part in buf.chunks_mut(max) {
-            let len = part.len() as u64;
-            let mut sink = Sink::Read {
-                offset: at,
-                buf: part,
-                covered: 0,
-            };
-            self.call(Command::Read, CmdFlags::empty(), at, len, &[], &mut sink)?;
-            if let Sink::Read { covered, .. } = sink
-                && covered != len
-            {
-                log::warn!("nbd proxy: upstream READ reply covered {covered} of {len} bytes");
-                return Err(eio());
-            }
-            at += len;
-        }
-        Ok(())
+        let op = Op::Read {
+            offset,
+            len: buf.len(),
+        };
+        self.run(op, &[], &mut Sink::Read { start: offset, buf })
     }
 
     /// `Backend::write_at`.
     pub fn write(&mut self, offset: u64, data: &[u8], fua: bool) -> io::Result<()> {
-        let (flags, flush_after) = self.fua(fua);
-        let mut at = offset;
-        for part in data.chunks(self.max_io()) {
-            let len = part.len() as u64;
-            self.call(Command::Write, flags, at, len, part, &mut Sink::None)?;
-            at += len;
-        }
-        if flush_after { self.flush() } else { Ok(()) }
+        self.run(Op::Write { offset, fua }, data, &mut Sink::None)
     }
 
-    /// `Backend::flush`: a no-op when the upstream has no FLUSH (its
-    /// writes are already stable).
+    /// `Backend::flush`.
     pub fn flush(&mut self) -> io::Result<()> {
-        if !self.has(TransmissionFlags::SEND_FLUSH) {
-            return Ok(());
-        }
-        let flags = CmdFlags::empty();
-        self.call(Command::Flush, flags, 0, 0, &[], &mut Sink::None)
+        self.run(Op::Flush, &[], &mut Sink::None)
     }
 
-    /// A ranged command without payload, split into 1 GiB requests (the
-    /// compact header has 32-bit lengths).
-    fn ranged(
-        &mut self,
-        command: Command,
-        flags: CmdFlags,
-        offset: u64,
-        len: u64,
-    ) -> io::Result<()> {
-        let end = offset.checked_add(len).ok_or_else(out_of_range)?;
-        let mut at = offset;
-        while at < end {
-            let n = (end - at).min(MAX_EFFECT);
-            self.call(command, flags, at, n, &[], &mut Sink::None)?;
-            at += n;
-        }
-        Ok(())
-    }
-
-    /// `Backend::trim`: a hint, a no-op when the upstream has no TRIM.
+    /// `Backend::trim`.
     pub fn trim(&mut self, offset: u64, len: u64, fua: bool) -> io::Result<()> {
-        if !self.has(TransmissionFlags::SEND_TRIM) {
-            return Ok(());
-        }
-        let (flags, flush_after) = self.fua(fua);
-        self.ranged(Command::Trim, flags, offset, len)?;
-        if flush_after { self.flush() } else { Ok(()) }
+        self.run(Op::Trim { offset, len, fua }, &[], &mut Sink::None)
     }
 
-    /// `Backend::cache`: a hint, a no-op when the upstream has no CACHE.
+    /// `Backend::cache`.
     pub fn cache(&mut self, offset: u64, len: u64) -> io::Result<()> {
-        if !self.has(TransmissionFlags::SEND_CACHE) {
-            return Ok(());
-        }
-        self.ranged(Command::Cache, CmdFlags::empty(), offset, len)
+        self.run(Op::Cache { offset, len }, &[], &mut Sink::None)
     }
 
     /// `Backend::write_zeroes`.
     pub fn write_zeroes(&mut self, offset: u64, len: u64, flags: ZeroFlags) -> io::Result<()> {
-        let native = self.has(TransmissionFlags::SEND_WRITE_ZEROES);
-        if flags.contains(ZeroFlags::FAST)
-            && !(native && self.has(TransmissionFlags::SEND_FAST_ZERO))
-        {
-            // The upstream cannot promise speed: fail before touching data
-            // (FAST_ZERO → ENOTSUP, as the unfiltered path does).
-            return Err(io::ErrorKind::Unsupported.into());
-        }
-        let (mut f, flush_after) = self.fua(flags.contains(ZeroFlags::FUA));
-        if native {
-            if !flags.contains(ZeroFlags::MAY_TRIM) {
-                f |= CmdFlags::NO_HOLE;
-            }
-            if flags.contains(ZeroFlags::FAST) {
-                f |= CmdFlags::FAST_ZERO;
-            }
-            self.ranged(Command::WriteZeroes, f, offset, len)?;
-        } else {
-            let end = offset.checked_add(len).ok_or_else(out_of_range)?;
-            let zeroes = vec![0u8; self.max_io().min(ZERO_CHUNK)];
-            let mut at = offset;
-            while at < end {
-                let n = (end - at).min(zeroes.len() as u64);
-                let part = zeroes.get(..n as usize).unwrap_or_default();
-                self.call(Command::Write, f, at, n, part, &mut Sink::None)?;
-                at += n;
-            }
-        }
-        if flush_after { self.flush() } else { Ok(()) }
+        self.run(Op::Zero { offset, len, flags }, &[], &mut Sink::None)
     }
 
     /// `Backend::extents`: `base:allocation` from the upstream, clipped to
     /// the asked range; all data when the upstream has no such context.
     pub fn extents(&mut self, offset: u64, len: u64, out: &mut [Extent]) -> io::Result<usize> {
-        let size = self.neg.size;
+        let size = self.first.size;
         if offset > size {
-            return Err(out_of_range());
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "range beyond the export",
+            ));
         }
         let len = len.min(size - offset);
         if len == 0 || out.is_empty() {
             return Ok(0);
         }
-        let Some(id) = self.neg.base_allocation else {
-            out[0] = Extent {
-                len,
-                flags: ExtentFlags::empty(),
-            };
-            return Ok(1);
-        };
-        // A shorter answer than asked is legal: ask for at most 1 GiB.
-        let limit = len.min(MAX_EFFECT);
-        let mut sink = Sink::Extents {
-            id,
-            out,
-            n: 0,
-            total: 0,
-            limit,
-        };
-        let flags = CmdFlags::empty();
-        self.call(Command::BlockStatus, flags, offset, limit, &[], &mut sink)?;
+        let mut sink = Sink::Extents { out, n: 0 };
+        self.run(Op::Extents { offset, len }, &[], &mut sink)?;
         match sink {
             Sink::Extents { n, .. } if n > 0 => Ok(n),
             _ => {
@@ -403,97 +441,5 @@ impl Direct {
     }
 }
 
-fn out_of_range() -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidInput, "range beyond the export")
-}
-
-/// Apply one reply message to the request's sink; the first error wins.
-fn apply(
-    reply: Reply<'_>,
-    sink: &mut Sink<'_>,
-    base: Option<u32>,
-    error: &mut Option<ErrorCode>,
-) -> Result<(), String> {
-    match reply {
-        Reply::Simple { error: Some(e), .. } => {
-            error.get_or_insert(e);
-        }
-        Reply::Simple { data, .. } => {
-            if let Sink::Read { buf, covered, .. } = sink {
-                let dst = buf.get_mut(..data.len()).ok_or("READ reply too long")?;
-                dst.copy_from_slice(data);
-                *covered += data.len() as u64;
-            }
-        }
-        Reply::Chunk { payload, .. } => match payload {
-            ChunkPayload::None => {}
-            ChunkPayload::OffsetData { offset, data } => {
-                let (dst, covered) = window(sink, offset, data.len())?;
-                dst.copy_from_slice(data);
-                *covered += data.len() as u64;
-            }
-            ChunkPayload::OffsetHole { offset, len } => {
-                let (dst, covered) = window(sink, offset, len as usize)?;
-                dst.fill(0);
-                *covered += u64::from(len);
-            }
-            ChunkPayload::BlockStatus { id, extents } => {
-                if let Sink::Extents {
-                    id: want,
-                    out,
-                    n,
-                    total,
-                    limit,
-                } = sink
-                    && Some(id) == base
-                    && id == *want
-                {
-                    for e in extents {
-                        let Some(slot) = out.get_mut(*n) else { break };
-                        if *total >= *limit || e.len == 0 {
-                            break;
-                        }
-                        // The last extent may run past the request: clip.
-                        let len = e.len.min(*limit - *total);
-                        *slot = Extent {
-                            len,
-                            flags: ExtentFlags::from_bits_truncate(e.flags as u32),
-                        };
-                        *n += 1;
-                        *total += len;
-                    }
-                }
-            }
-            ChunkPayload::Error { error: e, .. } => {
-                error.get_or_insert(e);
-            }
-            ChunkPayload::Unknown(_) => return Err("unknown reply chunk type".into()),
-        },
-    }
-    Ok(())
-}
-
-/// The part of a READ's buffer a chunk at absolute `offset` covers.
-fn window<'s>(
-    sink: &'s mut Sink<'_>,
-    offset: u64,
-    len: usize,
-) -> Result<(&'s mut [u8], &'s mut u64), String> {
-    let Sink::Read {
-        offset: start,
-        buf,
-        covered,
-    } = sink
-    else {
-        return Err("data chunk for a request that is not a READ".into());
-    };
-    let rel = offset
-        .checked_sub(*start)
-        .and_then(|r| usize::try_from(r).ok())
-        .filter(|&r| r.checked_add(len).is_some_and(|e| e <= buf.len()))
-        .ok_or("data chunk outside the READ")?;
-    let dst = buf
-        .get_mut(rel..rel + len)
-        .ok_or("data chunk outside the READ")?;
-    Ok((dst, covered))
-}
+/// The transport failed mid-request.
+struct Lost;

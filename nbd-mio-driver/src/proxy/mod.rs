@@ -1,65 +1,93 @@
 //! The `nbd` backend: a proxy to another NBD server (`nbd uri=nbd://...`),
-//! built on nbd-proto's client side. It lives in the driver crate because
-//! nbd-backends must not depend on nbd-proto; the driver registers it with
-//! [`nbd_backends::build_with_filters_ext`] through [`BACKEND`].
+//! built on nbd-proto's `client::Connection`. It lives in the driver
+//! crate because nbd-backends must not depend on nbd-proto; the driver
+//! registers it with [`nbd_backends::build_with_filters_ext`] through
+//! [`BACKEND`].
 //!
-//! One upstream connection per `nbd` export serves every client
-//! connection. It is negotiated (blocking) at start-up, then served one of
-//! two ways:
+//! Parameters, as nbdkit's nbd plugin: `uri=` (or `socket=` /
+//! `hostname=` + `port=`, `export=`), `retry=N` (seconds: how long to
+//! keep trying the first connection at start-up, and how long a request
+//! waits for a lost upstream to come back; default 0) and
+//! `shared=true|false` (default false).
 //!
-//! - Unfiltered (the export *is* the proxy): the server takes the socket
-//!   ([`take_upstream`]) and registers it in its own `mio::Poll`
-//!   ([`upstream::Upstream`]). The dispatcher encodes each client request
-//!   straight into the upstream's output buffer under a cookie of its own,
-//!   so many requests are in flight upstream at once; replies are decoded
-//!   on readable events and answered like finished pool jobs.
+//! - `shared=false`: each client connection gets its own upstream
+//!   connection through [`Backend::open`] (nbdkit's default). The export's
+//!   own value only probes the upstream at start-up (size, flags,
+//!   description) and closes that connection.
+//! - `shared=true`: one upstream connection serves every client.
+//!
+//! Each upstream connection is served one of two ways:
+//! - Unfiltered (the export *is* the proxy): the server takes it
+//!   ([`take_upstream`]) into its own `mio::Poll` ([`upstream::Upstream`]):
+//!   many requests in flight, replies completed like pool jobs.
 //! - Under a filter (`--filter=cow nbd ...`): the filter calls the proxy
-//!   synchronously through the [`Backend`] trait on a worker thread (the
-//!   proxy is not inline, so neither is the filter). The proxy then keeps
-//!   its socket and serves each call itself, blocking, one request at a
-//!   time ([`direct::Direct`]): slower, since requests are serialised
-//!   upstream, but any filter stacks over `nbd`.
+//!   through the [`Backend`] trait on a worker thread, and the proxy
+//!   serves each call itself, blocking, one at a time ([`direct::Direct`]).
 //!
-//! Out of scope: TLS to the upstream (`nbds://` is refused) and reconnect
-//! (if the upstream dies, every request fails with EIO).
+//! Both paths map operations to commands the same way ([`plan`]) and both
+//! reconnect a lost upstream with a bounded backoff: requests in flight
+//! then fail with EIO (READ, BLOCK_STATUS and CACHE are resent when
+//! `retry` > 0), and later ones succeed once it is back.
+//!
+//! Out of scope: TLS to the upstream (`nbds://` is refused) and
+//! nbdkit's `dynamic-export`.
 
 pub mod direct;
 #[cfg(test)]
 mod direct_tests;
 pub mod handshake;
+mod link;
+pub(crate) mod plan;
+mod tasks;
 pub mod upstream;
+#[cfg(test)]
+mod upstream_tests;
 pub mod uri;
 
 use std::io::{Error, ErrorKind};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
-use nbd_backends::{Backend, BlockSize, Caps, Execution, ExtBackend, Extent, ZeroFlags};
+use nbd_backends::{
+    Backend, BlockSize, Caps, ClientInfo, Execution, ExtBackend, Extent, ZeroFlags,
+};
 use nbd_proto::client::ClientNegotiated;
 use nbd_proto::flags::TransmissionFlags;
 
 use self::direct::Direct;
 use self::handshake::Stream;
+use self::upstream::Reconnect;
 use self::uri::{Address, NBD_PORT, Target, parse_uri};
+
+pub use self::plan::{MAX_EFFECT, MAX_PAYLOAD};
 
 /// The `nbd` backend for [`nbd_backends::build_with_filters_ext`].
 pub const BACKEND: ExtBackend = ExtBackend {
     name: "nbd",
     magic: "uri",
-    keys: &["uri", "socket", "hostname", "port", "export"],
-    help: "proxy to another NBD server: nbd uri=nbd://HOST[:PORT]/EXPORT | nbd+unix:///EXPORT?socket=PATH",
+    keys: &[
+        "uri", "socket", "hostname", "port", "export", "retry", "shared",
+    ],
+    help: "proxy to another NBD server: nbd uri=nbd://HOST[:PORT]/EXPORT | nbd+unix:///EXPORT?socket=PATH [retry=SECONDS] [shared=true|false]",
     open: open_params,
 };
 
-/// Largest effect length sent in one request: the compact header has 32
-/// bits; 1 GiB is aligned to any minimum block size.
-pub(crate) const MAX_EFFECT: u64 = 1 << 30;
-/// The largest READ/WRITE the driver hands a backend (its 32 MiB payload
-/// limit), also the cap on the upstream's advertised maximum.
-pub(crate) const MAX_PAYLOAD: u32 = 32 << 20;
+/// How the proxy connects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// nbdkit's `retry=`: seconds of retrying (see the module docs).
+    pub retry: Duration,
+    /// nbdkit's `shared=`: one upstream connection for every client.
+    pub shared: bool,
+}
+
+fn get<'a>(params: &'a [(String, String)], k: &str) -> Option<&'a str> {
+    params.iter().find(|p| p.0 == k).map(|p| p.1.as_str())
+}
 
 /// Build the target from `uri=` or nbdkit's separate parameters.
 fn target(params: &[(String, String)]) -> Result<Target, String> {
-    let get = |k: &str| params.iter().find(|p| p.0 == k).map(|p| p.1.as_str());
+    let get = |k: &str| get(params, k);
     let export = get("export").map(str::to_owned);
     let mut t = match (get("uri"), get("socket"), get("hostname")) {
         (Some(u), None, None) => parse_uri(u)?,
@@ -100,15 +128,31 @@ fn target(params: &[(String, String)]) -> Result<Target, String> {
     Ok(t)
 }
 
+/// `retry=` and `shared=`.
+fn settings(params: &[(String, String)]) -> Result<Settings, String> {
+    let retry = match get(params, "retry") {
+        None => Duration::ZERO,
+        Some(v) => v
+            .parse::<u32>()
+            .map(|s| Duration::from_secs(u64::from(s)))
+            .map_err(|_| format!("nbd: retry: expected whole seconds, got '{v}'"))?,
+    };
+    let shared = match get(params, "shared")
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        None | Some("false" | "no" | "off" | "0") => false,
+        Some("true" | "yes" | "on" | "1") => true,
+        Some(v) => return Err(format!("nbd: shared: expected true or false, got '{v}'")),
+    };
+    Ok(Settings { retry, shared })
+}
+
 fn open_params(params: &[(String, String)], readonly: bool) -> Result<Arc<dyn Backend>, String> {
     let t = target(params)?;
-    let p =
-        Arc::new(Proxy::connect(&t, readonly).map_err(|e| format!("nbd: {}: {e}", describe(&t)))?);
-    OPENED
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .push(Arc::downgrade(&p));
-    Ok(p)
+    let s = settings(params)?;
+    let p = Proxy::connect(&t, readonly, s).map_err(|e| format!("nbd: {}: {e}", describe(&t)))?;
+    Ok(Arc::new(p))
 }
 
 fn describe(t: &Target) -> String {
@@ -118,92 +162,114 @@ fn describe(t: &Target) -> String {
     }
 }
 
-/// Every proxy opened in this process, so the server can find the
-/// upstream socket behind an export's `Arc<dyn Backend>` (the trait has no
-/// downcast).
-static OPENED: Mutex<Vec<Weak<Proxy>>> = Mutex::new(Vec::new());
-
-/// An opened upstream the server takes over: the negotiated socket and
-/// what negotiation produced.
+/// An upstream the server takes over: the negotiated socket (or `None`:
+/// connect in the background) and what negotiation produced.
 pub struct Taken {
     /// The socket, at the start of transmission (still blocking).
-    pub stream: Stream,
+    pub stream: Option<Stream>,
     /// Mode, flags, sizes, `base:allocation` id.
     pub negotiated: ClientNegotiated,
+    /// How to reconnect it.
+    pub reconnect: Reconnect,
 }
 
 /// The largest reply payload accepted from an upstream.
 pub const MAX_REPLY: u64 = MAX_PAYLOAD as u64 + 4096;
 
-/// The identity of a backend: the data pointer of its `Arc`.
-pub fn backend_id(b: &Arc<dyn Backend>) -> usize {
-    Arc::as_ptr(b).cast::<()>() as usize
+/// The proxy `backend` is, if it is one (an export's value or a
+/// per-client handle from [`Backend::open`]; not one a filter wraps, which
+/// the filter calls through the trait).
+pub fn as_proxy(backend: &dyn Backend) -> Option<&Proxy> {
+    backend.as_any()?.downcast_ref::<Proxy>()
 }
 
-/// Take the upstream socket of the proxy that *is* `backend` (not one a
-/// filter wraps); `None` for other backends or when already taken.
-pub fn take_upstream(backend: &Arc<dyn Backend>) -> Option<Taken> {
-    let id = backend_id(backend);
-    let opened = OPENED.lock().unwrap_or_else(PoisonError::into_inner);
-    let p = opened
-        .iter()
-        .filter_map(Weak::upgrade)
-        .find(|p| Arc::as_ptr(p).cast::<()>() as usize == id)?;
-    let stream = p
-        .conn
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .take()?
-        .into_stream();
-    Some(Taken {
-        stream,
-        negotiated: p.neg,
-    })
-}
-
-/// True when a live proxy still holds its socket: a filter wraps it, so
-/// it serves requests itself, one at a time ([`direct`]).
-pub fn any_untaken() -> bool {
-    let opened = OPENED.lock().unwrap_or_else(PoisonError::into_inner);
-    opened.iter().filter_map(Weak::upgrade).any(|p| {
-        p.conn
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_some()
-    })
+/// Take the upstream of the proxy that *is* `backend`, so the event loop
+/// serves its socket; `None` for other backends or when already taken.
+pub fn take_upstream(backend: &dyn Backend) -> Option<Taken> {
+    as_proxy(backend)?.take()
 }
 
 /// The `nbd` backend as `nbd_backends` sees it: the export's description,
-/// and, under a filter, the requests themselves (see the module docs).
+/// per-client handles ([`Backend::open`]) and, under a filter, the
+/// requests themselves (see the module docs).
 pub struct Proxy {
-    /// The negotiated connection until the server takes it; under a
-    /// filter it stays here and serves the trait's data methods, one
-    /// request at a time.
+    /// The connection until the server takes it; under a filter it stays
+    /// here and serves the trait's data methods, one request at a time.
     conn: Mutex<Option<Direct>>,
     neg: ClientNegotiated,
     /// `-r`: advertised read-only (so no read-only filter wraps the proxy,
     /// and nbd-proto refuses writes before they reach the upstream).
     readonly: bool,
     description: String,
+    reconnect: Reconnect,
+    shared: bool,
 }
 
 impl Proxy {
-    /// Connect and negotiate; the server registers the socket later.
+    /// Hand the connection to the event loop (see [`take_upstream`]).
+    pub fn take_for_loop(&self) -> Option<Taken> {
+        self.take()
+    }
+
+    fn take(&self) -> Option<Taken> {
+        let direct = self
+            .conn
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()?;
+        Some(Taken {
+            stream: direct.into_stream(),
+            negotiated: self.neg,
+            reconnect: self.reconnect.clone(),
+        })
+    }
+
+    /// A new upstream for another event loop's clients of a `shared=true`
+    /// export (one connection per loop: loops share nothing), connected in
+    /// the background.
+    pub fn another_upstream(&self) -> Taken {
+        Taken {
+            stream: None,
+            negotiated: self.neg,
+            reconnect: self.reconnect.clone(),
+        }
+    }
+
+    /// `shared=true`: every client (of one event loop) uses one upstream.
+    pub fn is_shared(&self) -> bool {
+        self.shared
+    }
+
+    /// Connect and negotiate (retrying as `settings.retry` says); with
+    /// `shared=false` the connection only probes the upstream and is
+    /// closed again.
     ///
     /// # Errors
     ///
     /// Connection and negotiation errors.
-    pub fn connect(target: &Target, readonly: bool) -> std::io::Result<Self> {
-        let opened = handshake::open(target)?;
+    pub fn connect(target: &Target, readonly: bool, settings: Settings) -> std::io::Result<Self> {
+        let opened = handshake::open_with_retry(target, settings.retry)?;
         let description = match opened.description {
             Some(d) if !d.is_empty() => format!("{d} (via {})", describe(target)),
             _ => describe(target),
         };
+        let reconnect = Reconnect {
+            peer: opened.peer,
+            export: target.export.clone(),
+            retry: settings.retry,
+        };
+        let neg = opened.negotiated;
+        let mut direct = Direct::new(opened.stream, neg)?.with_reconnect(reconnect.clone());
+        if !settings.shared {
+            direct.close();
+        }
         Ok(Self {
-            conn: Mutex::new(Some(Direct::new(opened.stream, opened.negotiated)?)),
-            neg: opened.negotiated,
+            conn: Mutex::new(Some(direct)),
+            neg,
             readonly,
             description,
+            reconnect,
+            shared: settings.shared,
         })
     }
 
@@ -213,7 +279,7 @@ impl Proxy {
 
     /// Run `f` on the connection this proxy still holds (it is wrapped by
     /// a filter). A poisoned lock means a request panicked mid-exchange:
-    /// the stream is out of step, so the connection is dead.
+    /// the stream is out of step, so the connection is dropped.
     fn with<T>(&self, f: impl FnOnce(&mut Direct) -> std::io::Result<T>) -> std::io::Result<T> {
         let mut guard = match self.conn.lock() {
             Ok(g) => g,
@@ -265,16 +331,23 @@ impl Backend for Proxy {
                 c |= cap;
             }
         }
+        // FUA the upstream lacks is emulated with a FLUSH (plan.rs).
+        if self.has(TransmissionFlags::SEND_FLUSH) {
+            c |= Caps::FUA;
+        }
         if self.neg.base_allocation.is_some() {
             c |= Caps::EXTENTS;
         }
         if self.readonly {
             c |= Caps::READ_ONLY;
         }
-        // Every client shares the one upstream connection, so a flush on
-        // it covers every write any client completed: consistent across
-        // connections whatever the upstream advertises.
-        c | Caps::MULTI_CONN
+        // One shared upstream connection: a flush on it covers every write
+        // any client completed. Per-client connections are consistent only
+        // if the upstream says so.
+        if self.shared || self.has(TransmissionFlags::CAN_MULTI_CONN) {
+            c |= Caps::MULTI_CONN;
+        }
+        c
     }
 
     fn block_size(&self) -> Option<BlockSize> {
@@ -287,6 +360,32 @@ impl Backend for Proxy {
 
     fn execution(&self) -> Execution {
         Execution::Blocking
+    }
+
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
+    /// `shared=false`: a handle of its own per client, connected lazily
+    /// (by the event loop through [`take_upstream`], or at the first
+    /// request under a filter), so opening never blocks.
+    fn open(&self, client: &ClientInfo<'_>) -> std::io::Result<Option<Arc<dyn Backend>>> {
+        if self.shared {
+            return Ok(None);
+        }
+        log::debug!(
+            "nbd proxy: client {} gets its own upstream connection",
+            client.id
+        );
+        let handle = Self {
+            conn: Mutex::new(Some(Direct::lazy(self.neg, self.reconnect.clone()))),
+            neg: self.neg,
+            readonly: self.readonly,
+            description: self.description.clone(),
+            reconnect: self.reconnect.clone(),
+            shared: false,
+        };
+        Ok(Some(Arc::new(handle)))
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
@@ -364,6 +463,84 @@ mod tests {
             upstream::upstream_error(ErrorCode::Perm).kind(),
             ErrorKind::PermissionDenied
         );
+    }
+
+    #[test]
+    fn retry_and_shared_parameters() {
+        let s = settings(&kv(&[("retry", "3"), ("shared", "yes")])).unwrap();
+        assert_eq!(
+            s,
+            Settings {
+                retry: Duration::from_secs(3),
+                shared: true
+            }
+        );
+        let d = settings(&[]).unwrap();
+        assert_eq!(
+            d,
+            Settings {
+                retry: Duration::ZERO,
+                shared: false
+            },
+            "nbdkit's defaults"
+        );
+        assert!(
+            settings(&kv(&[("retry", "1.5")]))
+                .unwrap_err()
+                .contains("whole seconds")
+        );
+        assert!(
+            settings(&kv(&[("shared", "maybe")]))
+                .unwrap_err()
+                .contains("true or false")
+        );
+    }
+
+    #[test]
+    fn per_client_handles_unless_shared() {
+        use nbd_backends::Peer;
+        use nbd_proto::TransmissionFlags as TF;
+        let client = ClientInfo {
+            id: 7,
+            peer: Peer::Unix,
+            export_name: "",
+            tls: false,
+        };
+        for shared in [false, true] {
+            // One session: the start-up probe (closed again unless shared).
+            let (path, _log, t) = upstream_tests::upstream(TF::SEND_FLUSH, vec![None]);
+            let target = Target {
+                address: Address::Unix(path.clone()),
+                export: String::new(),
+            };
+            let s = Settings {
+                retry: Duration::ZERO,
+                shared,
+            };
+            let p: Arc<dyn Backend> = Arc::new(Proxy::connect(&target, false, s).unwrap());
+            let caps = p.caps();
+            assert!(caps.contains(Caps::FUA), "FUA emulated with FLUSH");
+            assert_eq!(caps.contains(Caps::MULTI_CONN), shared);
+            let handle = p.open(&client).unwrap();
+            assert_eq!(handle.is_some(), !shared);
+            if let Some(h) = handle {
+                assert!(!Arc::ptr_eq(&h, &p), "a handle of its own");
+                let taken = take_upstream(&*h).expect("a per-client upstream");
+                assert!(
+                    taken.stream.is_none(),
+                    "connected by the loop, never blocking open"
+                );
+                assert_eq!(taken.reconnect.peer, handshake::Peer::Unix(path.clone()));
+                assert!(take_upstream(&*h).is_none(), "taken once");
+            } else {
+                assert!(
+                    take_upstream(&*p).unwrap().stream.is_some(),
+                    "shared: kept connected"
+                );
+            }
+            drop(p);
+            t.join().unwrap();
+        }
     }
 
     #[test]

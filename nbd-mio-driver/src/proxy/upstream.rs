@@ -1,71 +1,110 @@
 //! The proxy's upstream connection as the event loop sees it: a
-//! non-blocking socket registered in the server's `mio::Poll`, an output
-//! buffer the dispatcher encodes requests into, and a table of requests in
-//! flight keyed by the cookie sent upstream.
+//! non-blocking socket registered in the server's `mio::Poll`, an
+//! nbd-proto [`Connection`] doing the protocol (cookies, reassembly of
+//! READ replies, block status), and the client requests in progress
+//! ([`Tasks`]).
 //!
-//! A client request becomes a pool-style [`Job`] parked here; the upstream
-//! cookie is its slot in `pending`, so any number are in flight at once.
-//! When the last reply for a cookie arrives the job moves to `done`, and
-//! the server hands it to its connection exactly as a finished pool job
-//! (`Conn::on_job_done`). Jobs and their buffers come from, and return to,
-//! the loop's free list: steady state allocates nothing per request.
+//! A client request becomes a pool-style [`Job`]; [`plan`] maps it to
+//! upstream commands, all of which may be in flight at once. When its
+//! last reply arrives the job moves to `done`, and the server hands it to
+//! its connection exactly as a finished pool job.
+//!
+//! **Reconnect.** When the upstream drops, requests in flight fail with
+//! EIO (READ, BLOCK_STATUS and CACHE are resent instead when `retry` > 0),
+//! and the upstream is reconnected — non-blocking, in the same loop —
+//! after a backoff that doubles from 100 ms to at most 2 s, for as long
+//! as this upstream exists. Requests arriving meanwhile wait up to
+//! `retry` for it (0: they fail with EIO at once); once it is back they
+//! succeed. A reconnected upstream must have the same size.
+//!
+//! The loop's duties: call [`Upstream::on_readable`] /
+//! [`Upstream::on_writable`] on events for its token,
+//! [`Upstream::on_writable`] when [`Upstream::wants_write`] after
+//! submitting, [`Upstream::tick`] when [`Upstream::next_deadline`] has
+//! passed (and at least that often), and deliver `done`.
 
-use std::io::{self, Read};
+use std::io;
+use std::time::{Duration, Instant};
 
-use mio::net::{TcpStream, UnixStream};
-use mio::{Interest, Registry, Token};
+use mio::{Registry, Token};
 use nbd_backends::{Extent, ExtentFlags};
-use nbd_proto::client::{ClientNegotiated, Reply, ReplyDecoder};
-use nbd_proto::wire::reply::ChunkPayload;
-use nbd_proto::wire::request::RequestHeader;
-use nbd_proto::{CmdFlags, Command, Cookie, ErrorCode, TransmissionFlags};
-use slab::Slab;
+use nbd_proto::ErrorCode;
+use nbd_proto::client::{CLIENT_TRANSMIT_MAX, ClientNegotiated, Cmd, Connection, Event};
 
-use super::handshake::Stream;
-use crate::buffer::Buf;
+use super::handshake::{Peer, Stream, check_same, client_config};
+use super::link::{Backoff, Sock};
+use super::plan::{Plan, plan};
+use super::tasks::Tasks;
+use crate::buffer::{Buf, ReadEnd};
+use crate::dispatch::MAX_EXTENTS;
 use crate::workers::{Job, Op};
 
+/// Upstream commands in flight at once (per upstream connection).
+pub const SLOTS: usize = 128;
 /// Initial buffer sizes (they grow to the largest request in flight).
-const BUF_INITIAL: usize = 256 * 1024;
+const BUF_INITIAL: usize = 64 * 1024;
+/// A reconnect whose connect and negotiation take longer has failed.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long requests wait for the very first connection of an upstream
+/// opened in the background (not an outage: `retry` does not apply).
+const FIRST_CONNECT_WAIT: Duration = ATTEMPT_TIMEOUT;
 
-enum Sock {
-    Tcp(TcpStream),
-    Unix(UnixStream),
+/// How a lost upstream comes back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reconnect {
+    /// The address connected to at start-up.
+    pub peer: Peer,
+    /// The export to ask for.
+    pub export: String,
+    /// How long a request waits for the upstream to come back before it
+    /// fails with EIO; zero fails it at once while the upstream is down.
+    pub retry: Duration,
 }
 
-/// One upstream connection driven by the server's loop.
-pub struct Upstream {
-    sock: Sock,
-    neg: ClientNegotiated,
-    decoder: ReplyDecoder,
-    wbuf: Buf,
-    rbuf: Buf,
-    /// Requests sent (or queued in `wbuf`), by cookie.
-    pending: Slab<Pending>,
-    /// Finished jobs for the server to deliver.
-    pub done: Vec<Box<Job>>,
-    dead: bool,
-    /// Identity of the export backend this upstream serves (the data
-    /// pointer of its `Arc<dyn Backend>`), for the dispatcher's lookup.
-    pub backend_id: usize,
-}
-
-struct Pending {
-    job: Box<Job>,
-    error: Option<ErrorCode>,
+enum Link {
+    /// Connected: negotiating or in transmission (see `conn`).
+    Up(Sock),
+    /// A TCP connect in progress.
+    Connecting(Sock),
+    /// No socket; the next attempt is due per `backoff`.
+    Down,
 }
 
 /// What [`Upstream::submit`] did with a request.
 pub enum Submitted {
-    /// Sent upstream; the job comes back through `done`.
+    /// Sent upstream (or waiting for it); the job comes back through `done`.
     Queued,
     /// Answered without the upstream (the job's result says how); the
     /// caller encodes the reply now and recycles the job.
     Now(Box<Job>),
 }
 
+/// One upstream connection driven by the server's loop.
+pub struct Upstream {
+    link: Link,
+    conn: Box<Connection<SLOTS>>,
+    /// What the export was advertised with (the first negotiation).
+    first: ClientNegotiated,
+    wbuf: Buf,
+    rbuf: Buf,
+    tasks: Tasks,
+    /// Finished jobs for the server to deliver.
+    pub done: Vec<Box<Job>>,
+    reconnect: Option<Reconnect>,
+    registry: Option<Registry>,
+    token: Token,
+    backoff: Backoff,
+    /// The current attempt must be connected and negotiated by then.
+    attempt_deadline: Option<Instant>,
+    /// The upstream was lost and has not come back yet.
+    outage: bool,
+    closing: bool,
+    max_chunk: u32,
+}
+
 impl Upstream {
-    /// Make the negotiated `stream` non-blocking and register it.
+    /// Make the negotiated `stream` non-blocking and register it. This
+    /// upstream never reconnects; see [`Upstream::from_taken`].
     ///
     /// # Errors
     ///
@@ -74,378 +113,444 @@ impl Upstream {
         stream: Stream,
         neg: ClientNegotiated,
         max_payload: u64,
-        backend_id: usize,
         registry: &Registry,
         token: Token,
     ) -> io::Result<Self> {
-        let interest = Interest::READABLE | Interest::WRITABLE;
-        let sock = match stream {
-            Stream::Tcp(s) => {
-                s.set_nonblocking(true)?;
-                let mut s = TcpStream::from_std(s);
-                registry.register(&mut s, token, interest)?;
-                Sock::Tcp(s)
-            }
-            Stream::Unix(s) => {
-                s.set_nonblocking(true)?;
-                let mut s = UnixStream::from_std(s);
-                registry.register(&mut s, token, interest)?;
-                Sock::Unix(s)
-            }
-        };
+        let mut sock = Sock::from_stream(stream)?;
+        sock.register(registry, token)?;
+        let max_chunk = u32::try_from(max_payload).unwrap_or(u32::MAX);
+        let mut conn = Box::new(Connection::from_negotiated(neg));
+        conn.set_max_chunk_len(max_chunk);
         Ok(Self {
-            sock,
-            decoder: ReplyDecoder::new(neg.mode, max_payload),
-            neg,
+            link: Link::Up(sock),
+            conn,
+            first: neg,
             wbuf: Buf::with_capacity(BUF_INITIAL),
             rbuf: Buf::with_capacity(BUF_INITIAL),
-            pending: Slab::new(),
+            tasks: Tasks::new(SLOTS, MAX_EXTENTS),
             done: Vec::new(),
-            dead: false,
-            backend_id,
+            reconnect: None,
+            registry: None,
+            token,
+            backoff: Backoff::new(Instant::now()),
+            attempt_deadline: None,
+            outage: false,
+            closing: false,
+            max_chunk,
         })
     }
 
-    fn has(&self, f: TransmissionFlags) -> bool {
-        self.neg.flags.contains(f)
+    /// An upstream taken from an opened proxy ([`super::take_upstream`]):
+    /// connected now (or, without a stream, in the background),
+    /// reconnecting when lost.
+    ///
+    /// # Errors
+    ///
+    /// Registration errors.
+    pub fn from_taken(taken: super::Taken, registry: &Registry, token: Token) -> io::Result<Self> {
+        let Some(stream) = taken.stream else {
+            return Self::connect(taken.reconnect, taken.negotiated, registry, token);
+        };
+        let mut u = Self::new(stream, taken.negotiated, super::MAX_REPLY, registry, token)?;
+        u.reconnect = Some(taken.reconnect);
+        u.registry = Some(registry.try_clone()?);
+        Ok(u)
+    }
+
+    /// An upstream that connects in the background (a per-client upstream
+    /// opened on the loop): requests wait for it like for a reconnect.
+    ///
+    /// # Errors
+    ///
+    /// Cloning the registry.
+    pub fn connect(
+        reconnect: Reconnect,
+        first: ClientNegotiated,
+        registry: &Registry,
+        token: Token,
+    ) -> io::Result<Self> {
+        let mut conn = Box::new(Connection::from_negotiated(first));
+        let max_chunk = u32::try_from(super::MAX_REPLY).unwrap_or(u32::MAX);
+        conn.set_max_chunk_len(max_chunk);
+        let now = Instant::now();
+        let mut u = Self {
+            link: Link::Down,
+            conn,
+            first,
+            wbuf: Buf::with_capacity(BUF_INITIAL),
+            rbuf: Buf::with_capacity(BUF_INITIAL),
+            tasks: Tasks::new(SLOTS, MAX_EXTENTS),
+            done: Vec::new(),
+            reconnect: Some(reconnect),
+            registry: Some(registry.try_clone()?),
+            token,
+            backoff: Backoff::new(now),
+            attempt_deadline: None,
+            outage: false,
+            closing: false,
+            max_chunk,
+        };
+        u.tick(now);
+        Ok(u)
+    }
+
+    /// The negotiation in force: the current connection's, else the first.
+    fn negotiated(&self) -> ClientNegotiated {
+        match (&self.link, self.conn.negotiated()) {
+            (Link::Up(_), Some(n)) => *n,
+            _ => self.first,
+        }
+    }
+
+    /// Connected and negotiated (requests may be sent).
+    fn ready(&self) -> bool {
+        matches!(self.link, Link::Up(_)) && self.conn.negotiated().is_some() && !self.closing
+    }
+
+    /// How long a request may wait for the upstream now.
+    fn wait_limit(&self) -> Option<Duration> {
+        let r = self.reconnect.as_ref()?;
+        if self.outage {
+            (!r.retry.is_zero()).then_some(r.retry)
+        } else {
+            Some(r.retry.max(FIRST_CONNECT_WAIT))
+        }
     }
 
     /// Forward the request `job` describes (`payload` is a WRITE's data).
     pub fn submit(&mut self, mut job: Box<Job>, payload: &[u8]) -> Submitted {
-        if self.dead {
-            job.result = Err(eio());
-            return Submitted::Now(job);
-        }
-        let fua = if self.has(TransmissionFlags::SEND_FUA) {
-            job.flags & CmdFlags::FUA
-        } else {
-            // Unadvertised: the export does not offer FUA either.
-            CmdFlags::empty()
-        };
-        let compact = self.neg.mode != nbd_proto::HeaderMode::Extended;
-        let fits = |len: u64| !compact || u32::try_from(len).is_ok();
-        // (command, flags, offset, len, zero payload bytes)
-        let (command, flags, offset, len, zeroes) = match job.op {
-            Op::Read { offset, len } => {
+        job.result = Ok(());
+        match job.op {
+            Op::Read { len, .. } => {
+                job.data_at = 0;
                 job.buf.clear();
                 job.buf.resize(len, 0);
-                (Command::Read, CmdFlags::empty(), offset, len as u64, 0)
             }
-            Op::Write { offset, .. } => (Command::Write, fua, offset, payload.len() as u64, 0),
-            Op::Flush if self.has(TransmissionFlags::SEND_FLUSH) => {
-                (Command::Flush, CmdFlags::empty(), 0, 0, 0)
+            Op::Extents { .. } => job.extents.clear(),
+            _ => {}
+        }
+        let pieces = match plan(&job.op, payload.len(), &self.negotiated()) {
+            Plan::Now(r) => {
+                job.result = r;
+                return Submitted::Now(job);
             }
-            Op::Trim { offset, len, .. }
-                if self.has(TransmissionFlags::SEND_TRIM) && len > 0 && fits(len) =>
-            {
-                (Command::Trim, fua, offset, len, 0)
-            }
-            Op::Cache { offset, len }
-                if self.has(TransmissionFlags::SEND_CACHE) && len > 0 && fits(len) =>
-            {
-                (Command::Cache, CmdFlags::empty(), offset, len, 0)
-            }
-            Op::Zero { offset, len, flags } => {
-                use nbd_backends::ZeroFlags;
-                let fast = flags.contains(ZeroFlags::FAST);
-                if fast && !self.has(TransmissionFlags::SEND_FAST_ZERO) {
-                    // The upstream cannot promise speed: fail before
-                    // touching data (checklist: FAST_ZERO → ENOTSUP).
-                    job.result = Err(io::ErrorKind::Unsupported.into());
-                    return Submitted::Now(job);
-                }
-                if len == 0 {
-                    job.result = Ok(());
-                    return Submitted::Now(job);
-                }
-                if !fits(len) {
-                    job.result = Err(io::Error::from_raw_os_error(libc::EOVERFLOW));
-                    return Submitted::Now(job);
-                }
-                if self.has(TransmissionFlags::SEND_WRITE_ZEROES) {
-                    let mut f = fua;
-                    if !flags.contains(ZeroFlags::MAY_TRIM) {
-                        f |= CmdFlags::NO_HOLE;
-                    }
-                    if fast {
-                        f |= CmdFlags::FAST_ZERO;
-                    }
-                    (Command::WriteZeroes, f, offset, len, 0)
-                } else if len <= super::MAX_PAYLOAD as u64 {
-                    // No WRITE_ZEROES upstream: a WRITE of zeroes.
-                    (Command::Write, fua, offset, len, len as usize)
-                } else {
-                    job.result = Err(io::Error::from_raw_os_error(libc::EOVERFLOW));
-                    return Submitted::Now(job);
-                }
-            }
-            Op::Extents { offset, len } => {
-                job.extents.clear();
-                if self.neg.base_allocation.is_none() || len == 0 {
-                    // Without `base:allocation` upstream, everything is data.
+            Plan::AllData => {
+                if let Op::Extents { len, .. } = job.op {
                     job.extents.push(Extent {
                         len: len.max(1),
                         flags: ExtentFlags::empty(),
                     });
-                    job.result = Ok(());
+                }
+                return Submitted::Now(job);
+            }
+            Plan::Send(p) => p,
+        };
+        let ready = self.ready();
+        let deadline = if ready {
+            None
+        } else {
+            match self.wait_limit() {
+                Some(w) => Some(Instant::now() + w),
+                None => {
+                    job.result = Err(eio());
                     return Submitted::Now(job);
                 }
-                // A shorter answer than asked is legal: clip to 1 GiB.
-                (
-                    Command::BlockStatus,
-                    CmdFlags::empty(),
-                    offset,
-                    len.min(super::MAX_EFFECT),
-                    0,
-                )
-            }
-            Op::Trim { len, .. } | Op::Cache { len, .. } if !fits(len) => {
-                job.result = Err(io::Error::from_raw_os_error(libc::EOVERFLOW));
-                return Submitted::Now(job);
-            }
-            // Unsupported upstream: FLUSH/TRIM/CACHE are no-ops (TRIM and
-            // CACHE are hints; no FLUSH means writes are already stable).
-            Op::Flush | Op::Trim { .. } | Op::Cache { .. } => {
-                job.result = Ok(());
-                return Submitted::Now(job);
-            }
-            Op::Resize { .. } => {
-                job.result = Err(io::ErrorKind::Unsupported.into());
-                return Submitted::Now(job);
             }
         };
-        job.result = Ok(());
-        let entry = self.pending.vacant_entry();
-        let header = RequestHeader {
-            flags,
-            command,
-            cookie: Cookie(entry.key() as u64),
-            offset,
-            len,
-        };
-        let hlen = self.neg.mode.request_header_len();
-        let data_len = if command == Command::Write {
-            len as usize
-        } else {
-            0
-        };
-        let spare = self.wbuf.spare(hlen + data_len);
-        let Ok(n) = header.encode(self.neg.mode, spare) else {
-            job.result = Err(eio());
-            return Submitted::Now(job);
-        };
-        if command == Command::Write {
-            let dst = &mut spare[n..n + data_len];
-            if zeroes > 0 {
-                dst.fill(0);
-            } else {
-                dst.copy_from_slice(payload);
-            }
+        let key = self.tasks.add(job, pieces, deadline);
+        if ready {
+            self.tasks.pump(
+                &mut self.conn,
+                &mut self.wbuf,
+                Some((key, payload)),
+                &mut self.done,
+            );
         }
-        self.wbuf.commit(n + data_len);
-        entry.insert(Pending { job, error: None });
+        self.tasks.stash_payload(key, payload);
         Submitted::Queued
     }
 
-    /// Write queued requests until the socket would block. A failure kills
-    /// the upstream.
-    pub fn on_writable(&mut self) {
-        if self.dead {
-            return;
-        }
-        let r = match &mut self.sock {
-            Sock::Tcp(s) => self.wbuf.write_to(s),
-            Sock::Unix(s) => self.wbuf.write_to(s),
-        };
-        if let Err(e) = r {
-            self.die(&format!("write: {e}"));
+    /// True while bytes wait to be written or a connect is in progress.
+    pub fn wants_write(&self) -> bool {
+        match self.link {
+            Link::Up(_) => !self.wbuf.is_empty(),
+            Link::Connecting(_) => true,
+            Link::Down => false,
         }
     }
 
-    /// Read and decode replies until the socket would block.
+    /// True while the upstream is down and a reconnect is pending.
+    pub fn wants_reconnect(&self) -> bool {
+        matches!(self.link, Link::Down) && self.reconnect.is_some() && !self.closing
+    }
+
+    /// True once connected and negotiated.
+    pub fn is_connected(&self) -> bool {
+        self.ready()
+    }
+
+    /// When [`Upstream::tick`] must next be called: a reconnect attempt,
+    /// a connect timeout, or a waiting request's deadline.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let attempt = self.wants_reconnect().then(|| self.backoff.next());
+        // Requests only wait (with a deadline) while not connected.
+        let waiting = (!self.ready())
+            .then(|| self.tasks.next_deadline())
+            .flatten();
+        [attempt, self.attempt_deadline, waiting]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Timers: start a due reconnect, give up on a slow one, fail requests
+    /// that waited too long for the upstream.
+    pub fn tick(&mut self, now: Instant) {
+        if self.attempt_deadline.is_some_and(|d| d <= now) && !self.ready() {
+            self.lost("connect timed out", now);
+        }
+        if self.wants_reconnect() && self.backoff.due(now) {
+            self.start_connect(now);
+        }
+        // Connected: no request waits, so no scan (tick runs every loop
+        // iteration and must cost nothing then).
+        if !self.ready() {
+            self.tasks.expire(Some(now), &mut self.done);
+        }
+    }
+
+    fn start_connect(&mut self, now: Instant) {
+        let (Some(r), Some(reg)) = (&self.reconnect, &self.registry) else {
+            return;
+        };
+        let sock = Sock::connect(&r.peer).and_then(|mut s| {
+            s.register(reg, self.token)?;
+            Ok(s)
+        });
+        match sock {
+            Ok(s) => {
+                let mut conn = match Connection::new(&client_config(&r.export)) {
+                    Ok(c) => Box::new(c),
+                    Err(e) => return log::error!("nbd proxy: {e}"),
+                };
+                conn.set_max_chunk_len(self.max_chunk);
+                self.conn = conn;
+                self.link = match r.peer {
+                    Peer::Tcp(_) => Link::Connecting(s),
+                    Peer::Unix(_) => Link::Up(s),
+                };
+                self.attempt_deadline = Some(now + ATTEMPT_TIMEOUT);
+            }
+            Err(e) => {
+                log::debug!("nbd proxy: reconnect failed: {e}");
+                self.backoff.failed(now);
+            }
+        }
+    }
+
+    /// A connect in progress finished (or not yet): true when usable.
+    fn check_connect(&mut self) -> bool {
+        let Link::Connecting(sock) = &self.link else {
+            return matches!(self.link, Link::Up(_));
+        };
+        match sock.connected() {
+            Ok(true) => {
+                let Link::Connecting(s) = std::mem::replace(&mut self.link, Link::Down) else {
+                    return false;
+                };
+                self.link = Link::Up(s);
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
+                self.lost(&format!("connect: {e}"), Instant::now());
+                false
+            }
+        }
+    }
+
+    /// Write queued bytes until the socket would block.
+    pub fn on_writable(&mut self) {
+        if !self.check_connect() {
+            return;
+        }
+        let Link::Up(sock) = &mut self.link else {
+            return;
+        };
+        if let Err(e) = self.wbuf.write_to(&mut sock.io()) {
+            // Replies may already be buffered (a server that answered and
+            // then closed): take them before failing what is left.
+            let _ = self.read_all();
+            self.lost(&format!("write: {e}"), Instant::now());
+        }
+    }
+
+    /// Read and handle replies until the socket would block.
     pub fn on_readable(&mut self) {
-        while !self.dead {
-            let r = match &mut self.sock {
-                Sock::Tcp(s) => read_some(s, &mut self.rbuf),
-                Sock::Unix(s) => read_some(s, &mut self.rbuf),
+        if !self.check_connect() {
+            return;
+        }
+        if let Err(why) = self.read_all() {
+            self.lost(&why, Instant::now());
+            return;
+        }
+        self.pump();
+        // Negotiation answers and requests unblocked by replies.
+        if !self.wbuf.is_empty() {
+            self.on_writable();
+        }
+    }
+
+    /// Read until `WouldBlock`, handling replies as they arrive; `Err`
+    /// says why the connection ended.
+    fn read_all(&mut self) -> Result<(), String> {
+        loop {
+            let Link::Up(sock) = &mut self.link else {
+                return Ok(());
             };
-            match r {
-                Ok(true) => {
-                    if let Err(why) = self.decode() {
-                        self.die(&why);
+            let end = self.rbuf.read_from(&mut sock.io(), 256 * 1024, false);
+            self.process();
+            match end {
+                Ok(ReadEnd::Limit) => {}
+                Ok(ReadEnd::WouldBlock) => return Ok(()),
+                Ok(ReadEnd::Eof) => return Err("upstream closed the connection".into()),
+                Err(e) => return Err(format!("read: {e}")),
+            }
+        }
+    }
+
+    fn pump(&mut self) {
+        if self.ready() {
+            self.tasks
+                .pump(&mut self.conn, &mut self.wbuf, None, &mut self.done);
+        }
+    }
+
+    /// Handle every event the buffered input yields.
+    fn process(&mut self) {
+        loop {
+            if !matches!(self.link, Link::Up(_)) {
+                return;
+            }
+            let (used, ev) = match self.conn.handle_input(self.rbuf.filled()) {
+                Ok(x) => x,
+                Err(e) => {
+                    self.lost(&format!("bad reply: {e}"), Instant::now());
+                    return;
+                }
+            };
+            let mut after = None;
+            let mut stop = false;
+            match ev {
+                Event::NeedInput { .. } | Event::Idle | Event::Closed => stop = true,
+                Event::Transmit => {
+                    let out = self.wbuf.spare(CLIENT_TRANSMIT_MAX);
+                    match self.conn.poll_transmit(out) {
+                        Ok(n) => self.wbuf.commit(n),
+                        Err(_) => stop = true,
                     }
                 }
-                Ok(false) => return,
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                    self.die("upstream closed the connection")
+                Event::ReadData(d) => self.tasks.read_data(d),
+                Event::BlockStatus(b) => self.tasks.block_status(b),
+                Event::Done(d) => after = Some(Ok(d)),
+                Event::Ready(n) => after = Some(Err(Some(n))),
+                Event::StartTls(_) | Event::TlsPending => after = Some(Err(None)),
+                _ => {}
+            }
+            self.rbuf.consume(used);
+            match after {
+                Some(Ok(d)) => {
+                    let resend = self.resend_deadline(Instant::now());
+                    self.tasks.piece_done(d, resend, &mut self.done);
                 }
-                Err(e) => self.die(&format!("read: {e}")),
+                Some(Err(Some(n))) => self.on_ready(n),
+                Some(Err(None)) => {
+                    self.lost("upstream asked for TLS", Instant::now());
+                    return;
+                }
+                None if stop => return,
+                None => {}
             }
         }
     }
 
-    /// True while requests wait to be written.
-    pub fn wants_write(&self) -> bool {
-        !self.dead && !self.wbuf.is_empty()
+    fn resend_deadline(&self, now: Instant) -> Option<Instant> {
+        let r = self.reconnect.as_ref()?;
+        (!r.retry.is_zero()).then(|| now + r.retry)
     }
 
-    /// The upstream is gone: log once, fail everything in flight with EIO.
-    fn die(&mut self, why: &str) {
-        if self.dead {
+    fn on_ready(&mut self, n: ClientNegotiated) {
+        let now = Instant::now();
+        if let Err(why) = check_same(&self.first, &n) {
+            self.lost(&why, now);
             return;
         }
-        self.dead = true;
-        log::error!("nbd proxy: upstream connection lost: {why}");
-        for mut p in self.pending.drain() {
-            p.job.result = Err(eio());
-            self.done.push(p.job);
+        if self.outage {
+            log::warn!("nbd proxy: upstream connection restored");
         }
-        self.wbuf.consume(self.wbuf.len());
+        self.outage = false;
+        self.attempt_deadline = None;
+        self.backoff.reset(now);
+        self.tasks.clear_deadlines();
+        self.pump();
     }
 
-    /// Handle every whole reply message buffered.
-    fn decode(&mut self) -> Result<(), String> {
-        let mut pos = 0;
-        loop {
-            let pending = &self.pending;
-            let read_len = |c: Cookie| match pending.get(c.0 as usize)?.job.op {
-                Op::Read { len, .. } => Some(len as u64),
-                _ => None,
-            };
-            let input = self.rbuf.filled().get(pos..).unwrap_or_default();
-            let Some((reply, used)) = self
-                .decoder
-                .decode(input, read_len)
-                .map_err(|e| format!("bad reply: {e}"))?
-            else {
-                break;
-            };
-            pos += used;
-            let base = self.neg.base_allocation;
-            if let Some(key) = on_reply(&mut self.pending, reply, base)? {
-                let mut p = self.pending.remove(key);
-                if let Some(e) = p.error {
-                    p.job.result = Err(upstream_error(e));
-                }
-                self.done.push(p.job);
-            }
+    /// The connection is gone: fail or park what was in flight, drop the
+    /// socket, schedule a reconnect.
+    fn lost(&mut self, why: &str, now: Instant) {
+        if self.closing {
+            return;
         }
-        self.rbuf.consume(pos);
-        Ok(())
+        if self.outage {
+            log::debug!("nbd proxy: upstream still unavailable: {why}");
+        } else {
+            log::error!("nbd proxy: upstream connection lost: {why}");
+        }
+        self.outage = true;
+        self.attempt_deadline = None;
+        let resend = self.resend_deadline(now);
+        self.conn.handle_eof();
+        while let Ok((_, Event::Done(d))) = self.conn.handle_input(&[]) {
+            self.tasks.piece_done(d, resend, &mut self.done);
+        }
+        if let (Link::Up(s) | Link::Connecting(s), Some(reg)) = (&mut self.link, &self.registry) {
+            s.deregister(reg);
+        }
+        self.link = Link::Down;
+        self.wbuf.consume(self.wbuf.len());
+        self.rbuf.consume(self.rbuf.len());
+        self.backoff.failed(now);
+        match self.wait_limit() {
+            Some(w) => self.tasks.set_deadlines(now + w),
+            None => self.tasks.expire(None, &mut self.done),
+        }
     }
 
     /// Best effort at shutdown: `NBD_CMD_DISC` so the upstream sees an
-    /// orderly close.
+    /// orderly close; no reconnect after it.
     pub fn disconnect(&mut self) {
-        if self.dead {
-            return;
+        if self.ready()
+            && let Ok(s) = self
+                .conn
+                .encode_request(&Cmd::disconnect(), self.wbuf.spare(32))
+        {
+            self.wbuf.commit(s.len);
+            self.on_writable();
         }
-        let header = RequestHeader {
-            flags: CmdFlags::empty(),
-            command: Command::Disc,
-            cookie: Cookie(u64::MAX),
-            offset: 0,
-            len: 0,
-        };
-        let hlen = self.neg.mode.request_header_len();
-        if let Ok(n) = header.encode(self.neg.mode, self.wbuf.spare(hlen)) {
-            self.wbuf.commit(n);
-        }
-        self.on_writable();
+        self.closing = true;
     }
 
     /// Deregister the socket.
     pub fn deregister(&mut self, registry: &Registry) {
-        let _ = match &mut self.sock {
-            Sock::Tcp(s) => registry.deregister(s),
-            Sock::Unix(s) => registry.deregister(s),
-        };
-    }
-}
-
-/// One read into `buf`: Ok(true) when bytes arrived, Ok(false) on
-/// `WouldBlock`, `UnexpectedEof` when the upstream closed.
-fn read_some(r: &mut impl Read, buf: &mut Buf) -> io::Result<bool> {
-    loop {
-        match r.read(buf.spare(64 * 1024)) {
-            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => {
-                buf.commit(n);
-                return Ok(true);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+        if let Link::Up(s) | Link::Connecting(s) = &mut self.link {
+            s.deregister(registry);
         }
     }
-}
 
-/// Apply one reply message to its request; returns its slot when final.
-fn on_reply(
-    pending: &mut Slab<Pending>,
-    reply: Reply<'_>,
-    base: Option<u32>,
-) -> Result<Option<usize>, String> {
-    let key = usize::try_from(reply.cookie().0).map_err(|_| "bad cookie")?;
-    let fin = reply.is_final();
-    let p = pending
-        .get_mut(key)
-        .ok_or_else(|| format!("reply for unknown cookie {key:#x}"))?;
-    match reply {
-        Reply::Simple { error, data, .. } => match error {
-            Some(e) => p.error = Some(e),
-            None => {
-                if let Some(dst) = p.job.buf.get_mut(..data.len()) {
-                    dst.copy_from_slice(data);
-                }
-            }
-        },
-        Reply::Chunk { payload, .. } => match payload {
-            ChunkPayload::None => {}
-            ChunkPayload::OffsetData { offset, data } => {
-                let r = window(&p.job, offset, data.len())?;
-                if let Some(dst) = p.job.buf.get_mut(r) {
-                    dst.copy_from_slice(data);
-                }
-            }
-            ChunkPayload::OffsetHole { offset, len } => {
-                let r = window(&p.job, offset, len as usize)?;
-                if let Some(dst) = p.job.buf.get_mut(r) {
-                    dst.fill(0);
-                }
-            }
-            ChunkPayload::BlockStatus { id, extents } => {
-                if Some(id) == base && matches!(p.job.op, Op::Extents { .. }) {
-                    p.job.extents.extend(extents.map(|e| Extent {
-                        len: e.len,
-                        flags: ExtentFlags::from_bits_truncate(e.flags as u32),
-                    }));
-                }
-            }
-            ChunkPayload::Error { error, .. } => {
-                p.error.get_or_insert(error);
-            }
-            ChunkPayload::Unknown(_) => return Err("unknown reply chunk type".into()),
-        },
+    /// Client requests not finished.
+    pub fn in_progress(&self) -> usize {
+        self.tasks.len()
     }
-    Ok(fin.then_some(key))
-}
-
-/// The part of a READ's buffer a chunk at absolute `offset` covers.
-fn window(job: &Job, offset: u64, len: usize) -> Result<std::ops::Range<usize>, String> {
-    let Op::Read {
-        offset: start,
-        len: total,
-    } = job.op
-    else {
-        return Err("data chunk for a request that is not a READ".into());
-    };
-    let rel = offset
-        .checked_sub(start)
-        .and_then(|r| usize::try_from(r).ok())
-        .filter(|&r| r.checked_add(len).is_some_and(|e| e <= total))
-        .ok_or("data chunk outside the READ")?;
-    Ok(rel..rel + len)
 }
 
 /// The upstream error as the errno the driver maps back to the same NBD

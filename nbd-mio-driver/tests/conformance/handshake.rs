@@ -5,6 +5,7 @@ use std::time::Duration;
 use nbd_proto::{CmdFlags, Command, HeaderMode};
 
 use crate::common::raw::{Raw, info_data, opt, rep};
+use crate::common::{Server, TempDir, Transport};
 use crate::{memory, pattern};
 
 #[test]
@@ -120,9 +121,18 @@ fn checklist_19_export_name_with_no_zeroes_is_10_bytes() {
     assert_eq!(c.read(512, 512), pattern(512, 3));
 }
 
+/// A server that lists its exports (`file dir=`, in nbdd and nbdkit) and
+/// so refuses other names; a one-export server answers any name.
+fn dir_server(dir: &TempDir) -> Server {
+    std::fs::write(dir.path().join("disk"), vec![0u8; 1 << 20]).unwrap();
+    let dir_arg = format!("dir={}", dir.path().display());
+    Server::start(Transport::Unix, &["file", &dir_arg])
+}
+
 #[test]
 fn checklist_20_export_name_unknown_closes_without_reply() {
-    let s = memory(&["-e", "disk"]);
+    let dir = TempDir::new("checklist20");
+    let s = dir_server(&dir);
     let mut c = Raw::connect(&s);
     c.start();
     c.option(opt::EXPORT_NAME, b"nosuch");
@@ -170,9 +180,21 @@ fn checklist_23_go_has_no_padding_and_transmission_follows() {
     assert_eq!(c.recv(4), [0x67, 0x44, 0x66, 0x98]);
 }
 
+/// nbdkit's policy: a server with one export serves it whatever name the
+/// client asks for (EXPORT_NAME, INFO and GO alike).
+#[test]
+fn one_export_answers_any_name() {
+    let s = memory(&["-e", "disk"]);
+    let mut c = Raw::connect(&s);
+    c.start();
+    c.negotiate_after_flags("any-other-name", HeaderMode::Simple);
+    assert_eq!(c.size, 1 << 20);
+}
+
 #[test]
 fn checklist_24_unknown_export_info_go_is_err_unknown_then_go_works() {
-    let s = memory(&["-e", "disk"]);
+    let dir = TempDir::new("checklist24");
+    let s = dir_server(&dir);
     let mut c = Raw::connect(&s);
     c.start();
     for o in [opt::INFO, opt::GO] {

@@ -150,3 +150,37 @@ fn checklist_112_sigterm_finishes_in_flight_requests_then_exits_0() {
         started.elapsed()
     );
 }
+
+/// Issue 15: WRITE, DISC, then junk, in one burst. The WRITE is applied
+/// and its reply was already computed when the junk ends the connection;
+/// that reply is owed and must arrive before the close (checklist 110:
+/// nothing after DISC is executed, everything before it is answered).
+#[test]
+fn checklist_110_reply_before_disc_survives_junk_after_it() {
+    let s = memory(&[]);
+    let mut c = Raw::negotiate(&s, HeaderMode::Simple);
+    let mut burst = encode_request(
+        c.mode,
+        Command::Write,
+        CmdFlags::empty(),
+        1,
+        0,
+        4096,
+        &pattern(4096, 9),
+    );
+    burst.extend(encode_request(
+        c.mode,
+        Command::Disc,
+        CmdFlags::empty(),
+        2,
+        0,
+        0,
+        &[],
+    ));
+    burst.extend(b"this is not a request at all, it is junk after DISC");
+    c.send(&burst);
+    assert_eq!(c.status(1), None, "the WRITE's reply arrived");
+    c.expect_closed();
+    let mut d = Raw::negotiate(&s, HeaderMode::Simple);
+    assert_eq!(d.read(0, 4096), pattern(4096, 9), "the WRITE was applied");
+}

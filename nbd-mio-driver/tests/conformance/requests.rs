@@ -279,10 +279,11 @@ fn checklist_78_fua_on_read_flush_cache_is_accepted() {
 
 #[test]
 fn checklist_81_oversize_write_is_drained_and_rejected() {
-    let s = Server::start(Transport::Unix, &["memory", "64M"]);
+    let s = Server::start(Transport::Unix, &["memory", "128M"]);
     let mut c = Raw::negotiate(&s, HeaderMode::Simple);
-    // Above the 32 MiB maximum payload, within what the server drains.
-    let len = (32 << 20) + 4096;
+    // Above the 64 MiB accepted from a client that did not agree to block
+    // sizes, within what the server drains (128 MiB).
+    let len = (64 << 20) + 4096;
     let mut data = vec![0x5a; len];
     data[..28].copy_from_slice(&encode_request(
         c.mode,
@@ -336,12 +337,14 @@ fn checklist_110_disc_after_three_pipelined_writes() {
 }
 
 /// The RESIZE extension (digest 6.3): SEND_RESIZE is advertised for a
-/// writable memory export; growing makes the new range usable, shrinking
-/// makes the cut-off range fail, and a read-only export refuses it.
+/// writable memory export that allows it (`--allow-resize`); growing makes
+/// the new range usable, shrinking makes the cut-off range fail, and a
+/// read-only export refuses it.
 #[test]
 fn resize_extension_grows_and_shrinks() {
-    let s = memory(&[]);
+    let s = memory(&["--allow-resize"]);
     let mut c = Raw::negotiate(&s, HeaderMode::Structured);
+    assert!(c.flags.contains(TF::SEND_RESIZE));
     let grown = 2 * SIZE;
     assert_eq!(
         c.call(Command::Read, CmdFlags::empty(), SIZE, 4096),
@@ -374,6 +377,16 @@ fn resize_extension_grows_and_shrinks() {
         None,
         "the kept range still reads"
     );
+
+    // Off by default (issue 15): not advertised, and refused if sent.
+    let fixed = memory(&[]);
+    let mut c = Raw::negotiate(&fixed, HeaderMode::Structured);
+    assert!(!c.flags.contains(TF::SEND_RESIZE));
+    assert!(
+        c.call(Command::Resize, CmdFlags::empty(), 0, 0).is_some(),
+        "not allowed: refused"
+    );
+    assert_eq!(c.read(SIZE - 4096, 4096).len(), 4096, "the size is kept");
 
     let ro = memory(&["-r"]);
     let mut c = Raw::negotiate(&ro, HeaderMode::Structured);

@@ -7,13 +7,15 @@
 
 use crate::error::{BufferTooSmall, DecodeError, ProtocolError};
 use crate::flags::{ClientFlags, HandshakeFlags, TransmissionFlags};
+use crate::magic::OLDSTYLE_MAGIC;
 use crate::server::BlockSizes;
 use crate::types::{HeaderMode, InfoType, OptReplyType, OptionCode};
 use crate::wire::handshake::{
-    ExportNameReply, Greeting, OPTION_HEADER_LEN, OPTION_REPLY_HEADER_LEN, OptionReplyHeader,
-    encode_client_flags,
+    ExportNameReply, Greeting, NEWSTYLE_GREETING_LEN, OLDSTYLE_GREETING_LEN, OPTION_HEADER_LEN,
+    OPTION_REPLY_HEADER_LEN, OptionReplyHeader, encode_client_flags,
 };
 use crate::wire::option::{Info, InfoRequest, MetaContextRequest, OptReply, encode_option};
+use crate::wire::{be_u64_at, head};
 
 /// The only meta context the client asks for.
 pub const BASE_ALLOCATION: &str = "base:allocation";
@@ -153,9 +155,78 @@ enum State {
 
 /// The client negotiation state machine: [`ClientHandshake::poll_transmit`]
 /// then [`ClientHandshake::handle_input`] until [`ClientEvent::Ready`].
+///
+/// [`super::Connection`] covers negotiation *and* transmission in one
+/// value and borrows nothing; this type remains for callers that drive
+/// transmission themselves with [`super::ReplyDecoder`].
 #[derive(Debug, Clone)]
 pub struct ClientHandshake<'a> {
-    cfg: ClientConfig<'a>,
+    core: Negotiation,
+    export: &'a str,
+}
+
+impl<'a> ClientHandshake<'a> {
+    /// Start negotiating; the server speaks first.
+    #[must_use]
+    pub fn new(cfg: ClientConfig<'a>) -> Self {
+        Self {
+            core: Negotiation::new(&cfg),
+            export: cfg.export,
+        }
+    }
+
+    /// The result once negotiation finished.
+    #[must_use]
+    pub fn negotiated(&self) -> Option<ClientNegotiated> {
+        self.core.negotiated()
+    }
+
+    /// True when [`ClientHandshake::handle_input`] needs server bytes.
+    #[must_use]
+    pub fn wants_read(&self) -> bool {
+        self.core.wants_read()
+    }
+
+    /// True when [`ClientHandshake::poll_transmit`] has bytes to write.
+    #[must_use]
+    pub fn wants_write(&self) -> bool {
+        self.core.wants_write()
+    }
+
+    /// The TLS handshake after [`ClientEvent::StartTls`] completed: options
+    /// negotiated so far are forgotten, as they are by the server.
+    pub fn handle_tls_established(&mut self) {
+        self.core.handle_tls_established();
+    }
+
+    /// Encode the next client message into `out`. Returns 0 when there is
+    /// nothing to send.
+    ///
+    /// # Errors
+    /// [`BufferTooSmall`] when `out` is shorter than the message (never
+    /// with [`CLIENT_TRANSMIT_MAX`] bytes); nothing changes then.
+    pub fn poll_transmit(&mut self, out: &mut [u8]) -> Result<usize, BufferTooSmall> {
+        self.core.poll_transmit(self.export, out)
+    }
+
+    /// Feed bytes from the server. Returns how many were consumed and at
+    /// most one event borrowing `input`; call again until `(0, None)`.
+    ///
+    /// # Errors
+    /// A [`ProtocolError`] means the connection cannot continue: a malformed
+    /// reply, or the server refused something the configuration requires
+    /// (STARTTLS, the export).
+    pub fn handle_input<'b>(&mut self, input: &'b [u8]) -> Step1<'b> {
+        self.core.handle_input(input)
+    }
+}
+
+/// The negotiation logic shared by [`ClientHandshake`] and
+/// [`super::Connection`]. It holds no borrowed data: the export name is
+/// passed to each [`Negotiation::poll_transmit`].
+#[derive(Debug, Clone)]
+pub(crate) struct Negotiation {
+    cfg: ClientConfig<'static>,
     state: State,
     fixed: bool,
     no_zeroes: bool,
@@ -171,14 +242,13 @@ pub struct ClientHandshake<'a> {
     base_allocation: Option<u32>,
 }
 
-type Step1<'b> = Result<(usize, Option<ClientEvent<'b>>), ProtocolError>;
+pub(crate) type Step1<'b> = Result<(usize, Option<ClientEvent<'b>>), ProtocolError>;
 
-impl<'a> ClientHandshake<'a> {
-    /// Start negotiating; the server speaks first.
-    #[must_use]
-    pub fn new(cfg: ClientConfig<'a>) -> Self {
+impl Negotiation {
+    /// Start negotiating with `cfg` (its export name is not kept).
+    pub(crate) fn new(cfg: &ClientConfig<'_>) -> Self {
         Self {
-            cfg,
+            cfg: ClientConfig { export: "", ..*cfg },
             state: State::Greeting,
             fixed: false,
             no_zeroes: false,
@@ -195,30 +265,32 @@ impl<'a> ClientHandshake<'a> {
         }
     }
 
-    /// The result once negotiation finished.
-    #[must_use]
-    pub fn negotiated(&self) -> Option<ClientNegotiated> {
+    pub(crate) fn negotiated(&self) -> Option<ClientNegotiated> {
         match self.state {
             State::Done(n) => Some(n),
             _ => None,
         }
     }
 
-    /// True when [`ClientHandshake::handle_input`] needs server bytes.
-    #[must_use]
-    pub fn wants_read(&self) -> bool {
+    pub(crate) fn wants_read(&self) -> bool {
         matches!(self.state, State::Greeting | State::Await(_))
     }
 
-    /// True when [`ClientHandshake::poll_transmit`] has bytes to write.
-    #[must_use]
-    pub fn wants_write(&self) -> bool {
+    pub(crate) fn wants_write(&self) -> bool {
         matches!(self.state, State::Send(_))
     }
 
-    /// The TLS handshake after [`ClientEvent::StartTls`] completed: options
-    /// negotiated so far are forgotten, as they are by the server.
-    pub fn handle_tls_established(&mut self) {
+    /// Negotiation happened elsewhere: mark it finished with `neg`.
+    pub(crate) fn finish_external(&mut self, neg: ClientNegotiated) {
+        self.state = State::Done(neg);
+    }
+
+    /// STARTTLS was acknowledged and TLS is not yet reported up.
+    pub(crate) fn tls_pending(&self) -> bool {
+        self.state == State::Tls
+    }
+
+    pub(crate) fn handle_tls_established(&mut self) {
         if self.state == State::Tls {
             self.tls = true;
             self.structured = false;
@@ -248,17 +320,14 @@ impl<'a> ClientHandshake<'a> {
         }
     }
 
-    /// Encode the next client message into `out`. Returns 0 when there is
-    /// nothing to send.
-    ///
-    /// # Errors
-    /// [`BufferTooSmall`] when `out` is shorter than the message (never
-    /// with [`CLIENT_TRANSMIT_MAX`] bytes); nothing changes then.
-    pub fn poll_transmit(&mut self, out: &mut [u8]) -> Result<usize, BufferTooSmall> {
+    pub(crate) fn poll_transmit(
+        &mut self,
+        name: &str,
+        out: &mut [u8],
+    ) -> Result<usize, BufferTooSmall> {
         let State::Send(step) = self.state else {
             return Ok(0);
         };
-        let name = self.cfg.export;
         let n = match step {
             Step::ClientFlags => {
                 let mut flags = ClientFlags::empty();
@@ -294,14 +363,7 @@ impl<'a> ClientHandshake<'a> {
         Ok(n)
     }
 
-    /// Feed bytes from the server. Returns how many were consumed and at
-    /// most one event borrowing `input`; call again until `(0, None)`.
-    ///
-    /// # Errors
-    /// A [`ProtocolError`] means the connection cannot continue: a malformed
-    /// reply, or the server refused something the configuration requires
-    /// (STARTTLS, the export).
-    pub fn handle_input<'b>(&mut self, input: &'b [u8]) -> Step1<'b> {
+    pub(crate) fn handle_input<'b>(&mut self, input: &'b [u8]) -> Step1<'b> {
         let r = match self.state {
             State::Greeting => self.handle_greeting(input),
             State::Await(Step::ExportName) => Ok(self.handle_export_name(input)),
@@ -312,6 +374,30 @@ impl<'a> ClientHandshake<'a> {
             self.state = State::Failed;
         }
         r
+    }
+
+    /// Bytes (from the start of `input`) the next server message needs
+    /// in total, so a caller can size its read; at least `input.len() + 1`
+    /// is never promised, only what the header announces.
+    pub(crate) fn needed(&self, input: &[u8]) -> usize {
+        match self.state {
+            State::Greeting => match head::<16>(input).map(|h| be_u64_at(h, 8)) {
+                Some(OLDSTYLE_MAGIC) => OLDSTYLE_GREETING_LEN,
+                _ => NEWSTYLE_GREETING_LEN,
+            },
+            State::Await(Step::ExportName) => {
+                if self.no_zeroes {
+                    10
+                } else {
+                    134
+                }
+            }
+            State::Await(_) => match OptionReplyHeader::decode(input) {
+                Ok(Some((h, _))) => OPTION_REPLY_HEADER_LEN.saturating_add(h.len as usize),
+                _ => OPTION_REPLY_HEADER_LEN,
+            },
+            _ => 0,
+        }
     }
 
     fn handle_greeting<'b>(&mut self, input: &'b [u8]) -> Step1<'b> {

@@ -52,9 +52,10 @@ pub struct ExportInfo<'a> {
     pub size: u64,
     /// Capability flags of the export: READ_ONLY, SEND_FLUSH, SEND_FUA,
     /// ROTATIONAL, SEND_TRIM, SEND_WRITE_ZEROES, SEND_FAST_ZERO,
-    /// CAN_MULTI_CONN, SEND_RESIZE, SEND_CACHE. The handshake adds
+    /// CAN_MULTI_CONN, SEND_RESIZE, SEND_CACHE. The connection adds
     /// HAS_FLAGS and the negotiated ones (SEND_DF, BLOCK_STATUS_PAYLOAD) and
-    /// drops those whose preconditions fail.
+    /// drops those whose preconditions fail (FAST_ZERO without
+    /// WRITE_ZEROES, RESIZE on a read-only export).
     pub flags: TransmissionFlags,
     /// Canonical name (`NBD_INFO_NAME`).
     pub name: &'a str,
@@ -62,6 +63,10 @@ pub struct ExportInfo<'a> {
     pub description: &'a str,
     /// Constraints; `None` means the defaults.
     pub block_sizes: Option<BlockSizes>,
+    /// The meta contexts this export offers: bit i =
+    /// [`super::HandshakeConfig::meta_contexts`]`[i]`. A selection made by
+    /// SET_META_CONTEXT is kept for transmission only where this allows it.
+    pub meta_contexts: u64,
 }
 
 /// The result of a successful negotiation: everything transmission needs.

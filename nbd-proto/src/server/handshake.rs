@@ -1,114 +1,98 @@
 //! The server negotiation state machine (proto.md "Handshake", "Option
-//! haggling", "TLS support").
+//! haggling", "TLS support"), used by [`super::Connection`].
 //!
 //! It processes one option frame per [`Handshake::handle_input`] call and
 //! answers options that need no outside knowledge itself (through
-//! [`Handshake::poll_transmit`]). Options that need the driver (export
-//! lookup, LIST, meta contexts) come back as [`HandshakeEvent`]s borrowing
-//! the input; the driver answers them at once with an `answer_*` call that
-//! encodes the replies into its output buffer.
+//! [`Handshake::poll_transmit`]). Options that need the caller (export
+//! lookup, LIST, meta contexts, STARTTLS) come back as owned questions
+//! ([`super::question`]); the answers are encoded in `answer.rs`.
 
-use super::export::{BlockSizes, ExportInfo, Negotiated, TlsMode};
+use super::export::{Negotiated, TlsMode};
 use super::meta::{self, NameBuf};
+use super::question::{
+    ExportOption, ExportQuestion, InfoWanted, ListQuestion, MetaQuestion, StartTls,
+};
 use crate::error::{BufferTooSmall, DecodeError, ProtocolError};
-use crate::flags::{ClientFlags, HandshakeFlags, TransmissionFlags};
+use crate::flags::{ClientFlags, HandshakeFlags};
 use crate::types::{HeaderMode, InfoType, OptReplyType, OptionCode};
 use crate::wire::handshake::{
-    ExportNameReply, Greeting, OPTION_HEADER_LEN, OptionHeader, decode_client_flags,
-    encode_option_reply,
+    Greeting, OPTION_HEADER_LEN, OptionHeader, decode_client_flags, encode_option_reply,
 };
-use crate::wire::option::{Info, InfoRequest, MetaContextRequest, encode_server_entry};
+use crate::wire::option::{InfoRequest, MetaContextRequest};
+
+/// The `base:allocation` context (proto.md "`base:` meta context").
+pub const BASE_ALLOCATION: &str = "base:allocation";
+/// qemu's `qemu:allocation-depth` context: how many layers down an extent
+/// is allocated (0 = nowhere, 1 = the top layer; qemu's docs/interop/nbd.txt).
+pub const QEMU_ALLOCATION_DEPTH: &str = "qemu:allocation-depth";
 
 /// Limits and features of the negotiation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HandshakeConfig {
     /// TLS policy.
     pub tls: TlsMode,
+    /// Offer `NBD_FLAG_FIXED_NEWSTYLE`. Without it a client may only send
+    /// `NBD_OPT_EXPORT_NAME` (nbdkit's `--mask-handshake` bit 0).
+    pub fixed_newstyle: bool,
     /// Offer `NBD_FLAG_NO_ZEROES`.
     pub no_zeroes: bool,
     /// Accept `NBD_OPT_STRUCTURED_REPLY`.
     pub structured_replies: bool,
     /// Accept `NBD_OPT_EXTENDED_HEADERS`.
     pub extended_headers: bool,
+    /// Accept `NBD_OPT_LIST_META_CONTEXT` / `NBD_OPT_SET_META_CONTEXT`
+    /// (nbdkit's `--no-mc` turns them off: `NBD_REP_ERR_UNSUP`).
+    pub allow_meta_contexts: bool,
     /// Largest option the server parses (INFO/GO/meta contexts); larger
-    /// ones are drained and refused with `NBD_REP_ERR_TOO_BIG`. The driver's
-    /// input buffer must hold `16 + max_option_len` bytes.
+    /// ones are drained and refused with `NBD_REP_ERR_TOO_BIG`. The caller's
+    /// input buffer must hold `16 + max_option_len` bytes
+    /// ([`super::Connection::needed`] says how many are needed now).
     pub max_option_len: u32,
     /// Largest option the server drains at all; larger ones end the
     /// connection (a denial of service; nbdkit uses 64 MiB).
     pub max_drain_len: u32,
     /// Most options per connection (a denial of service beyond).
     pub max_options: u32,
+    /// The meta contexts this server knows, in ID order: entry `i` gets
+    /// context ID `i + 1` (at most 64 entries). Which of them an export
+    /// offers is the caller's answer to a [`MetaQuestion`] and
+    /// [`super::ExportInfo::meta_contexts`].
+    pub meta_contexts: &'static [&'static str],
 }
 
 impl Default for HandshakeConfig {
     fn default() -> Self {
         Self {
             tls: TlsMode::Off,
+            fixed_newstyle: true,
             no_zeroes: true,
             structured_replies: true,
             extended_headers: true,
+            allow_meta_contexts: true,
             // Four 4096-byte strings plus framing fit easily.
             max_option_len: 64 * 1024,
             max_drain_len: 64 * 1024 * 1024,
             // nbdkit allows 32; `nbdinfo --list` on a server with many
             // exports sends an INFO per export, so allow more.
             max_options: 1024,
+            meta_contexts: &[BASE_ALLOCATION],
         }
     }
 }
 
-/// Which option asked about an export.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExportQuery<'a> {
-    /// `NBD_OPT_EXPORT_NAME`: a refusal ends the connection.
-    ExportName(&'a str),
-    /// `NBD_OPT_INFO`.
-    Info(InfoRequest<'a>),
-    /// `NBD_OPT_GO`: success enters transmission.
-    Go(InfoRequest<'a>),
-}
-
-impl<'a> ExportQuery<'a> {
-    /// The export name asked for ("" = default).
-    #[must_use]
-    pub fn name(&self) -> &'a str {
-        match self {
-            Self::ExportName(n) => n,
-            Self::Info(r) | Self::Go(r) => r.name,
-        }
-    }
-}
-
-/// A meta-context option to answer with [`Handshake::answer_meta_contexts`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MetaQuery<'a> {
-    /// `NBD_OPT_LIST_META_CONTEXT` (true) or `NBD_OPT_SET_META_CONTEXT`.
-    pub list: bool,
-    /// The decoded request.
-    pub request: MetaContextRequest<'a>,
-}
-
-/// Something the driver must act on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum HandshakeEvent<'a> {
-    /// Look up an export and call [`Handshake::answer_export`].
-    Export(ExportQuery<'a>),
-    /// `NBD_OPT_LIST`: call [`Handshake::answer_list_entry`] per export,
-    /// then [`Handshake::finish_list`].
-    List,
-    /// Call [`Handshake::answer_meta_contexts`].
-    MetaContexts(MetaQuery<'a>),
-    /// STARTTLS was accepted: write out [`Handshake::poll_transmit`] in
-    /// plaintext, then run a TLS handshake over the connection (input left
-    /// after the consumed bytes is already TLS), then call
-    /// [`Handshake::handle_tls_established`].
-    StartTls,
+/// A question the handshake asks its caller.
+#[derive(Debug)]
+pub(crate) enum Asked {
+    Export(ExportQuestion),
+    List(ListQuestion),
+    Meta(MetaQuestion),
+    StartTls(StartTls),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
+pub(crate) enum State {
+    /// Oldstyle: ask for the default export before any greeting.
+    OldstyleAsk,
     Greeting,
     ClientFlags,
     Options,
@@ -119,7 +103,7 @@ enum State {
         reply: OptReplyType,
         message: &'static str,
     },
-    /// An event was returned; waiting for the driver's answer.
+    /// A question was asked; waiting for its answer.
     Answering(OptionCode),
     /// STARTTLS acknowledged; waiting for the TLS session.
     Tls,
@@ -135,32 +119,40 @@ struct Pending {
     message: &'static str,
 }
 
-/// The server negotiation state machine. See the module documentation.
+/// The server negotiation state machine.
 #[derive(Debug, Clone)]
-pub struct Handshake {
-    cfg: HandshakeConfig,
-    state: State,
+pub(crate) struct Handshake {
+    pub(crate) cfg: HandshakeConfig,
+    pub(crate) state: State,
     pending: Option<Pending>,
     fixed: bool,
-    no_zeroes: bool,
+    pub(crate) no_zeroes: bool,
     tls_active: bool,
-    structured: bool,
-    extended: bool,
+    pub(crate) structured: bool,
+    pub(crate) extended: bool,
     shutting_down: bool,
     options_seen: u32,
-    /// Selection of the last SET_META_CONTEXT and the export it named.
-    meta_selected: u64,
-    meta_export: NameBuf,
+    /// Serial number of the outstanding question (tokens carry it).
+    pub(crate) serial: u32,
+    /// The export name of the outstanding question.
+    pub(crate) asked: NameBuf,
+    /// Selection of the last SET_META_CONTEXT and a fingerprint of the
+    /// export it named (a copy would cost another 4 KiB per connection).
+    pub(crate) meta_selected: u64,
+    pub(crate) meta_export: Option<meta::NameHash>,
 }
 
 impl Handshake {
-    /// Start negotiating; the greeting is the first thing
-    /// [`Handshake::poll_transmit`] writes.
-    #[must_use]
-    pub fn new(cfg: HandshakeConfig) -> Self {
+    /// Start negotiating: newstyle sends the greeting first; oldstyle asks
+    /// for the default export first.
+    pub(crate) fn new(cfg: HandshakeConfig, oldstyle: bool) -> Self {
         Self {
             cfg,
-            state: State::Greeting,
+            state: if oldstyle {
+                State::OldstyleAsk
+            } else {
+                State::Greeting
+            },
             pending: None,
             fixed: false,
             no_zeroes: false,
@@ -169,8 +161,10 @@ impl Handshake {
             extended: false,
             shutting_down: false,
             options_seen: 0,
+            serial: 0,
+            asked: NameBuf::new(),
             meta_selected: 0,
-            meta_export: NameBuf::new(),
+            meta_export: None,
         }
     }
 
@@ -184,31 +178,26 @@ impl Handshake {
         }
     }
 
-    /// True while TLS is active on this connection.
-    #[must_use]
-    pub fn tls_active(&self) -> bool {
+    pub(crate) fn tls_active(&self) -> bool {
         self.tls_active
     }
 
-    /// The negotiation result once transmission may start.
-    #[must_use]
-    pub fn negotiated(&self) -> Option<Negotiated> {
+    pub(crate) fn negotiated(&self) -> Option<Negotiated> {
         match self.state {
             State::Done(n) => Some(n),
             _ => None,
         }
     }
 
-    /// True when the connection must be closed after the output is written
-    /// (ABORT, a refused EXPORT_NAME).
-    #[must_use]
-    pub fn is_closed(&self) -> bool {
-        self.state == State::Closed
+    pub(crate) fn is_closed(&self) -> bool {
+        self.state == State::Closed && self.pending.is_none()
     }
 
-    /// True when [`Handshake::handle_input`] can make progress with more input.
-    #[must_use]
-    pub fn wants_read(&self) -> bool {
+    pub(crate) fn is_answering(&self) -> bool {
+        matches!(self.state, State::Answering(_) | State::OldstyleAsk)
+    }
+
+    pub(crate) fn wants_read(&self) -> bool {
         self.pending.is_none()
             && matches!(
                 self.state,
@@ -216,43 +205,57 @@ impl Handshake {
             )
     }
 
-    /// True when [`Handshake::poll_transmit`] has bytes to write.
-    #[must_use]
-    pub fn wants_write(&self) -> bool {
+    pub(crate) fn wants_write(&self) -> bool {
         self.state == State::Greeting || self.pending.is_some()
     }
 
-    /// The server is shutting down: every later option but ABORT gets
-    /// `NBD_REP_ERR_SHUTDOWN` (checklist 61).
-    pub fn begin_shutdown(&mut self) {
+    /// Every later option but ABORT gets `NBD_REP_ERR_SHUTDOWN` (checklist 61).
+    pub(crate) fn begin_shutdown(&mut self) {
         self.shutting_down = true;
     }
 
-    /// Write pending output (the greeting, or a reply the state machine made
-    /// itself) into `out`. Returns the bytes written; call again until 0.
-    #[must_use]
-    pub fn poll_transmit(&mut self, out: &mut [u8]) -> usize {
+    /// The header mode the options so far agreed on.
+    pub(crate) fn mode(&self) -> HeaderMode {
+        if self.extended {
+            HeaderMode::Extended
+        } else if self.structured {
+            HeaderMode::Structured
+        } else {
+            HeaderMode::Simple
+        }
+    }
+
+    /// Bytes of input needed to make progress: the whole option frame when
+    /// it will be parsed, else just a header.
+    pub(crate) fn needed(&self, input: &[u8]) -> usize {
+        match (self.state, OptionHeader::decode(input)) {
+            (State::Options, Ok(Some((h, hlen)))) if h.len <= self.cfg.max_option_len => {
+                hlen.saturating_add(h.len as usize)
+            }
+            _ => OPTION_HEADER_LEN,
+        }
+    }
+
+    /// Pending output: the greeting, or a reply made without the caller.
+    pub(crate) fn poll_transmit(&mut self, out: &mut [u8]) -> Result<usize, BufferTooSmall> {
         if self.state == State::Greeting {
-            let mut flags = HandshakeFlags::FIXED_NEWSTYLE;
+            let mut flags = HandshakeFlags::empty();
+            if self.cfg.fixed_newstyle {
+                flags |= HandshakeFlags::FIXED_NEWSTYLE;
+            }
             if self.cfg.no_zeroes {
                 flags |= HandshakeFlags::NO_ZEROES;
             }
-            if let Ok(n) = Greeting::Newstyle(flags).encode(out) {
-                self.state = State::ClientFlags;
-                return n;
-            }
-            return 0;
+            let n = Greeting::Newstyle(flags).encode(out)?;
+            self.state = State::ClientFlags;
+            return Ok(n);
         }
         let Some(p) = self.pending else {
-            return 0;
+            return Ok(0);
         };
-        match encode_option_reply(p.option, p.reply, p.message.as_bytes(), out) {
-            Ok(n) => {
-                self.pending = None;
-                n
-            }
-            Err(_) => 0,
-        }
+        let n = encode_option_reply(p.option, p.reply, p.message.as_bytes(), out)?;
+        self.pending = None;
+        Ok(n)
     }
 
     fn reply(&mut self, option: OptionCode, reply: OptReplyType, message: &'static str) {
@@ -263,23 +266,33 @@ impl Handshake {
         });
     }
 
-    /// Feed bytes from the client. Returns how many were consumed and, when
-    /// the driver must act, an event borrowing `input`.
-    ///
-    /// Call it repeatedly (after writing [`Handshake::poll_transmit`]) until
-    /// it returns `(0, None)`; once [`Handshake::negotiated`] is `Some`, the
-    /// rest of the input belongs to transmission.
-    ///
-    /// # Errors
-    /// A [`ProtocolError`] means the connection must be closed at once.
-    pub fn handle_input<'a>(
+    /// Ask a question: the state waits for its answer.
+    fn ask(&mut self, option: OptionCode) -> u32 {
+        self.serial = self.serial.wrapping_add(1);
+        self.state = State::Answering(option);
+        self.serial
+    }
+
+    /// Feed client bytes: how many were consumed and, when the caller must
+    /// decide something, the question.
+    pub(crate) fn handle_input(
         &mut self,
-        input: &'a [u8],
-    ) -> Result<(usize, Option<HandshakeEvent<'a>>), ProtocolError> {
+        input: &[u8],
+    ) -> Result<(usize, Option<Asked>), ProtocolError> {
         if self.pending.is_some() {
             return Ok((0, None));
         }
         match self.state {
+            State::OldstyleAsk => {
+                self.asked.set("");
+                let serial = self.ask(OptionCode::ExportName);
+                let q = ExportQuestion {
+                    option: ExportOption::Oldstyle,
+                    wanted: InfoWanted::default(),
+                    serial,
+                };
+                Ok((0, Some(Asked::Export(q))))
+            }
             State::ClientFlags => self.handle_client_flags(input),
             State::Options => self.handle_option(input),
             State::Draining {
@@ -287,41 +300,53 @@ impl Handshake {
                 remaining,
                 reply,
                 message,
-            } => {
-                let n = remaining.min(u32::try_from(input.len()).unwrap_or(u32::MAX));
-                let left = remaining - n;
-                if left == 0 {
-                    // A drained ABORT is still acknowledged, then closes.
-                    self.state = if option == OptionCode::Abort {
-                        State::Closed
-                    } else {
-                        State::Options
-                    };
-                    self.reply(option, reply, message);
-                } else {
-                    self.state = State::Draining {
-                        option,
-                        remaining: left,
-                        reply,
-                        message,
-                    };
-                }
-                Ok((n as usize, None))
-            }
+            } => Ok((self.drain(input, option, remaining, reply, message), None)),
             _ => Ok((0, None)),
         }
     }
 
-    fn handle_client_flags<'a>(
+    fn drain(
         &mut self,
-        input: &'a [u8],
-    ) -> Result<(usize, Option<HandshakeEvent<'a>>), ProtocolError> {
+        input: &[u8],
+        option: OptionCode,
+        remaining: u32,
+        reply: OptReplyType,
+        message: &'static str,
+    ) -> usize {
+        let n = remaining.min(u32::try_from(input.len()).unwrap_or(u32::MAX));
+        let left = remaining - n;
+        if left == 0 {
+            // A drained ABORT is still acknowledged, then closes.
+            self.state = if option == OptionCode::Abort {
+                State::Closed
+            } else {
+                State::Options
+            };
+            self.reply(option, reply, message);
+        } else {
+            self.state = State::Draining {
+                option,
+                remaining: left,
+                reply,
+                message,
+            };
+        }
+        n as usize
+    }
+
+    fn handle_client_flags(
+        &mut self,
+        input: &[u8],
+    ) -> Result<(usize, Option<Asked>), ProtocolError> {
         let Some((flags, n)) = decode_client_flags(input) else {
             return Ok((0, None));
         };
         // Unknown bits, or NO_ZEROES we did not offer: the spec says close
         // (checklist 3, 4).
-        let mut allowed = ClientFlags::FIXED_NEWSTYLE;
+        let mut allowed = ClientFlags::empty();
+        if self.cfg.fixed_newstyle {
+            allowed |= ClientFlags::FIXED_NEWSTYLE;
+        }
         if self.cfg.no_zeroes {
             allowed |= ClientFlags::NO_ZEROES;
         }
@@ -335,12 +360,12 @@ impl Handshake {
     }
 
     /// Refuse an option after draining its data.
-    fn refuse<'a>(
+    fn refuse(
         &mut self,
         header: OptionHeader,
         reply: OptReplyType,
         message: &'static str,
-    ) -> (usize, Option<HandshakeEvent<'a>>) {
+    ) -> (usize, Option<Asked>) {
         if header.len == 0 {
             self.reply(header.option, reply, message);
         } else {
@@ -356,10 +381,7 @@ impl Handshake {
         (OPTION_HEADER_LEN, None)
     }
 
-    fn handle_option<'a>(
-        &mut self,
-        input: &'a [u8],
-    ) -> Result<(usize, Option<HandshakeEvent<'a>>), ProtocolError> {
+    fn handle_option(&mut self, input: &[u8]) -> Result<(usize, Option<Asked>), ProtocolError> {
         let Some((header, hlen)) = OptionHeader::decode(input)? else {
             return Ok((0, None));
         };
@@ -375,7 +397,7 @@ impl Handshake {
                 | OptionCode::SetMetaContext
         );
         // Options that are parsed must be buffered whole; check the size
-        // before asking the driver for more bytes.
+        // before asking the caller for more bytes.
         let parse = needs_data && header.len <= self.cfg.max_option_len;
         let frame_len = hlen.saturating_add(header.len as usize);
         let data = if parse {
@@ -390,13 +412,10 @@ impl Handshake {
         if self.options_seen > self.cfg.max_options {
             return Err(ProtocolError::TooManyOptions);
         }
-        let consumed_whole = if parse { frame_len } else { hlen };
         let option = header.option;
-
         if option == OptionCode::ExportName {
-            return self
-                .handle_export_name(header, data, parse)
-                .map(|ev| (consumed_whole, Some(ev)));
+            let q = self.handle_export_name(header, data, parse)?;
+            return Ok((frame_len, Some(q)));
         }
         // Non-fixed newstyle clients may only send EXPORT_NAME (nbdkit
         // answers INVALID, which is all that can be said).
@@ -430,92 +449,121 @@ impl Handshake {
         if needs_data && !parse {
             return Ok(self.refuse(header, OptReplyType::ErrTooBig, "option too large"));
         }
-        match option {
+        Ok(match option {
+            OptionCode::List if header.len > 0 => {
+                self.refuse(header, OptReplyType::ErrInvalid, "LIST takes no data")
+            }
             OptionCode::List => {
-                if header.len > 0 {
-                    return Ok(self.refuse(header, OptReplyType::ErrInvalid, "LIST takes no data"));
-                }
-                self.state = State::Answering(option);
-                Ok((hlen, Some(HandshakeEvent::List)))
+                let serial = self.ask(option);
+                (hlen, Some(Asked::List(ListQuestion { serial })))
             }
             OptionCode::StructuredReply => {
-                let reply = if header.len > 0 {
-                    OptReplyType::ErrInvalid
-                } else if !self.cfg.structured_replies {
-                    OptReplyType::ErrUnsup
-                } else if self.extended {
-                    OptReplyType::ErrExtHeaderReqd
-                } else if self.structured {
-                    OptReplyType::ErrInvalid
-                } else {
-                    self.structured = true;
-                    OptReplyType::Ack
-                };
-                Ok(self.refuse(header, reply, ""))
+                let reply = self.structured_reply(header.len);
+                self.refuse(header, reply, "")
             }
             OptionCode::ExtendedHeaders => {
-                let reply = if header.len > 0 {
-                    OptReplyType::ErrInvalid
-                } else if !self.cfg.extended_headers {
-                    OptReplyType::ErrUnsup
-                } else if self.extended {
-                    OptReplyType::ErrInvalid
-                } else {
-                    self.extended = true;
-                    OptReplyType::Ack
-                };
-                Ok(self.refuse(header, reply, ""))
+                let reply = self.extended_headers(header.len);
+                self.refuse(header, reply, "")
             }
-            OptionCode::Info | OptionCode::Go => match InfoRequest::decode(data) {
-                Ok(req) => {
-                    self.state = State::Answering(option);
-                    let q = if option == OptionCode::Go {
-                        ExportQuery::Go(req)
-                    } else {
-                        ExportQuery::Info(req)
-                    };
-                    Ok((frame_len, Some(HandshakeEvent::Export(q))))
-                }
-                Err(e) => {
-                    self.reply(option, OptReplyType::ErrInvalid, invalid_message(e));
-                    Ok((frame_len, None))
-                }
-            },
+            OptionCode::Info | OptionCode::Go => (frame_len, self.handle_info(option, data)),
             OptionCode::ListMetaContext | OptionCode::SetMetaContext => {
-                let list = option == OptionCode::ListMetaContext;
-                if !list {
-                    // SET replaces the selection even when it fails
-                    // (checklist 48).
-                    self.meta_selected = 0;
-                    self.meta_export.clear();
-                }
-                if !self.structured && !self.extended {
-                    self.reply(
-                        option,
-                        OptReplyType::ErrInvalid,
-                        "negotiate structured replies first",
-                    );
-                    return Ok((frame_len, None));
-                }
-                match MetaContextRequest::decode(data) {
-                    Ok(request) => {
-                        self.state = State::Answering(option);
-                        Ok((
-                            frame_len,
-                            Some(HandshakeEvent::MetaContexts(MetaQuery { list, request })),
-                        ))
-                    }
-                    Err(e) => {
-                        self.reply(option, OptReplyType::ErrInvalid, invalid_message(e));
-                        Ok((frame_len, None))
-                    }
-                }
+                (frame_len, self.handle_meta(option, data))
             }
-            _ => Ok(self.refuse(header, OptReplyType::ErrUnsup, "unknown option")),
+            _ => self.refuse(header, OptReplyType::ErrUnsup, "unknown option"),
+        })
+    }
+
+    fn structured_reply(&mut self, len: u32) -> OptReplyType {
+        if len > 0 {
+            OptReplyType::ErrInvalid
+        } else if !self.cfg.structured_replies {
+            OptReplyType::ErrUnsup
+        } else if self.extended {
+            OptReplyType::ErrExtHeaderReqd
+        } else if self.structured {
+            OptReplyType::ErrInvalid
+        } else {
+            self.structured = true;
+            OptReplyType::Ack
         }
     }
 
-    fn handle_starttls<'a>(&mut self, header: OptionHeader) -> (usize, Option<HandshakeEvent<'a>>) {
+    fn extended_headers(&mut self, len: u32) -> OptReplyType {
+        if len > 0 {
+            OptReplyType::ErrInvalid
+        } else if !self.cfg.extended_headers {
+            OptReplyType::ErrUnsup
+        } else if self.extended {
+            OptReplyType::ErrInvalid
+        } else {
+            self.extended = true;
+            OptReplyType::Ack
+        }
+    }
+
+    fn handle_info(&mut self, option: OptionCode, data: &[u8]) -> Option<Asked> {
+        match InfoRequest::decode(data) {
+            Ok(req) => {
+                self.asked.set(req.name);
+                let wanted = InfoWanted {
+                    name: req.requested(InfoType::Name),
+                    description: req.requested(InfoType::Description),
+                    block_size: req.requested(InfoType::BlockSize),
+                };
+                let go = option == OptionCode::Go;
+                let serial = self.ask(option);
+                Some(Asked::Export(ExportQuestion {
+                    option: if go {
+                        ExportOption::Go
+                    } else {
+                        ExportOption::Info
+                    },
+                    wanted,
+                    serial,
+                }))
+            }
+            Err(e) => {
+                self.reply(option, OptReplyType::ErrInvalid, invalid_message(e));
+                None
+            }
+        }
+    }
+
+    fn handle_meta(&mut self, option: OptionCode, data: &[u8]) -> Option<Asked> {
+        let list = option == OptionCode::ListMetaContext;
+        if !self.cfg.allow_meta_contexts {
+            self.reply(option, OptReplyType::ErrUnsup, "");
+            return None;
+        }
+        if !list {
+            // SET replaces the selection even when it fails (checklist 48).
+            self.meta_selected = 0;
+            self.meta_export = None;
+        }
+        if !self.structured && !self.extended {
+            let msg = "negotiate structured replies first";
+            self.reply(option, OptReplyType::ErrInvalid, msg);
+            return None;
+        }
+        match MetaContextRequest::decode(data) {
+            Ok(request) => {
+                self.asked.set(request.name);
+                let matched = meta::matched(list, &request, self.cfg.meta_contexts);
+                let serial = self.ask(option);
+                Some(Asked::Meta(MetaQuestion {
+                    list,
+                    matched,
+                    serial,
+                }))
+            }
+            Err(e) => {
+                self.reply(option, OptReplyType::ErrInvalid, invalid_message(e));
+                None
+            }
+        }
+    }
+
+    fn handle_starttls(&mut self, header: OptionHeader) -> (usize, Option<Asked>) {
         // NOTLS: the server can do TLS but is configured not to, which the
         // spec calls POLICY (UNSUP would claim no TLS support at all).
         let (reply, message) = if self.tls_mode() == TlsMode::Off {
@@ -526,18 +574,22 @@ impl Handshake {
             (OptReplyType::ErrInvalid, "STARTTLS takes no data")
         } else {
             self.reply(header.option, OptReplyType::Ack, "");
+            self.serial = self.serial.wrapping_add(1);
             self.state = State::Tls;
-            return (OPTION_HEADER_LEN, Some(HandshakeEvent::StartTls));
+            let q = StartTls {
+                serial: self.serial,
+            };
+            return (OPTION_HEADER_LEN, Some(Asked::StartTls(q)));
         };
         self.refuse(header, reply, message)
     }
 
-    fn handle_export_name<'a>(
+    fn handle_export_name(
         &mut self,
         header: OptionHeader,
-        data: &'a [u8],
+        data: &[u8],
         parsed: bool,
-    ) -> Result<HandshakeEvent<'a>, ProtocolError> {
+    ) -> Result<Asked, ProtocolError> {
         // EXPORT_NAME has no error reply: every refusal is a disconnect
         // (proto.md "NBD_OPT_EXPORT_NAME"; checklist 20, 53).
         let tls_missing = self.tls_mode() == TlsMode::Require && !self.tls_active;
@@ -550,237 +602,26 @@ impl Handshake {
             return Err(ProtocolError::ExportNameRefused);
         }
         let name = crate::wire::check_str(data, "export name")?;
-        self.state = State::Answering(OptionCode::ExportName);
-        Ok(HandshakeEvent::Export(ExportQuery::ExportName(name)))
+        self.asked.set(name);
+        let serial = self.ask(OptionCode::ExportName);
+        Ok(Asked::Export(ExportQuestion {
+            option: ExportOption::ExportName,
+            wanted: InfoWanted::default(),
+            serial,
+        }))
     }
 
     /// The TLS handshake completed: forget everything negotiated in
     /// plaintext (checklist 58) and read options again.
-    pub fn handle_tls_established(&mut self) {
-        if self.state == State::Tls {
+    pub(crate) fn handle_tls_established(&mut self, token: StartTls) {
+        if self.state == State::Tls && token.serial == self.serial {
             self.tls_active = true;
             self.structured = false;
             self.extended = false;
             self.meta_selected = 0;
-            self.meta_export.clear();
+            self.meta_export = None;
             self.state = State::Options;
         }
-    }
-
-    fn advertised_flags(&self, info: &ExportInfo<'_>) -> TransmissionFlags {
-        let mut f = info.flags
-            & (TransmissionFlags::READ_ONLY
-                | TransmissionFlags::SEND_FLUSH
-                | TransmissionFlags::SEND_FUA
-                | TransmissionFlags::ROTATIONAL
-                | TransmissionFlags::SEND_TRIM
-                | TransmissionFlags::SEND_WRITE_ZEROES
-                | TransmissionFlags::SEND_FAST_ZERO
-                | TransmissionFlags::CAN_MULTI_CONN
-                | TransmissionFlags::SEND_RESIZE
-                | TransmissionFlags::SEND_CACHE);
-        f |= TransmissionFlags::HAS_FLAGS;
-        // Checklist 33: FAST_ZERO only with WRITE_ZEROES; DF only once
-        // chunks can be sent; BLOCK_STATUS_PAYLOAD only with extended headers.
-        if !f.contains(TransmissionFlags::SEND_WRITE_ZEROES) {
-            f.remove(TransmissionFlags::SEND_FAST_ZERO);
-        }
-        if self.structured || self.extended {
-            f |= TransmissionFlags::SEND_DF;
-        }
-        if self.extended && self.meta_selected != 0 {
-            f |= TransmissionFlags::BLOCK_STATUS_PAYLOAD;
-        }
-        f
-    }
-
-    fn mode(&self) -> HeaderMode {
-        if self.extended {
-            HeaderMode::Extended
-        } else if self.structured {
-            HeaderMode::Structured
-        } else {
-            HeaderMode::Simple
-        }
-    }
-
-    /// Answer an [`HandshakeEvent::Export`]: `Ok(info)` for a known export,
-    /// `Err(reply)` to refuse it (`NBD_REP_ERR_UNKNOWN`, `_TLS_REQD`,
-    /// `_POLICY`, ...). Replies are encoded into `out`; returns the length.
-    /// A refused EXPORT_NAME writes nothing and closes ([`Handshake::is_closed`]).
-    ///
-    /// # Errors
-    /// [`BufferTooSmall`] when `out` cannot hold the replies (at most about
-    /// 8.3 KiB: keep that much room); nothing is changed then.
-    pub fn answer_export(
-        &mut self,
-        query: &ExportQuery<'_>,
-        answer: Result<ExportInfo<'_>, OptReplyType>,
-        out: &mut [u8],
-    ) -> Result<usize, BufferTooSmall> {
-        let flags_of = |hs: &Self, info: &ExportInfo<'_>| hs.advertised_flags(info);
-        match (query, answer) {
-            (ExportQuery::ExportName(_), Err(_)) => {
-                self.state = State::Closed;
-                Ok(0)
-            }
-            (ExportQuery::ExportName(name), Ok(info)) => {
-                let flags = flags_of(self, &info);
-                let reply = ExportNameReply {
-                    size: info.size,
-                    flags,
-                    no_zeroes: self.no_zeroes,
-                };
-                let n = reply.encode(out)?;
-                self.finish_negotiation(name, &info, flags, false);
-                Ok(n)
-            }
-            (ExportQuery::Info(req) | ExportQuery::Go(req), Err(reply)) => {
-                let option = if matches!(query, ExportQuery::Go(_)) {
-                    OptionCode::Go
-                } else {
-                    OptionCode::Info
-                };
-                let n = encode_option_reply(option, reply, &[], out)?;
-                self.state = State::Options;
-                let _ = req;
-                Ok(n)
-            }
-            (ExportQuery::Info(req) | ExportQuery::Go(req), Ok(info)) => {
-                let go = matches!(query, ExportQuery::Go(_));
-                let option = if go { OptionCode::Go } else { OptionCode::Info };
-                let flags = flags_of(self, &info);
-                let mut items: [Option<Info<'_>>; 4] = [None; 4];
-                items[0] = Some(Info::Export {
-                    size: info.size,
-                    flags,
-                });
-                if req.requested(InfoType::Name) {
-                    items[1] = Some(Info::Name(info.name));
-                }
-                if req.requested(InfoType::Description) && !info.description.is_empty() {
-                    items[2] = Some(Info::Description(info.description));
-                }
-                // Send constraints when asked, and unasked when they are not
-                // the defaults (the spec lets servers send extra info).
-                if let Some(b) = info
-                    .block_sizes
-                    .filter(|b| req.requested(InfoType::BlockSize) || *b != BlockSizes::DEFAULT)
-                {
-                    items[3] = Some(Info::BlockSize {
-                        minimum: b.minimum,
-                        preferred: b.preferred,
-                        maximum: b.maximum,
-                    });
-                } else if req.requested(InfoType::BlockSize) {
-                    let b = BlockSizes::DEFAULT;
-                    items[3] = Some(Info::BlockSize {
-                        minimum: b.minimum,
-                        preferred: b.preferred,
-                        maximum: b.maximum,
-                    });
-                }
-                let total: usize =
-                    items.iter().flatten().map(Info::encoded_len).sum::<usize>() + 20;
-                if out.len() < total {
-                    return Err(BufferTooSmall { required: total });
-                }
-                let mut pos = 0;
-                for item in items.iter().flatten() {
-                    pos += item.encode(option, out.get_mut(pos..).unwrap_or_default())?;
-                }
-                pos += encode_option_reply(
-                    option,
-                    OptReplyType::Ack,
-                    &[],
-                    out.get_mut(pos..).unwrap_or_default(),
-                )?;
-                if go {
-                    self.finish_negotiation(
-                        req.name,
-                        &info,
-                        flags,
-                        req.requested(InfoType::BlockSize),
-                    );
-                } else {
-                    self.state = State::Options;
-                }
-                Ok(pos)
-            }
-        }
-    }
-
-    fn finish_negotiation(
-        &mut self,
-        requested_name: &str,
-        info: &ExportInfo<'_>,
-        flags: TransmissionFlags,
-        agreed: bool,
-    ) {
-        // BLOCK_STATUS is allowed only if the last SET named this export
-        // (proto.md "NBD_OPT_SET_META_CONTEXT").
-        let same_export =
-            self.meta_export.eq_str(requested_name) || self.meta_export.eq_str(info.name);
-        self.state = State::Done(Negotiated {
-            mode: self.mode(),
-            size: info.size,
-            flags,
-            block_sizes: info.block_sizes.unwrap_or(BlockSizes::DEFAULT),
-            block_sizes_agreed: agreed,
-            meta_contexts: if same_export { self.meta_selected } else { 0 },
-            tls: self.tls_active,
-        });
-    }
-
-    /// Answer [`HandshakeEvent::List`] with one export; call once per export.
-    ///
-    /// # Errors
-    /// [`BufferTooSmall`] when `out` is too short.
-    pub fn answer_list_entry(
-        &mut self,
-        name: &str,
-        description: &str,
-        out: &mut [u8],
-    ) -> Result<usize, BufferTooSmall> {
-        encode_server_entry(name, description, out)
-    }
-
-    /// End the answer to [`HandshakeEvent::List`] with `NBD_REP_ACK`.
-    ///
-    /// # Errors
-    /// [`BufferTooSmall`] when `out` is too short.
-    pub fn finish_list(&mut self, out: &mut [u8]) -> Result<usize, BufferTooSmall> {
-        let n = encode_option_reply(OptionCode::List, OptReplyType::Ack, &[], out)?;
-        self.state = State::Options;
-        Ok(n)
-    }
-
-    /// Answer [`HandshakeEvent::MetaContexts`] from the contexts the driver
-    /// offers (`offered[i]` gets context ID `i + 1`; at most 64), applying
-    /// the spec's matching rules: unknown namespaces and leaves are ignored,
-    /// an empty leaf lists a namespace but never selects, zero queries list
-    /// everything or select nothing (proto.md "Metadata querying").
-    ///
-    /// # Errors
-    /// [`BufferTooSmall`] when `out` cannot hold the replies.
-    pub fn answer_meta_contexts(
-        &mut self,
-        query: &MetaQuery<'_>,
-        offered: &[&str],
-        out: &mut [u8],
-    ) -> Result<usize, BufferTooSmall> {
-        let option = if query.list {
-            OptionCode::ListMetaContext
-        } else {
-            OptionCode::SetMetaContext
-        };
-        let (selected, n) = meta::answer(option, query, offered, out)?;
-        if !query.list {
-            self.meta_selected = selected;
-            self.meta_export.set(query.request.name);
-        }
-        self.state = State::Options;
-        Ok(n)
     }
 }
 

@@ -337,8 +337,25 @@ pub fn encode_block_status(
     done: bool,
     out: &mut [u8],
 ) -> Result<usize, BufferTooSmall> {
+    encode_block_status_iter(mode, to, id, extents.iter().copied(), done, out)
+}
+
+/// [`encode_block_status`] from an iterator of descriptors (walked twice:
+/// once to count, once to write).
+///
+/// # Errors
+/// [`BufferTooSmall`] when `out` is too short.
+pub fn encode_block_status_iter(
+    mode: HeaderMode,
+    to: ReplyTo,
+    id: u32,
+    extents: impl Iterator<Item = BlockStatusExtent> + Clone,
+    done: bool,
+    out: &mut [u8],
+) -> Result<usize, BufferTooSmall> {
+    let count = extents.clone().count();
     let hlen = ChunkHeader::len_for(mode);
-    let payload = block_status_len(mode, extents.len()) - hlen;
+    let payload = block_status_len(mode, count) - hlen;
     match mode {
         HeaderMode::Extended => chunk(
             mode,
@@ -349,7 +366,7 @@ pub fn encode_block_status(
             out,
             |w| {
                 w.u32(id);
-                w.u32(extents.len() as u32);
+                w.u32(u32::try_from(count).unwrap_or(u32::MAX));
                 for e in extents {
                     w.u64(e.len);
                     w.u64(e.flags);

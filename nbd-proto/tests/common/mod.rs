@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use nbd_proto::server::{
-    BlockSizes, ExportInfo, ExportQuery, Handshake, HandshakeConfig, HandshakeEvent,
+    BlockSizes, Connection, ConnectionConfig, ExportInfo, HandshakeConfig, Input, StartTls,
 };
 use nbd_proto::{OptReplyType, ProtocolError, TransmissionFlags};
 
@@ -135,16 +135,20 @@ pub const DF: u16 = 0x0080;
 /// `NBD_FLAG_BLOCK_STATUS_PAYLOAD`
 pub const BS_PAYLOAD: u16 = 0x1000;
 
+/// The meta contexts the test server knows (IDs 1 and 2).
+pub const CATALOGUE: &[&str] = &["base:allocation", "qemu:allocation-depth"];
+
 /// The export table the test driver serves: "disk" (also the default
 /// export ""), "ro" (read-only), "bs" (512/4096/64 KiB block sizes) and
-/// "secret" (TLS only).
-pub fn lookup(name: &str, tls: bool) -> Result<ExportInfo<'static>, OptReplyType> {
+/// "secret" (TLS only). Every export offers the contexts of `offered`.
+pub fn lookup(name: &str, tls: bool, offered: u64) -> Result<ExportInfo<'static>, OptReplyType> {
     let disk = ExportInfo {
         size: DISK_SIZE,
         flags: disk_flags(),
         name: "disk",
         description: "a test disk",
         block_sizes: None,
+        meta_contexts: offered,
     };
     match name {
         "" | "disk" => Ok(disk),
@@ -179,31 +183,41 @@ pub fn lookup(name: &str, tls: bool) -> Result<ExportInfo<'static>, OptReplyType
 }
 
 /// What the test driver saw while running the loop.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct Seen {
     pub starttls: usize,
     pub lists: usize,
     pub exports: Vec<String>,
+    /// The STARTTLS token, until the test says TLS is up.
+    pub tls: Option<StartTls>,
 }
 
 /// A driver running the documented loop over in-memory buffers.
 pub struct Driver {
-    pub hs: Handshake,
+    pub hs: Connection,
     pub input: Vec<u8>,
     pub output: Vec<u8>,
     pub seen: Seen,
-    pub offered: Vec<&'static str>,
+    /// Catalogue entries every export offers (bit i = CATALOGUE[i]).
+    pub offered: u64,
     pub error: Option<ProtocolError>,
 }
 
 impl Driver {
     pub fn new(cfg: HandshakeConfig) -> Self {
+        let cfg = ConnectionConfig {
+            handshake: HandshakeConfig {
+                meta_contexts: CATALOGUE,
+                ..cfg
+            },
+            ..ConnectionConfig::default()
+        };
         Self {
-            hs: Handshake::new(cfg),
+            hs: Connection::new(&cfg),
             input: Vec::new(),
             output: Vec::new(),
             seen: Seen::default(),
-            offered: vec!["base:allocation"],
+            offered: 0b01,
             error: None,
         }
     }
@@ -211,7 +225,7 @@ impl Driver {
     fn flush(&mut self) {
         let mut buf = [0u8; 256];
         loop {
-            let n = self.hs.poll_transmit(&mut buf);
+            let n = self.hs.poll_transmit(&mut buf).unwrap();
             if n == 0 {
                 break;
             }
@@ -229,57 +243,58 @@ impl Driver {
             if self.error.is_some() || self.hs.is_closed() || self.hs.negotiated().is_some() {
                 break;
             }
-            let input = std::mem::take(&mut self.input);
-            let (n, ev) = match self.hs.handle_input(&input) {
-                Ok(x) => x,
+            let (n, next) = match self.hs.handle_input(&self.input) {
+                Ok((n, next)) => (n, next),
                 Err(e) => {
                     self.error = Some(e);
-                    self.input = input;
                     break;
                 }
             };
-            assert!(n <= input.len(), "consumed more than given");
-            let progressed = n > 0 || ev.is_some();
-            if let Some(ev) = ev {
-                let w = match ev {
-                    HandshakeEvent::Export(q) => {
-                        self.seen.exports.push(q.name().to_owned());
-                        let tls = self.hs.tls_active();
-                        let ans = lookup(q.name(), tls);
-                        self.hs.answer_export(&q, ans, &mut out).unwrap()
+            assert!(n <= self.input.len(), "consumed more than given");
+            let stalled = matches!(next, Input::NeedInput | Input::Blocked | Input::Closed);
+            let w = match next {
+                Input::Export(q) => {
+                    let name = self.hs.asked_name().to_owned();
+                    self.seen.exports.push(name.clone());
+                    let ans = lookup(&name, self.hs.tls_active(), self.offered);
+                    self.hs.answer_export(q, ans, &mut out).unwrap()
+                }
+                Input::List(q) => {
+                    self.seen.lists += 1;
+                    let mut pos = 0;
+                    for (name, desc) in [("disk", "a test disk"), ("ro", "")] {
+                        pos += self.hs.list_entry(&q, name, desc, &mut out[pos..]).unwrap();
                     }
-                    HandshakeEvent::List => {
-                        self.seen.lists += 1;
-                        let mut pos = 0;
-                        for (name, desc) in [("disk", "a test disk"), ("ro", "")] {
-                            pos += self
-                                .hs
-                                .answer_list_entry(name, desc, &mut out[pos..])
-                                .unwrap();
-                        }
-                        pos + self.hs.finish_list(&mut out[pos..]).unwrap()
-                    }
-                    HandshakeEvent::MetaContexts(q) => {
-                        let offered = self.offered.clone();
-                        self.hs
-                            .answer_meta_contexts(&q, &offered, &mut out)
-                            .unwrap()
-                    }
-                    HandshakeEvent::StartTls => {
-                        self.seen.starttls += 1;
-                        0
-                    }
-                    _ => panic!("unexpected event"),
-                };
-                self.output.extend_from_slice(&out[..w]);
-            }
-            self.input = input[n..].to_vec();
-            if !progressed {
+                    pos + self.hs.finish_list(q, &mut out[pos..]).unwrap()
+                }
+                Input::MetaContexts(q) => {
+                    let offered = self.offered;
+                    self.hs
+                        .answer_meta_contexts(q, Ok(offered), &mut out)
+                        .unwrap()
+                }
+                Input::StartTls(t) => {
+                    self.seen.starttls += 1;
+                    self.seen.tls = Some(t);
+                    0
+                }
+                Input::NeedInput | Input::Blocked | Input::Continue | Input::Closed => 0,
+                other => panic!("unexpected {other:?}"),
+            };
+            self.output.extend_from_slice(&out[..w]);
+            self.input.drain(..n);
+            if stalled {
                 break;
             }
         }
         self.flush();
         std::mem::take(&mut self.output)
+    }
+
+    /// Tell the connection the TLS handshake STARTTLS asked for is done.
+    pub fn tls_established(&mut self) {
+        let t = self.seen.tls.take().expect("STARTTLS was accepted");
+        self.hs.handle_tls_established(t);
     }
 
     /// Run the greeting and send client flags; returns the greeting bytes.
@@ -295,9 +310,4 @@ impl Driver {
 /// Concatenate byte vectors.
 pub fn cat(parts: &[Vec<u8>]) -> Vec<u8> {
     parts.concat()
-}
-
-/// The unused query type, to keep the import used in every test crate.
-pub fn query_name(q: &ExportQuery<'_>) -> String {
-    q.name().to_owned()
 }

@@ -327,7 +327,7 @@ impl super::Filter for Cache {
     }
     fn caps(&self) -> Caps {
         let below = self.inner.caps();
-        let mut caps = (below | Caps::CACHE | Caps::FLUSH) - Caps::RESIZE;
+        let mut caps = (below | Caps::CACHE | Caps::FLUSH) - Caps::RESIZE - Caps::ALLOCATION_DEPTH;
         if below.intersects(Caps::FUA | Caps::FLUSH) || self.opts.mode == CacheMode::Unsafe {
             caps |= Caps::FUA;
         }
@@ -437,6 +437,15 @@ impl super::Filter for Cache {
         crate::util::extents_loop(offset, end, out, |pos, end, buf| {
             self.extents_once(pos, end, buf)
         })
+    }
+    /// Depth below means nothing here (not advertised).
+    fn allocation_depth(
+        &self,
+        _offset: u64,
+        _len: u64,
+        _out: &mut [crate::DepthExtent],
+    ) -> io::Result<usize> {
+        Err(io::Error::from(io::ErrorKind::Unsupported))
     }
     fn resize(&self, _new_size: u64) -> io::Result<()> {
         Err(io::Error::from(io::ErrorKind::Unsupported))

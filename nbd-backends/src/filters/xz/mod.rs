@@ -182,6 +182,15 @@ impl super::Filter for Xz {
     fn extents(&self, offset: u64, len: u64, out: &mut [crate::Extent]) -> io::Result<usize> {
         crate::util::all_data(self.index.size, offset, len, out)
     }
+    /// Depth below means nothing here (not advertised).
+    fn allocation_depth(
+        &self,
+        _offset: u64,
+        _len: u64,
+        _out: &mut [crate::DepthExtent],
+    ) -> io::Result<usize> {
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
     fn resize(&self, _: u64) -> io::Result<()> {
         Err(crate::util::read_only())
     }
