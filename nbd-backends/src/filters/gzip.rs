@@ -32,7 +32,7 @@ impl Read for Sequential {
 /// The decompressed image, in a temporary file.
 pub struct Gzip {
     inner: Arc<dyn Backend>,
-    file: File,
+    file: Arc<File>,
     size: u64,
 }
 
@@ -65,7 +65,11 @@ impl Gzip {
             inner.size(),
             start.elapsed().as_secs_f64()
         );
-        Ok(Self { inner, file, size })
+        Ok(Self {
+            inner,
+            file: Arc::new(file),
+            size,
+        })
     }
 }
 
@@ -78,7 +82,17 @@ impl super::Filter for Gzip {
         &self.inner
     }
     fn reopen(&self, inner: Arc<dyn Backend>) -> io::Result<Arc<dyn Backend>> {
-        Ok(Arc::new(Self::new(inner).map_err(io::Error::other)?))
+        Ok(Arc::new(Self {
+            inner,
+            file: Arc::clone(&self.file),
+            size: self.size,
+        }))
+    }
+    /// The image was decompressed once, for every connection (as nbdkit
+    /// does); a per-connection handle of the layer below is not needed.
+    fn open(&self, client: &crate::ClientInfo<'_>) -> io::Result<Option<Arc<dyn Backend>>> {
+        let _ = client;
+        Ok(None)
     }
     fn size(&self) -> u64 {
         self.size

@@ -40,9 +40,10 @@ impl Default for XzOptions {
 pub struct Xz {
     inner: Arc<dyn Backend>,
     opts: XzOptions,
-    index: Index,
-    /// Most recently used first: (block number, data).
-    cache: Mutex<Vec<(usize, Arc<Vec<u8>>)>>,
+    /// Shared by the per-connection copies: the bytes below are the same.
+    index: Arc<Index>,
+    /// Most recently used first: (block number, data); shared too.
+    cache: Arc<Mutex<Vec<(usize, Arc<Vec<u8>>)>>>,
 }
 
 impl Xz {
@@ -62,8 +63,8 @@ impl Xz {
         Ok(Self {
             inner,
             opts,
-            index,
-            cache: Mutex::new(Vec::new()),
+            index: Arc::new(index),
+            cache: Arc::default(),
         })
     }
 
