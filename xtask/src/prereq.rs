@@ -65,6 +65,10 @@ const NEEDS: &[(&str, Probe, &str)] = &[
         Probe::Cmd(&["test", "-x", "/usr/sbin/mkfs.ext4"]),
         "e2fsprogs",
     ),
+    // Filter tests (e2e_filters, conformance_filters): images for the xz
+    // and gzip filters.
+    ("xz", Probe::Tool("xz"), "xz-utils"),
+    ("gzip", Probe::Tool("gzip"), "gzip"),
     // The openssl crate (TLS backend) builds against the system headers.
     (
         "OpenSSL headers",

@@ -17,12 +17,13 @@ pub struct Nginx {
     pub port: u16,
     pub tls_port: u16,
     /// The CA that signed the server's certificate (PEM), for `cainfo=`.
+    #[allow(dead_code)]
     pub cert: PathBuf,
 }
 
 impl Nginx {
     pub fn start(parent: &Path) -> Self {
-        let nginx = require_tool("nginx", "nginx-light");
+        require_tool("nginx", "nginx-light");
         let openssl = require_tool("openssl", "openssl");
         let dir = parent.join("nginx");
         std::fs::create_dir_all(dir.join("www")).unwrap();
@@ -97,7 +98,20 @@ impl Nginx {
                  ssl_certificate_key {d}/key.pem;\n    root {d}/www;\n  }}\n}}\n"
         );
         std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-        let child = Command::new(nginx)
+        let child = Self::spawn(&dir);
+        let mut n = Self {
+            child,
+            dir,
+            port,
+            tls_port,
+            cert,
+        };
+        n.wait_ready();
+        n
+    }
+
+    fn spawn(dir: &Path) -> Child {
+        Command::new(require_tool("nginx", "nginx-light"))
             .args([
                 "-p",
                 &dir.display().to_string(),
@@ -109,16 +123,22 @@ impl Nginx {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("start nginx");
-        let mut n = Self {
-            child,
-            dir,
-            port,
-            tls_port,
-            cert,
-        };
-        n.wait_ready();
-        n
+            .expect("start nginx")
+    }
+
+    /// Kill the server (connections drop, nothing listens), as a network
+    /// outage would.
+    #[allow(dead_code)]
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Start it again on the same ports, with the same files.
+    #[allow(dead_code)]
+    pub fn restart(&mut self) {
+        self.child = Self::spawn(&self.dir);
+        self.wait_ready();
     }
 
     pub fn root(&self) -> PathBuf {

@@ -36,14 +36,17 @@ impl Default for XzOptions {
     }
 }
 
+/// Decoded blocks, most recently used first: (block number, data).
+type BlockCache = Mutex<Vec<(usize, Arc<Vec<u8>>)>>;
+
 /// The decompressed image.
 pub struct Xz {
     inner: Arc<dyn Backend>,
     opts: XzOptions,
     /// Shared by the per-connection copies: the bytes below are the same.
     index: Arc<Index>,
-    /// Most recently used first: (block number, data); shared too.
-    cache: Arc<Mutex<Vec<(usize, Arc<Vec<u8>>)>>>,
+    /// Shared too: a block decoded for one client serves the others.
+    cache: Arc<BlockCache>,
 }
 
 impl Xz {
