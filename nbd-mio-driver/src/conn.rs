@@ -9,8 +9,8 @@ use std::time::Instant;
 
 use nbd_backends::{Backend, Caps, ClientInfo, Export, ExportSet, Peer};
 use nbd_proto::server::{
-    BASE_ALLOCATION, BlockSizes, Connection, ConnectionConfig, EXPORT_ANSWER_MAX, ExportInfo,
-    ExportQuestion, Input, ListQuestion, StartTls,
+    BASE_ALLOCATION, BlockSizes, Connection, ConnectionConfig, ExportInfo, ExportQuestion, Input,
+    ListQuestion, StartTls,
 };
 use nbd_proto::{OptReplyType, TransmissionFlags};
 
@@ -31,8 +31,10 @@ pub const BUDGET: usize = 64;
 /// Most ciphertext queued for the socket before encryption pauses (a few
 /// TLS records; the rest of the output waits as plaintext in `wbuf`).
 const TLS_OUT_LIMIT: usize = 256 * 1024;
-/// Initial buffer sizes.
-const BUF_INITIAL: usize = 16 * 1024;
+/// Initial input buffer size: an idle client costs little (issue 9: at
+/// most 16 KiB per idle negotiated connection); the buffer grows under
+/// load and housekeeping shrinks it back.
+const BUF_INITIAL: usize = 4 * 1024;
 /// Most bytes read from the socket per pass when no larger frame is
 /// pending: enough to batch many pipelined requests per wake-up. The input
 /// buffer grows to it only under load; idle clients keep BUF_INITIAL.
@@ -47,8 +49,42 @@ pub struct Status {
     pub closing: bool,
 }
 
+/// Memory limits (issue 9): when one is reached, nbdd stops reading new
+/// requests (back-pressure) rather than buffer more.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Per connection: output queued plus replies and payloads in flight
+    /// (`--max-connection-buffer`).
+    pub connection: usize,
+    /// Per event loop: the same summed over its connections (its share of
+    /// `--max-memory`).
+    pub per_loop: usize,
+    /// Most reply bytes one negotiation may produce before it is closed (a
+    /// client asking for LIST again and again).
+    pub handshake_output: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            connection: DEFAULT_CONNECTION_BUDGET,
+            per_loop: usize::MAX,
+            handshake_output: HANDSHAKE_OUTPUT_MAX,
+        }
+    }
+}
+
+/// Default `--max-connection-buffer`: two maximum payloads, so a client
+/// always has one large request in flight while another's reply drains.
+pub const DEFAULT_CONNECTION_BUDGET: usize = 128 << 20;
+/// Default cap on the replies of one negotiation (a LIST of thousands of
+/// exports with 4 KiB descriptions is tens of MiB).
+pub const HANDSHAKE_OUTPUT_MAX: usize = 64 << 20;
+
 /// Configuration shared by every connection.
 pub struct ConnConfig {
+    /// Memory limits.
+    pub limits: Limits,
     /// Exports.
     pub exports: Arc<ExportSet>,
     /// Negotiation and transmission limits, TLS policy, oldstyle.
@@ -82,6 +118,10 @@ pub struct Conn {
     listing: Option<(ListQuestion, usize)>,
     /// Jobs on the pool.
     pub queued: usize,
+    /// Bytes those jobs hold against the budget (see `Job::cost`).
+    in_flight_bytes: usize,
+    /// `Limits::connection`, for `wants_read`.
+    budget: usize,
     eof: bool,
     /// The last read saw `WouldBlock` (or EOF). mio is edge-triggered: when
     /// a read stopped at the buffer limit instead, no new event will come
@@ -96,9 +136,10 @@ pub struct Conn {
     active: bool,
 }
 
-/// The wire description of an export.
-fn export_info(e: &Export) -> ExportInfo<'_> {
-    let b = &e.backend;
+/// The wire description of export `e` as served through `b` (the shared
+/// backend, or a connection's own handle: a `tmpdisk` per client may
+/// differ in size).
+fn export_info<'a>(e: &'a Export, b: &dyn Backend) -> ExportInfo<'a> {
     let caps = b.caps();
     let mut f = TransmissionFlags::SEND_WRITE_ZEROES
         | TransmissionFlags::SEND_FAST_ZERO
@@ -157,6 +198,8 @@ impl Conn {
             export: None,
             listing: None,
             queued: 0,
+            in_flight_bytes: 0,
+            budget: cfg.limits.connection,
             eof: false,
             drained: true,
             closing: false,
@@ -181,6 +224,21 @@ impl Conn {
         self.proto.wants_read()
             && self.wbuf.len() < OUTPUT_HIGH_WATER
             && (!self.negotiated() || self.queued < MAX_QUEUED)
+            && self.held() < self.budget
+    }
+
+    /// Bytes this connection holds against the memory limits.
+    pub fn held(&self) -> usize {
+        self.wbuf.len() + self.in_flight_bytes
+    }
+
+    /// Back-pressure: stop taking requests while the output is piled up,
+    /// too many jobs are out, or a memory limit is reached.
+    fn saturated(&self, cfg: &ConnConfig, shared: &Shared) -> bool {
+        self.wbuf.len() >= OUTPUT_HIGH_WATER
+            || self.queued >= MAX_QUEUED
+            || self.held() >= cfg.limits.connection
+            || shared.held >= cfg.limits.per_loop
     }
 
     /// True when bytes may be waiting in the socket that no event will
@@ -377,9 +435,18 @@ impl Conn {
     ) -> Result<bool, nbd_proto::ProtocolError> {
         for _ in 0..BUDGET {
             self.drain_transmit();
-            if self.wbuf.len() >= OUTPUT_HIGH_WATER || self.queued >= MAX_QUEUED {
+            if self.saturated(cfg, shared) {
                 // Back-pressure: resume once output drains or jobs finish.
                 return Ok(!self.rbuf.is_empty());
+            }
+            if !self.negotiated() {
+                // Everything queued so far is negotiation output.
+                let produced = usize::try_from(self.wbuf.total()).unwrap_or(usize::MAX);
+                if produced > cfg.limits.handshake_output {
+                    return Err(nbd_proto::ProtocolError::Violation(
+                        "negotiation produced too much output (too many LIST/INFO options)",
+                    ));
+                }
             }
             if self.listing.is_some() {
                 self.continue_list(cfg);
@@ -409,7 +476,7 @@ impl Conn {
                 Input::MetaContexts(q) => {
                     // Every export offers base:allocation.
                     let offered = Ok(1);
-                    put(&mut self.wbuf, 1024, q, |q, b| {
+                    put(&mut self.wbuf, 256, q, |q, b| {
                         self.proto.answer_meta_contexts(q, offered, b)
                     });
                     false
@@ -433,16 +500,17 @@ impl Conn {
                         backend,
                         exec: *exec,
                     };
-                    if dispatch::execute(
+                    let done = dispatch::execute(
                         &mut self.proto,
                         &mut self.wbuf,
                         &target,
                         op,
                         reply,
                         shared,
-                    ) == Executed::Queued
-                    {
+                    );
+                    if let Executed::Queued { cost } = done {
                         self.queued += 1;
+                        self.in_flight_bytes += cost;
                     }
                     false
                 }
@@ -551,6 +619,7 @@ impl Conn {
     pub fn on_job_done(&mut self, job: &mut crate::workers::Job, shared: &mut Shared) {
         self.active = true;
         self.queued = self.queued.saturating_sub(1);
+        self.in_flight_bytes = self.in_flight_bytes.saturating_sub(job.cost);
         dispatch::complete(
             &mut self.proto,
             &mut self.wbuf,
@@ -612,8 +681,10 @@ fn answer_export(
             };
             match e.backend.open(&client) {
                 Ok(h) => {
-                    handle = Some((h.unwrap_or_else(|| Arc::clone(&e.backend)), e.name.clone()));
-                    Ok(export_info(e))
+                    let h = h.unwrap_or_else(|| Arc::clone(&e.backend));
+                    let info = export_info(e, &*h);
+                    handle = Some((h, e.name.clone()));
+                    Ok(info)
                 }
                 Err(err) => {
                     log::info!("export '{}' refused the client: {err}", e.name);
@@ -621,12 +692,13 @@ fn answer_export(
                 }
             }
         }
-        Some(e) => Ok(export_info(e)),
+        Some(e) => Ok(export_info(e, &*e.backend)),
         None => Err(OptReplyType::ErrUnknown),
     };
-    put(out, EXPORT_ANSWER_MAX, q, |q, b| {
-        proto.answer_export(q, answer, b)
-    });
+    // Room for a typical answer; a long name or description makes the
+    // encoder ask for exactly what it needs (at most EXPORT_ANSWER_MAX), so
+    // an idle client's output chunk stays small.
+    put(out, 256, q, |q, b| proto.answer_export(q, answer, b));
     if proto.negotiated().is_some() {
         handle
     } else {

@@ -52,6 +52,9 @@ pub struct Shared {
     pub shared_upstreams: HashMap<String, usize>,
     /// This loop's registry, for sockets opened while serving (upstreams).
     pub registry: Registry,
+    /// Bytes all this loop's connections hold (output queued, replies
+    /// and payloads in flight): its share of `--max-memory`.
+    pub held: usize,
 }
 
 impl Shared {
@@ -65,7 +68,13 @@ impl Shared {
             upstreams: Slab::new(),
             shared_upstreams: HashMap::new(),
             registry,
+            held: 0,
         }
+    }
+
+    /// A connection's holding changed from `before` to `after` bytes.
+    pub fn account(&mut self, before: usize, after: usize) {
+        self.held = (self.held + after).saturating_sub(before);
     }
 
     /// How requests on `handle` (a connection's handle on export `name`)
@@ -204,8 +213,12 @@ pub fn reply_result(conn: &mut Connection, out: &mut Buf, p: Pending, r: &io::Re
 pub enum Executed {
     /// The reply is in the output buffer.
     Done,
-    /// A job is on the pool or an upstream; its reply comes later.
-    Queued,
+    /// A job is on the pool or an upstream; its reply comes later. It
+    /// holds `cost` bytes of the connection's budget until then.
+    Queued {
+        /// See [`Job::cost`].
+        cost: usize,
+    },
 }
 
 /// Where a connection's requests go.
@@ -271,15 +284,15 @@ pub fn execute(
                 let mut job = job;
                 job.result = Err(io::Error::from_raw_os_error(libc::EIO));
                 complete(conn, out, &mut job, &mut shared.descriptors);
-                shared.free_jobs.push(job);
+                recycle(shared, job);
                 return Executed::Done;
             };
+            let cost = job.cost;
             match up.submit(job, data) {
-                Submitted::Queued => Executed::Queued,
+                Submitted::Queued => Executed::Queued { cost },
                 Submitted::Now(mut job) => {
                     complete(conn, out, &mut job, &mut shared.descriptors);
-                    job.reply = None;
-                    shared.free_jobs.push(job);
+                    recycle(shared, job);
                     Executed::Done
                 }
             }
@@ -305,16 +318,18 @@ fn queue(
         Op::Write { data, .. } => {
             job.buf.clear();
             job.buf.extend_from_slice(data);
+            job.cost = data.len();
         }
         // Room in front for the reply prefix, so the finished buffer can
         // become the output buffer without a copy (see `complete`).
         Op::Read { .. } => job.data_at = conn.read_prefix_len(),
         _ => {}
     }
+    let cost = job.cost;
     if let Some(pool) = &shared.pool {
         pool.submit(job);
     }
-    Executed::Queued
+    Executed::Queued { cost }
 }
 
 fn run_inline(
@@ -380,6 +395,7 @@ fn new_job(shared: &mut Shared, target: &Target<'_>, op: workers::Op, p: Pending
             data_at: 0,
             extents: Vec::with_capacity(MAX_EXTENTS),
             result: Ok(()),
+            cost: 0,
         })
     });
     job.conn_id = target.conn.0;
@@ -390,7 +406,37 @@ fn new_job(shared: &mut Shared, target: &Target<'_>, op: workers::Op, p: Pending
     job.op = op;
     job.data_at = 0;
     job.result = Ok(());
+    job.cost = cost_of(&op);
     job
+}
+
+/// What a queued operation holds against its connection's memory budget:
+/// the reply data it will produce (READ). A WRITE's payload is copied
+/// into the job for the pool; it is counted where it is copied (`queue`).
+fn cost_of(op: &workers::Op) -> usize {
+    match *op {
+        workers::Op::Read { len, .. } => len,
+        _ => 0,
+    }
+}
+
+/// The largest job buffer kept when a job is recycled: bigger ones (a
+/// 32 MiB READ) are freed, so a burst does not pin its memory in the free
+/// list of every loop.
+pub const JOB_BUF_KEEP: usize = (1 << 20) + 64;
+/// Most recycled jobs kept per loop.
+pub const FREE_JOBS_KEEP: usize = 256;
+
+/// Put a finished job back on the free list, trimmed (see
+/// [`JOB_BUF_KEEP`], [`FREE_JOBS_KEEP`]).
+pub fn recycle(shared: &mut Shared, mut job: Box<Job>) {
+    job.reply = None;
+    if job.buf.capacity() > JOB_BUF_KEEP {
+        job.buf = Vec::new();
+    }
+    if shared.free_jobs.len() < FREE_JOBS_KEEP {
+        shared.free_jobs.push(job);
+    }
 }
 
 /// Read straight into the output buffer behind a reserved reply prefix.

@@ -27,7 +27,7 @@ use crate::conn::{Conn, ConnConfig};
 use crate::dispatch::Shared;
 use crate::listen::Stream;
 use crate::server::Control;
-use crate::workers::Job;
+use crate::workers::{Job, Pool};
 
 pub(crate) const WAKER: Token = Token(0);
 pub(crate) const SIGNALS: Token = Token(1);
@@ -62,7 +62,9 @@ pub(crate) struct NewConn {
 }
 
 struct Slot {
-    conn: Conn,
+    /// Boxed: a connection is several KiB (its negotiation state), and the
+    /// slab's vector doubles as it grows.
+    conn: Box<Conn>,
     interest: Interest,
     /// On the ready list already (so it is never queued twice).
     ready: bool,
@@ -162,7 +164,7 @@ impl Loop {
         let deadline = self.handshake_limit.map(|d| Instant::now() + d);
         let conn = Conn::new(id, (name, peer), stream, &self.cfg, deadline);
         entry.insert(Slot {
-            conn,
+            conn: Box::new(conn),
             interest,
             ready: true,
         });
@@ -345,7 +347,7 @@ impl Loop {
             }
         }
         loop {
-            let Some(job) = self.shared.pool.as_ref().and_then(|p| p.try_finished()) else {
+            let Some(job) = self.shared.pool.as_mut().and_then(Pool::try_finished) else {
                 return;
             };
             self.deliver(job);
@@ -359,11 +361,12 @@ impl Loop {
         if let Some(s) = self.conns.get_mut(key)
             && s.conn.id == job.conn_id
         {
+            let before = s.conn.held();
             s.conn.on_job_done(&mut job, &mut self.shared);
+            self.shared.account(before, s.conn.held());
             self.mark_ready(key);
         }
-        job.reply = None;
-        self.shared.free_jobs.push(job);
+        crate::dispatch::recycle(&mut self.shared, job);
     }
 
     fn service_ready(&mut self) {
@@ -378,7 +381,11 @@ impl Loop {
             };
             s.ready = false;
             let c = &mut s.conn;
-            let status = match c.process(&self.cfg, &mut self.shared, key) {
+            let before = c.held();
+            let status = c.process(&self.cfg, &mut self.shared, key);
+            let written = c.on_writable();
+            self.shared.account(before, c.held());
+            let status = match status {
                 Ok(s) => s,
                 Err(e) => {
                     log::info!("{}: {e}", c.peer);
@@ -386,7 +393,7 @@ impl Loop {
                     continue;
                 }
             };
-            if let Err(e) = c.on_writable() {
+            if let Err(e) = written {
                 if e.kind() != io::ErrorKind::BrokenPipe
                     && e.kind() != io::ErrorKind::ConnectionReset
                 {
@@ -484,6 +491,7 @@ impl Loop {
             return;
         }
         let Slot { conn: mut c, .. } = self.conns.remove(key);
+        self.shared.account(c.held(), 0);
         c.close_tls();
         let _ = self.poll.registry().deregister(&mut c.stream);
         let _ = c.stream.shutdown();

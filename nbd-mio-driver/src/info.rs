@@ -39,8 +39,17 @@ pub fn backend_help(backend: &str, filters: &[String]) -> Result<String, String>
     let (name, magic, help) = backends()
         .find(|b| b.0 == backend)
         .ok_or_else(|| unknown_backend(backend))?;
-    let mut s =
-        format!("{name}: {help}\n  nbdd [OPTIONS] {name} [{magic}=]VALUE [KEY=VALUE ...]\n");
+    // The catalogue's full help (every parameter) where the backend has
+    // one; the one-line row otherwise (the `nbd` proxy lives in the driver).
+    let usage = if magic.is_empty() {
+        format!("  nbdd [OPTIONS] {name} [KEY=VALUE ...]\n")
+    } else {
+        format!("  nbdd [OPTIONS] {name} [{magic}=]VALUE [KEY=VALUE ...]\n")
+    };
+    let mut s = match nbd_backends::plugin_help(name) {
+        Some(full) => format!("{full}\nUsage:\n{usage}"),
+        None => format!("{name}: {help}\n{usage}"),
+    };
     for f in filters {
         let (fname, params, fhelp) = nbd_backends::filters::FILTERS
             .iter()

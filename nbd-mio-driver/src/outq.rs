@@ -12,15 +12,16 @@
 //! ([`OutQueue::push_vec`]): no copy of its data at all.
 //!
 //! Memory: recycled chunks are kept up to [`FREE_KEEP`] bytes; a
-//! connection that goes idle gives them back ([`OutQueue::release`]).
+//! connection that goes idle gives them all back ([`OutQueue::release`]).
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
 
-/// Size of a chunk for small replies. An idle negotiated connection holds
-/// at most one (see [`OutQueue::release`]).
-const SMALL_CHUNK: usize = 16 * 1024;
-/// Size of a chunk once output piles up (many small replies at depth).
+/// The first chunk's size: negotiation replies are small, and an idle
+/// client should cost little.
+const FIRST_CHUNK: usize = 1024;
+/// The largest chunk for small replies (sizes double up to it as output
+/// piles up: many small replies at depth).
 const CHUNK: usize = 64 * 1024;
 /// Recycled chunk bytes kept per connection for the next burst.
 pub const FREE_KEEP: usize = 8 * 1024 * 1024;
@@ -41,12 +42,21 @@ pub struct OutQueue {
     free: Vec<Vec<u8>>,
     free_bytes: usize,
     len: usize,
+    /// Bytes ever queued (for limits on what one phase may produce).
+    total: u64,
+    /// Size of the next chunk for small replies.
+    chunk: usize,
 }
 
 impl OutQueue {
     /// Bytes queued and not yet written.
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// Bytes ever queued on this connection.
+    pub fn total(&self) -> u64 {
+        self.total
     }
 
     /// True when nothing is queued.
@@ -67,10 +77,14 @@ impl OutQueue {
             .back()
             .is_some_and(|s| s.data.len() - s.end >= min);
         if !fits {
-            let want = if self.len >= SMALL_CHUNK {
-                CHUNK
+            // Chunks grow only while output piles up; a drained queue
+            // starts small again (and reuses what it has).
+            let want = if self.len == 0 {
+                FIRST_CHUNK
             } else {
-                SMALL_CHUNK
+                let w = self.chunk.max(FIRST_CHUNK);
+                self.chunk = (w * 2).min(CHUNK);
+                w
             };
             let data = self.take_chunk(min.max(want));
             self.segs.push_back(Seg {
@@ -91,6 +105,7 @@ impl OutQueue {
             let n = n.min(s.data.len() - s.end);
             s.end += n;
             self.len += n;
+            self.total += n as u64;
         }
     }
 
@@ -110,6 +125,7 @@ impl OutQueue {
         self.free_bytes -= spare.len();
         let data = std::mem::replace(v, spare);
         self.len += end - start;
+        self.total += (end - start) as u64;
         self.segs.push_back(Seg { data, start, end });
     }
 
@@ -208,14 +224,15 @@ impl OutQueue {
         Ok(())
     }
 
-    /// Give memory back once idle: keep at most one small chunk.
+    /// Give memory back once idle: every recycled chunk (the next reply
+    /// allocates one again).
     pub fn release(&mut self) {
         if self.is_empty() {
             self.segs.clear();
         }
-        self.free.retain(|c| c.len() <= SMALL_CHUNK);
-        self.free.truncate(1);
-        self.free_bytes = self.free.iter().map(Vec::len).sum();
+        self.free.clear();
+        self.free_bytes = 0;
+        self.chunk = FIRST_CHUNK;
     }
 }
 
@@ -303,6 +320,6 @@ mod tests {
         q.commit(0);
         q.consume(0);
         q.release();
-        assert!(q.capacity() <= 16 * 1024, "idle: at most one small chunk");
+        assert_eq!(q.capacity(), 0, "idle: nothing kept");
     }
 }

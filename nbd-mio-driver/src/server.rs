@@ -26,8 +26,9 @@ use crate::workers::Pool;
 /// The default negotiation limit (a slowloris guard; qemu-nbd uses 10 s,
 /// nbdkit none). `--handshake-limit` changes it.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Worker threads per event loop for backends that may block.
-const POOL_THREADS: usize = 4;
+/// Worker threads per event loop for backends that may block, unless
+/// `--workers` says otherwise.
+pub const DEFAULT_WORKERS: usize = 4;
 /// The most event loops `-t` starts by default (the CPU count above that
 /// rarely helps one NBD server: clients and storage need cores too).
 pub const MAX_DEFAULT_LOOPS: usize = 8;
@@ -57,6 +58,24 @@ pub struct ServerOptions {
     /// Keep polling without sleeping this long after the last request
     /// (`--busy-poll`; zero: always sleep in `epoll_wait`).
     pub busy_poll: Duration,
+    /// Worker threads per loop (`--workers`); 0 = [`DEFAULT_WORKERS`].
+    pub workers: usize,
+    /// `--max-connection-buffer`; 0 = the default.
+    pub max_connection_buffer: usize,
+    /// `--max-memory`; 0 = [`default_max_memory`].
+    pub max_memory: usize,
+}
+
+/// The default `--max-memory`: a quarter of the machine's RAM (1 GiB if
+/// /proc/meminfo cannot be read).
+#[must_use]
+pub fn default_max_memory() -> usize {
+    let kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<usize>().ok())
+    });
+    kib.map_or(1 << 30, |k| k.saturating_mul(1024) / 4)
 }
 
 /// The default number of event loops: one per CPU, at most
@@ -157,7 +176,12 @@ impl Server {
         let mut loops = Vec::with_capacity(n);
         for (i, (poll, inbox)) in polls.into_iter().zip(inboxes).enumerate() {
             let pool = if needs_pool {
-                Some(Pool::new(POOL_THREADS, Arc::clone(&wakers[i]))?)
+                let workers = if opts.workers == 0 {
+                    DEFAULT_WORKERS
+                } else {
+                    opts.workers
+                };
+                Some(Pool::new(workers, Arc::clone(&wakers[i]))?)
             } else {
                 None
             };
@@ -248,6 +272,7 @@ fn conn_config(
         TlsMode::Require => ProtoTlsMode::Require,
     };
     ConnConfig {
+        limits: crate::conn::Limits::default(),
         exports: Arc::clone(exports),
         proto: ConnectionConfig {
             handshake: HandshakeConfig {

@@ -83,6 +83,9 @@ fn measured_server(
                 oldstyle: false,
                 threads: 1,
                 busy_poll: std::time::Duration::ZERO,
+                workers: 0,
+                max_connection_buffer: 0,
+                max_memory: 0,
                 single: None,
                 handshake_limit: None,
             })

@@ -135,6 +135,13 @@ pub struct Config {
     /// `--busy-poll=USECS`: after serving a request, poll without sleeping
     /// for this long before waiting in `epoll_wait` (0 = never spin).
     pub busy_poll_us: u64,
+    /// `--workers=N`: worker threads per event loop for backends that may
+    /// block (0 = the default).
+    pub workers: usize,
+    /// `--max-connection-buffer=SIZE` (0 = the default).
+    pub max_connection_buffer: u64,
+    /// `--max-memory=SIZE` (0 = the default).
+    pub max_memory: u64,
     /// `-s`: serve one client on stdin/stdout.
     pub single: bool,
     /// `--log`, resolved: stderr in the foreground, syslog once daemonized.
@@ -189,6 +196,9 @@ impl Default for Config {
             exit_with_parent: false,
             handshake_limit: 60,
             busy_poll_us: 0,
+            workers: 0,
+            max_connection_buffer: 0,
+            max_memory: 0,
             single: false,
             log: LogTarget::Stderr,
             vsock: false,
@@ -404,6 +414,26 @@ fn apply(
         "vsock" => cfg.vsock = true,
         "single" => cfg.single = true,
         "selinux-label" => cfg.selinux_label = Some(v),
+        "max-connection-buffer" | "max-memory" => {
+            let n = nbd_backends::parse_size(&v)
+                .ok()
+                .filter(|&n| n >= 1 << 20)
+                .ok_or_else(|| format!("--{name}: expected a size of at least 1M, got '{v}'"))?;
+            if name == "max-memory" {
+                cfg.max_memory = n;
+            } else {
+                cfg.max_connection_buffer = n;
+            }
+        }
+        "workers" => {
+            cfg.workers = v
+                .parse()
+                .ok()
+                .filter(|&n| (1..=1024).contains(&n))
+                .ok_or_else(|| {
+                    format!("--workers: expected a thread count from 1 to 1024, got '{v}'")
+                })?;
+        }
         "busy-poll" => {
             cfg.busy_poll_us = v
                 .parse()

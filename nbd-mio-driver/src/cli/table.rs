@@ -86,6 +86,9 @@ pub const SECTIONS: &[Section] = &[
             o("selinux-label", None, Some("LABEL"), "SELinux label for the listening sockets")
                 .more("Needs SELinux enabled on the host; otherwise nbdd warns and ignores it."),
             o("handshake-limit", None, Some("SECS"), "close clients still negotiating after SECS (default 60; 0 = never)"),
+            o("max-connection-buffer", None, Some("SIZE"), "memory one client may hold: output queued plus requests in flight (default 128M); reading stops beyond it"),
+            o("max-memory", None, Some("SIZE"), "memory all clients may hold together (default: a quarter of RAM); reading stops beyond it"),
+            o("workers", None, Some("N"), "worker threads per event loop for backends that may block (file, curl, filters that sleep; default 4), shared by its connections in turn"),
             o("busy-poll", None, Some("USECS"), "after a request, poll for USECS without sleeping before waiting (lower latency at queue depth 1, at the cost of CPU; default 0)")
                 .more("qemu-nbd's option; a slowloris guard nbdkit does not have."),
         ],

@@ -129,6 +129,7 @@ fn job(op: Op, buf: Vec<u8>) -> Box<Job> {
         data_at: 0,
         extents: Vec::new(),
         result: Ok(()),
+        cost: 0,
     })
 }
 
