@@ -92,8 +92,22 @@ pub(crate) struct Params<'a> {
 impl<'a> Params<'a> {
     /// Split `args`; a key may appear more than once only if it is in
     /// `repeatable` (`split file=`, `curl header=`).
+    #[cfg(test)]
     pub(crate) fn parse(
         backend: &'a str,
+        magic: &'a str,
+        args: &'a [String],
+        repeatable: &[&str],
+    ) -> Result<Self, String> {
+        Self::parse_for(backend, &[], magic, args, repeatable)
+    }
+
+    /// [`Self::parse`], knowing the backend's own keys: a key given twice
+    /// is blamed on the backend if it is one of `own`, else on the filter
+    /// that takes it (`file cache=` and the cache filter's `cache=`).
+    pub(crate) fn parse_for(
+        backend: &'a str,
+        own: &[&str],
         magic: &'a str,
         args: &'a [String],
         repeatable: &[&str],
@@ -110,8 +124,12 @@ impl<'a> Params<'a> {
                 }
             };
             if !repeatable.contains(&k) && pairs.iter().any(|&(seen, _, _)| seen == k) {
+                let who = match crate::filters::owner_of(k) {
+                    Some(f) if !own.contains(&k) => format!("{f} filter"),
+                    _ => backend.to_owned(),
+                };
                 return Err(format!(
-                    "{backend}: parameter '{k}' given twice (second value '{v}')"
+                    "{who}: parameter '{k}' given twice (second value '{v}')"
                 ));
             }
             pairs.push((k, v, false));
@@ -280,7 +298,11 @@ pub fn build_with_filters_ext(
     };
     let mut repeatable = repeatable;
     repeatable.extend_from_slice(filters::REPEATABLE);
-    let mut params = Params::parse(backend, magic, args, &repeatable)?;
+    let own: Vec<&str> = builtin.map_or_else(
+        || ext.map(|e| e.keys.to_vec()).unwrap_or_default(),
+        |pl| pl.params.iter().map(|q| q.key).collect(),
+    );
+    let mut params = Params::parse_for(backend, &own, magic, args, &repeatable)?;
     // Filters claim their keys first, so backend keys are checked against
     // what is left.
     let stack = filters::parse_stack(filter_names, &mut params)?;

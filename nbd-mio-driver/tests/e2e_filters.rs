@@ -127,37 +127,53 @@ fn ip_allows_and_denies_by_address() {
         ],
     );
     assert_eq!(info(&ok.uri()).get("export-size").u64(), 1 << 20);
-    let denied = Server::start(
-        Transport::Tcp,
-        &[
-            "--filter=ip",
-            "memory",
-            "1M",
-            "allow=10.0.0.0/8",
-            "deny=all",
-        ],
-    );
-    let out = run(tool("nbdinfo").arg(denied.uri()));
-    assert!(!out.status.success(), "a denied client is refused");
+    // Refused TCP clients: outside every allow rule, or matching a deny
+    // rule (allow is the default); the server keeps serving others.
+    for rules in [
+        ["allow=10.0.0.0/8", "deny=all"],
+        ["deny=127.0.0.0/8", "deny=::1"],
+    ] {
+        let mut args = vec!["--filter=ip", "memory", "1M"];
+        args.extend(rules);
+        let mut denied = Server::start(Transport::Tcp, &args);
+        let out = run(tool("nbdinfo").arg(denied.uri()));
+        assert!(
+            !out.status.success(),
+            "{rules:?}: a denied client is refused"
+        );
+        denied.assert_alive();
+    }
 }
 
+/// limit=N: N clients are served, the next is refused (at connect, by
+/// preconnect), and one leaving makes room. Default 1.
 #[test]
-fn limit_refuses_a_second_client_until_the_first_leaves() {
-    let srv = Server::start(Transport::Unix, &["--filter=limit", "memory", "1M"]);
-    let code = format!(
-        "import time\nh2 = nbd.NBD()\n\
-         try:\n    h2.connect_uri({u:?})\n    print('second: served')\n\
-         except nbd.Error:\n    print('second: refused')\n\
-         h.shutdown()\nfor i in range(100):\n    try:\n        h3 = nbd.NBD()\n        h3.connect_uri({u:?})\n        print('third: served')\n        break\n    except nbd.Error:\n        time.sleep(0.05)",
-        u = srv.uri()
-    );
-    let out = nbdsh(&srv.uri(), &code);
-    assert_eq!(
-        out.trim(),
-        "second: refused\nthird: served",
-        "{}",
-        srv.stderr()
-    );
+fn limit_refuses_the_client_over_the_limit_until_one_leaves() {
+    for (args, n) in [(&[][..], 1), (&["limit=2"][..], 2)] {
+        let mut all = vec!["--filter=limit", "memory", "1M"];
+        all.extend(args);
+        let srv = Server::start(Transport::Unix, &all);
+        // h is client 1; clients 2..=n join, client n+1 is refused, then
+        // client 2 (or h itself when n = 1) leaves and a retry is served.
+        let code = format!(
+            "import time\n\
+             def join():\n    c = nbd.NBD()\n    try:\n        c.connect_uri({u:?})\n        return c\n    except nbd.Error:\n        return None\n\
+             more = [join() for i in range({extra})]\n\
+             print('served:', 1 + sum(c is not None for c in more))\n\
+             print('next:', 'refused' if join() is None else 'served')\n\
+             (more[0] if more else h).shutdown()\n\
+             for i in range(100):\n    c = join()\n    if c is not None:\n        print('after one left: served')\n        break\n    time.sleep(0.05)",
+            u = srv.uri(),
+            extra = n - 1,
+        );
+        let out = nbdsh(&srv.uri(), &code);
+        assert_eq!(
+            out.trim(),
+            format!("served: {n}\nnext: refused\nafter one left: served"),
+            "limit {n}: {}",
+            srv.stderr()
+        );
+    }
 }
 
 /// blocksize-policy advertises a 512-byte minimum and refuses what breaks
@@ -426,6 +442,72 @@ fn stats_and_log_report_what_clients_did() {
         "{text}"
     );
     assert!(text.contains(read), "{text}");
+}
+
+/// exitlast: the server exits (status 0) when its last client leaves,
+/// not before the first comes nor while one is still connected.
+#[test]
+fn exitlast_exits_when_the_last_client_leaves() {
+    let mut s = util::Spawned::start(&["--filter=exitlast", "memory", "1M"]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(s.running(), "no exit before the first client");
+    let out = nbdsh(
+        &s.uri(),
+        "import time\nh2 = nbd.NBD()\nh2.connect_uri(h.get_uri())\nh2.shutdown()\n\
+         time.sleep(0.3)\nh3 = nbd.NBD()\nh3.connect_uri(h.get_uri())\nh3.shutdown()\n\
+         print(len(h.pread(512, 0)))",
+    );
+    assert_eq!(out.trim(), "512", "h is still served after h2 and h3 left");
+    assert_eq!(
+        s.wait(Duration::from_secs(10)),
+        Some(0),
+        "exits after h: {}",
+        s.stderr()
+    );
+}
+
+/// exitwhen: once the file appears new clients are refused, the connected
+/// one is still served, and the server exits (status 0) when it leaves; an
+/// idle server sees the file on its next poll.
+#[test]
+fn exitwhen_exits_after_the_file_appears() {
+    let tmp = TempDir::new("filters-exitwhen");
+    let flag = tmp.path().join("stop");
+    let when = format!("exit-when-file-created={}", flag.display());
+    let mut s = util::Spawned::start(&["--filter=exitwhen", "memory", "1M", &when]);
+    let code = format!(
+        "open({:?}, 'w').close()\nh2 = nbd.NBD()\n\
+         try:\n    h2.connect_uri(h.get_uri())\n    print('served')\n\
+         except nbd.Error:\n    print('refused')\n\
+         print(len(h.pread(512, 0)))",
+        flag.display().to_string()
+    );
+    assert_eq!(nbdsh(&s.uri(), &code).trim(), "refused\n512");
+    assert_eq!(
+        s.wait(Duration::from_secs(10)),
+        Some(0),
+        "exits after h: {}",
+        s.stderr()
+    );
+
+    std::fs::remove_file(&flag).unwrap();
+    let mut s = util::Spawned::start(&[
+        "--filter=exitwhen",
+        "memory",
+        "1M",
+        &when,
+        "exit-when-poll=1",
+    ]);
+    nbdsh(&s.uri(), "print(h.get_size())");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(s.running(), "no event yet");
+    std::fs::write(&flag, b"").unwrap();
+    assert_eq!(
+        s.wait(Duration::from_secs(10)),
+        Some(0),
+        "the poll saw it: {}",
+        s.stderr()
+    );
 }
 
 /// Filter keys are blamed on the filter, one prefix per message.

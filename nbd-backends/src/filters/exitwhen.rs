@@ -2,7 +2,7 @@
 //! deleted, a pipe closed, a process gone, a script exiting 88): from then
 //! on new clients are refused, and the server exits through
 //! [`ServerControl`] once no client is connected. Events are checked when
-//! clients connect and disconnect, and every `exitwhen-poll=` seconds
+//! clients connect and disconnect, and every `exit-when-poll=` seconds
 //! (default 60) by a background thread while the server is idle. An event
 //! that already happened at start-up exits at once.
 
@@ -208,7 +208,7 @@ pub(crate) fn spec(p: &mut FilterParams<'_, '_>) -> Result<super::Spec, String> 
         events.push(Event::Script(v.to_owned()));
     }
     let poll = p
-        .take_delay("exitwhen-poll")?
+        .take_delay("exit-when-poll")?
         .unwrap_or(Duration::from_secs(60))
         .max(Duration::from_millis(10));
     // The events are moved into the one shared state: a second export

@@ -261,7 +261,7 @@ pub const FILTER_DOCS: &[FilterDoc] = &[
                 "the event: sh -c SCRIPT exits with status 88 (0: no event; other: logged)",
             ),
             (
-                "exitwhen-poll=SECS",
+                "exit-when-poll=SECS",
                 "how often events are checked while idle (default 60)",
             ),
         ],

@@ -152,14 +152,15 @@ impl Ip {
 }
 
 pub(crate) fn spec(p: &mut FilterParams<'_, '_>) -> Result<super::Spec, String> {
+    // Repeatable, as in nbdkit: `allow=A allow=B` is `allow=A,B`.
     let list = |p: &mut FilterParams<'_, '_>, key: &str| -> Result<Vec<Rule>, String> {
-        let Some(v) = p.take(key) else {
-            return Ok(Vec::new());
-        };
-        v.split(',')
-            .filter(|s| !s.is_empty())
-            .map(|s| Rule::parse(s).map_err(|e| p.bad(key, v, e)))
-            .collect()
+        let mut rules = Vec::new();
+        for v in p.take_all(key) {
+            for s in v.split(',').filter(|s| !s.is_empty()) {
+                rules.push(Rule::parse(s).map_err(|e| p.bad(key, v, e))?);
+            }
+        }
+        Ok(rules)
     };
     let allow = list(p, "allow")?;
     let deny = list(p, "deny")?;

@@ -134,7 +134,7 @@ pub const FILTERS: &[(&str, &str, &str)] = &[
     ),
     (
         "exitwhen",
-        "exit-when-file-created|file-deleted|pipe-closed|process-exits|script= exitwhen-poll=",
+        "exit-when-file-created|file-deleted|pipe-closed|process-exits|script= exit-when-poll=",
         "exit gracefully when an event happens: refuse new clients, exit when the last one leaves",
     ),
     (
@@ -233,6 +233,8 @@ pub const FILTERS: &[(&str, &str, &str)] = &[
 /// Keys that may be given more than once (`protect=A-B protect=C-D`).
 pub const REPEATABLE: &[&str] = &[
     "protect",
+    "allow",
+    "deny",
     "exit-when-file-created",
     "exit-when-file-deleted",
     "exit-when-pipe-closed",
@@ -333,6 +335,14 @@ pub(crate) fn apply(stack: &[Spec], inner: Arc<dyn Backend>) -> Result<Arc<dyn B
         b = (spec.build)(b)?;
     }
     Ok(b)
+}
+
+/// The filter whose parameter `key` is, if any.
+pub(crate) fn owner_of(key: &str) -> Option<&'static str> {
+    help::FILTER_DOCS
+        .iter()
+        .find(|d| d.keys().any(|k| k == key))
+        .map(|d| d.name)
 }
 
 /// The message for a parameter nobody took: a filter's key given without

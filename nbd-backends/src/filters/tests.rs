@@ -73,3 +73,31 @@ fn stray_filter_keys_name_the_filter() {
         "unknown parameter 'sise' for backend memory"
     );
 }
+
+/// A key given twice is blamed on the filter that takes it, unless the
+/// backend takes it too (`file cache=`).
+#[test]
+fn keys_given_twice_name_their_owner() {
+    let twice = |backend: &str, own: &[&str], line: &str| {
+        let args = words(line);
+        Params::parse_for(backend, own, "size", &args, REPEATABLE)
+            .err()
+            .unwrap()
+    };
+    assert_eq!(
+        twice("memory", &["size"], "1M rdelay=1 rdelay=2"),
+        "delay filter: parameter 'rdelay' given twice (second value '2')"
+    );
+    assert_eq!(
+        twice("memory", &["size"], "1M size=2M"),
+        "memory: parameter 'size' given twice (second value '2M')"
+    );
+    assert_eq!(
+        twice("file", &["file", "cache"], "f cache=none cache=default"),
+        "file: parameter 'cache' given twice (second value 'default')"
+    );
+    assert_eq!(
+        twice("memory", &["size"], "1M cache=writeback cache=unsafe"),
+        "cache filter: parameter 'cache' given twice (second value 'unsafe')"
+    );
+}

@@ -1,8 +1,10 @@
-//! Helpers for e2e_filters: clients and captive runs.
+//! Helpers for e2e_filters: clients, captive runs, a server that may exit.
 
-use std::process::Command;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
-use crate::common::{self, Server, json, python_nbd, require_tool, run_ok};
+use crate::common::{self, Server, TempDir, json, python_nbd, require_tool, run_ok};
 
 /// A client tool, failing with the Debian package to install if absent.
 pub fn tool(name: &str) -> Command {
@@ -50,4 +52,73 @@ pub fn captive(args: &[&str], script: &str) -> String {
             .args(args)
             .args(["--run", script]),
     )
+}
+/// A foreground server the test expects to exit by itself.
+pub struct Spawned {
+    child: Child,
+    socket: PathBuf,
+    dir: TempDir,
+}
+
+impl Spawned {
+    pub fn start(args: &[&str]) -> Self {
+        let (program, _) = common::server_program();
+        let dir = TempDir::new("spawned");
+        let socket = dir.path().join("s.sock");
+        let stderr = std::fs::File::create(dir.path().join("stderr")).unwrap();
+        let child = Command::new(program)
+            .arg("-f")
+            .arg("-U")
+            .arg(&socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("start the server");
+        let mut s = Self { child, socket, dir };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::os::unix::net::UnixStream::connect(&s.socket).is_err() {
+            assert!(
+                s.running(),
+                "the server {args:?} exited at start: {}",
+                s.stderr()
+            );
+            assert!(Instant::now() < deadline, "the server did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        s
+    }
+
+    pub fn uri(&self) -> String {
+        format!("nbd+unix:///?socket={}", self.socket.display())
+    }
+
+    /// What the server wrote on stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr")).unwrap_or_default()
+    }
+
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_none()
+    }
+
+    /// Its exit code, if it exits within `limit`.
+    pub fn wait(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
