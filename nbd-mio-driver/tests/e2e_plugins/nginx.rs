@@ -2,7 +2,9 @@
 //! self-signed certificate for `localhost`) on free loopback ports, its
 //! own configuration, logs and document root in the test's directory.
 //! Locations that need a header, a cookie or basic authentication stand
-//! in for the servers people point the curl plugin at. One process
+//! in for the servers people point the curl plugin at; `/slow/` serves the
+//! same files at 4 MiB/s per request (a copy that lasts long enough to
+//! kill the server in its middle). One process
 //! (`master_process off`), so killing it on drop leaves no worker behind.
 
 use std::path::{Path, PathBuf};
@@ -93,7 +95,8 @@ impl Nginx {
                server {{\n    listen 127.0.0.1:{port};\n    root {d}/www;\n\
                  location /private/ {{ if ($http_x_token != \"secret\") {{ return 403; }} }}\n\
                  location /cookie/ {{ if ($cookie_session != \"abc\") {{ return 403; }} }}\n\
-                 location /auth/ {{ auth_basic \"nbdd\"; auth_basic_user_file {d}/htpasswd; }}\n  }}\n\
+                 location /auth/ {{ auth_basic \"nbdd\"; auth_basic_user_file {d}/htpasswd; }}\n\
+                 location /slow/ {{ alias {d}/www/; limit_rate 4m; }}\n  }}\n\
                server {{\n    listen 127.0.0.1:{tls_port} ssl;\n    ssl_certificate {d}/cert.pem;\n\
                  ssl_certificate_key {d}/key.pem;\n    root {d}/www;\n  }}\n}}\n"
         );
@@ -139,6 +142,13 @@ impl Nginx {
     pub fn restart(&mut self) {
         self.child = Self::spawn(&self.dir);
         self.wait_ready();
+    }
+
+    /// Requests answered so far (lines of the access log, which nginx
+    /// appends to across restarts).
+    #[allow(dead_code)]
+    pub fn requests(&self) -> usize {
+        std::fs::read_to_string(self.dir.join("access.log")).map_or(0, |l| l.lines().count())
     }
 
     pub fn root(&self) -> PathBuf {
