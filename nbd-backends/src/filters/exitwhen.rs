@@ -52,9 +52,7 @@ impl Event {
                         .revents()
                         .intersects(rustix::event::PollFlags::HUP | rustix::event::PollFlags::ERR)
             }
-            Self::ProcessExits(pid) => rustix::process::Pid::from_raw(*pid).is_none_or(|p| {
-                rustix::process::test_kill_process(p) == Err(rustix::io::Errno::SRCH)
-            }),
+            Self::ProcessExits(pid) => !process_alive(*pid),
             Self::Script(s) => match std::process::Command::new("sh").arg("-c").arg(s).status() {
                 Ok(st) if st.code() == Some(88) => true,
                 Ok(st) if st.success() => false,
@@ -69,6 +67,21 @@ impl Event {
             },
         }
     }
+}
+
+/// Is process `pid` running? A zombie (exited, not yet reaped by its
+/// parent) is not: it has exited, which is the event.
+fn process_alive(pid: i32) -> bool {
+    let exists = rustix::process::Pid::from_raw(pid)
+        .is_some_and(|p| rustix::process::test_kill_process(p) != Err(rustix::io::Errno::SRCH));
+    // /proc/PID/stat is "PID (COMM) STATE ...": the state follows the last
+    // ')' (COMM may hold anything).
+    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|st| {
+        st.rfind(')')
+            .and_then(|i| st[i + 1..].split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X")
+    });
+    exists && !zombie
 }
 
 struct Shared {
@@ -202,6 +215,11 @@ pub(crate) fn spec(p: &mut FilterParams<'_, '_>) -> Result<super::Spec, String> 
             .ok()
             .filter(|&p| p > 0)
             .ok_or_else(|| p.bad("exit-when-process-exits", v, "expected a process ID"))?;
+        // As nbdkit: a process that is already gone is a mistake, not an
+        // event.
+        if !process_alive(pid) {
+            return Err(p.bad("exit-when-process-exits", v, "no such process"));
+        }
         events.push(Event::ProcessExits(pid));
     }
     for v in p.take_all("exit-when-script") {
@@ -306,6 +324,25 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert!(ctl.exit_requested());
+    }
+
+    #[test]
+    fn an_unreaped_child_has_exited() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        assert!(process_alive(pid));
+        child.kill().unwrap();
+        // Not reaped yet: a zombie until wait().
+        let t = std::time::Instant::now();
+        while process_alive(pid) && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(!process_alive(pid), "a zombie is not running");
+        child.wait().unwrap();
+        assert!(!process_alive(pid));
     }
 
     #[test]

@@ -101,3 +101,42 @@ fn keys_given_twice_name_their_owner() {
         "cache filter: parameter 'cache' given twice (second value 'unsafe')"
     );
 }
+
+/// docs/BACKENDS.md has a section per filter naming each of its keys, and
+/// README's filter table a row per filter naming each key.
+#[test]
+fn every_filter_and_key_is_in_the_docs() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let backends = std::fs::read_to_string(format!("{root}/docs/BACKENDS.md")).unwrap();
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    // `error-OP=` stands for the per-operation keys of the error filter.
+    let named = |text: &str, key: &str| {
+        text.contains(&format!("{key}="))
+            || key.strip_prefix("error-").is_some_and(|rest| {
+                let op = rest.split('-').next().unwrap_or("");
+                text.contains("error-OP") && text.contains(op)
+            })
+    };
+    for d in help::FILTER_DOCS {
+        let head = format!("\n### `{}", d.name);
+        let at = backends
+            .find(&format!("{head}`"))
+            .or_else(|| backends.find(&format!("{head} ")))
+            .unwrap_or_else(|| panic!("docs/BACKENDS.md: no section for {}", d.name));
+        let rest = &backends[at + 1..];
+        // Up to the next heading of any level.
+        let section = &rest[..rest[1..].find("\n#").map_or(rest.len(), |e| e + 1)];
+        let row = readme
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{}` |", d.name)))
+            .unwrap_or_else(|| panic!("README.md: no filter row for {}", d.name));
+        for k in d.keys() {
+            assert!(
+                named(section, k),
+                "docs/BACKENDS.md, {}: {k}= missing",
+                d.name
+            );
+            assert!(named(row, k), "README.md, {}: {k}= missing", d.name);
+        }
+    }
+}
