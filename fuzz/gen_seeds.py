@@ -29,6 +29,75 @@ def chunk(ty, cookie, payload, done=True, ext=False, off=0):
         return struct.pack(">IHHQQQ", 0x6e8a278c, fl, ty, cookie, off, len(payload)) + payload
     return struct.pack(">IHHQI", 0x668e33ef, fl, ty, cookie, len(payload)) + payload
 
+# backend_stacks (nbd_backends::fuzzing): base size, base bytes, layers
+# (innermost first), then operations; integers little-endian.
+def stack(size, layers=(), init=b"\0"):
+    return struct.pack("<H", size) + init + bytes([len(layers)]) + b"".join(layers)
+
+def mbr(entry, ty, start, sectors):
+    return bytes([2, entry, ty]) + struct.pack("<HH", start, sectors)
+
+L_RO, L_DELAY, L_ERROR, L_COW, L_STATS, L_LOG = b"\0", b"\2", b"\3", b"\4", b"\5", b"\6"
+
+def l_offset(off, rng=None):
+    return b"\1" + struct.pack("<H", off) + (b"\0" if rng is None else b"\1" + struct.pack("<H", rng))
+
+def l_partition(n):
+    return b"\7" + bytes([n])
+
+def op(code, off, ln, extra=b""):
+    return bytes([code, 0]) + struct.pack("<HH", off, ln) + extra
+
+READ, CHECK = 0, 8
+def write(off, ln, seed=7, fua=0): return op(1, off, ln, bytes([seed, fua]))
+def zero(off, ln, flags=0): return op(2, off, ln, bytes([flags]))
+def trim(off, ln): return op(3, off, ln, b"\0")
+def extents(off, ln, cap=4): return op(6, off, ln, bytes([cap]))
+def resize(size): return op(7, 0, 0, struct.pack("<H", size))
+def overflow(code, ln): return bytes([code, 0x80, 3]) + struct.pack("<H", ln) + b"\0" * {1: 2, 2: 1, 3: 1, 6: 1}.get(code, 0)
+
+backend_ops = (write(100, 5000) + op(READ, 0, 8192) + zero(4096, 4096, 1) + zero(0, 512, 2) + trim(8192, 4096)
+               + extents(0, 16384) + op(4, 0, 0) + op(5, 0, 4096) + write(12000, 3000, 4) + op(CHECK, 0, 0))
+
+# tls_records (nbd_mio_driver::tls::fuzzing): mode byte (0 X.509, 1 X.509
+# requiring client certificates, 2 PSK: raw ciphertext; 3/4 a rustls client
+# over TLS 1.3/1.2), then operations; integers little-endian.
+def ext(ty, data):
+    return struct.pack(">HH", ty, len(data)) + data
+
+def vec8(b): return bytes([len(b)]) + b
+def vec16(b): return struct.pack(">H", len(b)) + b
+
+def client_hello(tls13=True):
+    # TLS 1.2 only: the ECDHE-PSK suites nbdd's OpenSSL PSK server offers.
+    suites = [0x1301, 0x1302, 0x1303, 0xC02B, 0xC02C, 0xC02F, 0xCCA9, 0xC038, 0xC037] if tls13 else [0xCCAC, 0xC038, 0xC037]
+    exts = (ext(0, vec16(b"\0" + vec16(b"localhost")))             # server_name
+            + ext(10, vec16(struct.pack(">HHH", 29, 23, 24)))       # supported_groups
+            + ext(11, vec8(b"\0"))                                  # ec_point_formats
+            + ext(13, vec16(struct.pack(">HHHH", 0x0403, 0x0804, 0x0401, 0x0807))))
+    if tls13:
+        exts += (ext(43, vec8(struct.pack(">HH", 0x0304, 0x0303)))  # supported_versions
+                 + ext(45, vec8(b"\1"))                             # psk_key_exchange_modes
+                 + ext(51, vec16(struct.pack(">HH", 29, 32) + bytes(range(1, 33)))))  # key_share x25519
+    body = (b"\3\3" + bytes(range(32)) + vec8(bytes(range(32))) + vec16(b"".join(struct.pack(">H", c) for c in suites))
+            + vec8(b"\0") + vec16(exts))
+    hs = b"\1" + struct.pack(">I", len(body))[1:] + body
+    return b"\x16\3\1" + vec16(hs)
+
+def r_feed(data): return b"\0" + struct.pack("<H", len(data)) + data
+def r_repeat(chunk, times): return b"\1" + vec8(chunk)[:1] + chunk + struct.pack("<H", times)
+R_READ, R_CLOSE = b"\2", b"\5"
+def r_write(n): return b"\3" + struct.pack("<H", n)
+def r_take(room): return b"\4" + struct.pack("<H", room)
+
+def c_write(n, seed=1): return b"\0" + struct.pack("<H", n) + bytes((seed + i) % 256 for i in range(n))
+def c_deliver(limit, read=True): return (b"\1" if read else b"\2") + struct.pack("<H", limit)
+def c_corrupt(at, xor=0x40): return b"\3" + struct.pack("<H", at) + bytes([xor])
+def c_server_write(n, byte=0x33): return b"\4" + bytes([byte]) + struct.pack("<H", n)
+def c_to_client(room): return b"\5" + struct.pack("<H", room)
+C_CLIENT_CLOSE, C_SERVER_CLOSE = b"\6", b"\7"
+def c_bulk(n, byte=0x44): return b"\x08" + bytes([byte]) + struct.pack("<H", n)
+
 greeting = b"NBDMAGIC" + b"IHAVEOPT" + struct.pack(">H", 3)
 seeds = {
     "request_stream": {
@@ -73,6 +142,30 @@ seeds = {
         "simple_stream": bytes([0]) + simple(3, 0) + b"\0" * 0 + simple(1) + simple(2, 22),
         "structured_stream": bytes([1]) + chunk(1, 7, struct.pack(">Q", 0) + b"data", False) + chunk(2, 7, struct.pack(">QI", 4, 8), False) + chunk(0, 7, b"") + chunk(5, 8, struct.pack(">III", 1, 512, 0)) + chunk(0x8001, 9, struct.pack(">IH", 22, 2) + b"no") + simple(10),
         "extended_stream": bytes([2]) + chunk(6, 1, struct.pack(">IIQQ", 1, 1, 512, 2), True, True, 4096) + chunk(0x8002, 2, struct.pack(">IH", 5, 0) + struct.pack(">Q", 8), True, True),
+    },
+    "backend_stacks": {
+        "memory_resize": stack(20000) + backend_ops + resize(24000) + op(READ, 19000, 5000) + resize(100) + op(CHECK, 0, 0),
+        "cow_over_readonly": stack(16384, [L_RO, L_COW]) + backend_ops,
+        "readonly_over_cow": stack(16384, [L_COW, L_RO]) + backend_ops,
+        "offset_passthrough": stack(20000, [l_offset(1000, 15000), L_LOG, L_STATS, L_ERROR, L_DELAY]) + backend_ops + resize(5),
+        "offset_to_end": stack(12345, [l_offset(345)]) + backend_ops,
+        "mbr_partition_cow": stack(24576, [l_partition(1), L_COW], mbr(0, 0x83, 2, 40)) + backend_ops,
+        "mbr_unused_entry": stack(4096, [l_partition(2)], mbr(0, 0x83, 1, 4)),
+        "overflow": stack(8192, [L_COW]) + overflow(0, 10) + overflow(1, 10) + overflow(2, 10) + overflow(3, 10) + overflow(6, 10),
+    },
+    "tls_records": {
+        "x509_client_hello": b"\0" + r_feed(client_hello()) + R_READ + r_take(1000) + r_write(100) + r_take(16384) + R_CLOSE,
+        "verify_client_hello": b"\1" + r_feed(client_hello()) + r_take(16384) + r_feed(b"\x15\3\3\0\2\2\x28"),
+        "psk_client_hello": b"\2" + r_feed(client_hello(False)) + R_READ + r_take(16384) + r_write(10) + R_CLOSE,
+        "huge_record_headers": b"\0" + r_repeat(b"\x16\3\1\x40\0", 60000) + r_take(100),
+        "early_app_data": b"\0" + r_repeat(b"\x17\3\3\0\x10" + b"\0" * 16, 9000) + R_READ,
+        "tls13_both_ways": b"\3" + c_write(4000) + c_deliver(65535) + c_server_write(5000) + c_to_client(16384)
+                           + c_write(100, 7) + c_deliver(10) + c_deliver(65535) + c_server_write(300) + c_to_client(7),
+        "tls12_unread_bulk": b"\4" + c_bulk(65535) * 3 + c_write(100) + c_deliver(65535, False) + c_deliver(65535) + c_server_write(60000)
+                             + c_server_write(60000) + c_to_client(1000) + c_deliver(65535),
+        "tls13_closes": b"\3" + c_write(1000) + c_deliver(65535) + C_CLIENT_CLOSE + c_deliver(65535) + c_server_write(10)
+                        + C_SERVER_CLOSE + c_to_client(16384),
+        "tls12_corrupt": b"\4" + c_write(1000) + c_corrupt(10) + c_deliver(65535),
     },
 }
 for target, files in seeds.items():

@@ -416,6 +416,45 @@ pub const PLUGINS: &[Plugin] = &[
         any_keys: false,
         example: "nbdd ssh host=server path=/var/lib/images/disk.img user=alice",
     },
+    #[cfg(feature = "rbd")]
+    Plugin {
+        name: "rbd",
+        magic: "image",
+        summary: "a Ceph RBD image, through librbd",
+        about: "Serves an RBD image of a Ceph cluster (docs/RBD.md). One librbd handle serves \
+                every client; the event loop keeps many requests in flight to the cluster. \
+                FLUSH and FUA are librbd flushes, TRIM a discard, WRITE_ZEROES \
+                rbd_write_zeroes; extents at object granularity. A snapshot is read-only.",
+        params: &[
+            p(
+                "image",
+                "[POOL/[NAMESPACE/]]IMAGE[@SNAP]",
+                "the image, with the rbd tool's spec (pool, namespace and snapshot optional)",
+            ),
+            p("pool", "POOL", "the pool (default rbd)"),
+            p("namespace", "NS", "RADOS namespace (default: none)"),
+            p("snap", "SNAP", "serve this snapshot, read-only"),
+            p(
+                "conf",
+                "PATH",
+                "ceph.conf (default: $CEPH_CONF, then /etc/ceph/ceph.conf)",
+            ),
+            p("id", "NAME", "cephx user, without client. (default admin)"),
+            p("keyring", "PATH", "keyring (default: what ceph.conf says)"),
+            p(
+                "timeout",
+                "SECS",
+                "fail OSD requests after SECS (rados_osd_op_timeout; default 0: wait)",
+            ),
+            p(
+                "connect-timeout",
+                "SECS",
+                "give up reaching the monitors at start-up after SECS (default 30)",
+            ),
+        ],
+        any_keys: false,
+        example: "nbdd rbd vms/disk0 id=nbdd",
+    },
 ];
 
 /// The catalogue entry of backend `name`.

@@ -245,6 +245,12 @@ impl Backend for FileBackend {
         self.io.read(offset, buf)
     }
 
+    fn try_read_cached(&self, offset: u64, buf: &mut [u8]) -> bool {
+        // A short read (EOF, or part not cached) goes the slow way, which
+        // also handles the file shrinking behind our back.
+        check_read(offset, len64(buf), self.size).is_ok() && self.io.read_cached(offset, buf)
+    }
+
     fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> io::Result<()> {
         if self.readonly {
             return Err(read_only());
@@ -354,9 +360,10 @@ impl Backend for FileBackend {
         Ok(n)
     }
 
-    fn description(&self) -> Option<String> {
-        Some(self.path.display().to_string())
-    }
+    // No description(): the default (none) is deliberate. A description
+    // goes out in NBD_OPT_LIST and NBD_INFO_DESCRIPTION, which a
+    // `--tls=on` server answers before TLS, so the server-side path would
+    // reach anyone who can connect (nbdkit and nbd-server send none).
 }
 
 /// Open every regular file in `dir` (following symbolic links), sorted by

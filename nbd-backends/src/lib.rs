@@ -19,10 +19,15 @@
 //! client, a per-client upstream connection); dropping the handle is the
 //! connection's close.
 
-#![forbid(unsafe_code)]
+// Unsafe code is forbidden, except with the `rbd` feature, whose FFI
+// module (rbd/ffi) is the one place allowed to hold it (Cargo.toml sets the
+// crate-wide level to deny for that reason).
+#![cfg_attr(not(feature = "rbd"), forbid(unsafe_code))]
+#![cfg_attr(feature = "rbd", deny(unsafe_code))]
 
 use std::io;
 
+pub mod aio;
 mod catalog;
 #[cfg(feature = "curl")]
 mod curl;
@@ -32,12 +37,16 @@ mod file;
 pub mod filters;
 mod full;
 pub mod lifecycle;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod make;
 mod memory;
 mod null;
 mod pattern;
 pub mod qcow2;
 mod random;
+#[cfg(feature = "rbd")]
+pub mod rbd;
 mod registry;
 mod size;
 mod sparse_random;
@@ -47,6 +56,7 @@ mod ssh;
 mod tmpdisk;
 mod util;
 
+pub use aio::{AioQueue, AsyncBackend};
 pub use catalog::{PLUGINS, Param, Plugin, plugin, plugin_help};
 pub use export::{Export, ExportPolicy, ExportSet, FixedSize};
 pub use file::{FileBackend, open_dir, open_or_read_only};
@@ -56,6 +66,8 @@ pub use null::NullBackend;
 pub use pattern::PatternBackend;
 pub use qcow2::{ImageBackend, ImageFormat, ImageOptions};
 pub use random::RandomBackend;
+#[cfg(feature = "rbd")]
+pub use rbd::RbdBackend;
 pub use registry::{
     BACKENDS, ExtBackend, ExtOpen, build, build_with_filters, build_with_filters_ext,
 };
@@ -246,6 +258,17 @@ pub trait Backend: Send + Sync {
     }
     /// Fill `buf` from `offset`.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// Fill `buf` from `offset` only if that cannot block (the data is in
+    /// the page cache): `true` when done, `false` to go the slow way
+    /// ([`Backend::read_at`] on a worker). Lets a driver answer cached
+    /// reads of a [`Execution::Blocking`] backend on its event loop,
+    /// without the hand-off to a worker and back (at queue depth 1 that
+    /// hand-off is most of a request's cost: futexes, an eventfd write, a
+    /// second epoll_wait). The default never tries.
+    fn try_read_cached(&self, offset: u64, buf: &mut [u8]) -> bool {
+        let _ = (offset, buf);
+        false
+    }
     /// Write `data` at `offset`; with `fua`, durably.
     fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> io::Result<()>;
     /// Make every completed write durable.
@@ -301,6 +324,13 @@ pub trait Backend: Send + Sync {
     ) -> io::Result<usize> {
         let _ = (offset, len, out);
         Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
+    /// The asynchronous interface, for backends the event loop can drive
+    /// with many requests in flight (see [`aio`]); `None` (the default)
+    /// means every operation goes through the methods here. Filters do not
+    /// forward it: they call their inner backend synchronously.
+    fn as_async(&self) -> Option<&dyn AsyncBackend> {
+        None
     }
     /// Change the size (NBD_CMD_RESIZE).
     fn resize(&self, new_size: u64) -> io::Result<()> {

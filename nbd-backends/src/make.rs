@@ -83,6 +83,13 @@ pub(crate) fn make_backend(
             let d = b.describe();
             one(Arc::new(b), d)
         }
+        #[cfg(feature = "rbd")]
+        "rbd" => {
+            let params = crate::rbd::Params::parse(|k| p.take(k))?;
+            let b = crate::RbdBackend::open(&params, readonly)?;
+            let d = b.description().unwrap_or_default();
+            one(Arc::new(b), d)
+        }
         _ => Err(format!("unknown backend '{name}'")),
     }
 }
@@ -154,11 +161,8 @@ fn file(p: &mut Params<'_>, readonly: bool) -> Result<Built, String> {
         if let Some(a) = advice {
             b.advise(a).map_err(|e| format!("file: fadvise: {e}"))?;
         }
-        Ok(vec![(
-            None,
-            Some(shown.to_owned()),
-            Arc::new(b) as Arc<dyn Backend>,
-        )])
+        // No description: see FileBackend (no server path before TLS).
+        Ok(vec![(None, None, Arc::new(b) as Arc<dyn Backend>)])
     };
     match given {
         [Some(path), None, None, None] => single(path, path),
@@ -194,8 +198,7 @@ fn directory(
             if let Some(a) = advice {
                 b.advise(a).map_err(|e| format!("file: fadvise: {e}"))?;
             }
-            let d = b.path().display().to_string();
-            Ok((Some(name), Some(d), Arc::new(b) as Arc<dyn Backend>))
+            Ok((Some(name), None, Arc::new(b) as Arc<dyn Backend>))
         })
         .collect()
 }

@@ -79,6 +79,12 @@ pub const BACKENDS: &[(&str, &str, &str)] = &[
         "path",
         "a file over SFTP: ssh host=HOST [user=] PATH",
     ),
+    #[cfg(feature = "rbd")]
+    (
+        "rbd",
+        "image",
+        "Ceph RBD image: rbd POOL/IMAGE[@SNAP] [conf=] [id=] [keyring=]",
+    ),
 ];
 
 /// The command-line words as `(key, value)` pairs, with every bare word
@@ -544,7 +550,9 @@ mod tests {
         for &(name, magic, help) in BACKENDS {
             assert!(!help.is_empty());
             let args = match name {
-                "file" | "split" | "curl" | "ssh" | "tmpdisk" | "qcow2" | "vmdk" => continue,
+                "file" | "split" | "curl" | "ssh" | "tmpdisk" | "qcow2" | "vmdk" | "rbd" => {
+                    continue;
+                }
                 "zero" => {
                     assert!(magic.is_empty());
                     ""

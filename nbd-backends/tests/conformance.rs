@@ -256,6 +256,78 @@ conformance! {
     qcow2_backed_ => qcow2(true);
 }
 
+#[cfg(feature = "rbd")]
+#[path = "ceph/mod.rs"]
+mod ceph;
+
+/// An RBD image on the test cluster (`cargo xtask test` starts it), 64 KiB
+/// objects so the 1 MiB export spans 17 of them, resized to the odd SIZE
+/// through the backend itself. Images stay in the throwaway cluster: an
+/// open image cannot be removed, and the fixture does not outlive its test.
+#[cfg(feature = "rbd")]
+fn rbd_image(features: &[&str], snap: bool) -> Fixture {
+    use nbd_backends::{RbdBackend, rbd::Params};
+    let mut extra = vec!["--object-size", "64K"];
+    for f in features {
+        extra.extend(["--image-feature", f]);
+    }
+    let image = ceph::Image::create("2M", &extra);
+    let name = image.name.clone();
+    std::mem::forget(image);
+    let conf = ceph::conf().display().to_string();
+    let params = |snap: Option<&str>| {
+        Params::parse(|k| match k {
+            "image" => Some(name.as_str()),
+            "conf" => Some(conf.as_str()),
+            "snap" => snap,
+            _ => None,
+        })
+        .unwrap()
+    };
+    let rw = RbdBackend::open(&params(None), false).unwrap();
+    rw.resize(SIZE).unwrap();
+    assert_eq!(rw.size(), SIZE);
+    if !snap {
+        return Fixture {
+            backend: Arc::new(rw),
+            stores: true,
+            trim_zeroes: false,
+            fast_zero: true,
+            initial: zero,
+            _file: None,
+        };
+    }
+    let data: Vec<u8> = (0..SIZE).map(snapshot_byte).collect();
+    rw.write_at(0, &data, true).unwrap();
+    ceph::rbd(&["snap", "create", "--no-progress", &format!("rbd/{name}@s")]);
+    let ro = RbdBackend::open(&params(Some("s")), false).unwrap();
+    Fixture {
+        backend: Arc::new(ro),
+        stores: false,
+        trim_zeroes: false,
+        fast_zero: false,
+        initial: snapshot_byte,
+        _file: None,
+    }
+}
+
+/// Content of the snapshot fixture.
+#[cfg(feature = "rbd")]
+fn snapshot_byte(i: u64) -> u8 {
+    (i % 253) as u8 ^ 0x5a
+}
+
+// Built only with `--features rbd` (`cargo xtask test` runs them with the
+// cluster up): layering only (extents from per-object listing), the default
+// features (exclusive lock, object map, fast diff: extents from the object
+// map), and a snapshot (read-only).
+#[cfg(feature = "rbd")]
+conformance! {
+    rbd_layering_ => rbd_image(&["layering"], false);
+    rbd_default_features_ => rbd_image(&["layering", "exclusive-lock", "object-map", "fast-diff"], false);
+    rbd_snapshot_ => rbd_image(&["layering"], true);
+}
+
 #[test]
 fn o_direct_is_used_on_ext4_and_refused_sizes_fall_back() {
     let f = file_direct();

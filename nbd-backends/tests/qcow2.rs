@@ -393,7 +393,13 @@ fn registry_builds_qcow2_with_keys() {
     let set = nbd_backends::build("qcow2", &words(&[s(&top)]), "", true).unwrap();
     let b: &Arc<dyn Backend> = &set.get("").unwrap().backend;
     assert_eq!(b.size(), 4 * MIB);
-    assert!(b.description().unwrap().contains("qcow2"));
+    // The format, never the server path: LIST answers it before TLS.
+    let d = b.description().unwrap();
+    assert!(d.contains("qcow2") && !d.contains(s(&top)), "{d}");
+    assert_eq!(
+        set.get("").unwrap().description.as_deref(),
+        Some(d.as_str())
+    );
     let args = words(&[
         s(&top),
         &format!("backing={}", s(&base)),

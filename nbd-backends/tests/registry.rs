@@ -21,14 +21,8 @@ fn dir_mode_serves_one_export_per_regular_file() {
     assert_eq!(names, ["a.img", "b.img"], "sorted, directories skipped");
     assert_eq!(set.get("").unwrap().name, "a.img");
     assert_eq!(set.get("b.img").unwrap().backend.size(), 8192);
-    assert!(
-        set.get("b.img")
-            .unwrap()
-            .description
-            .as_deref()
-            .unwrap()
-            .ends_with("b.img")
-    );
+    // No server path in a description: LIST answers it before TLS.
+    assert_eq!(set.get("b.img").unwrap().description, None);
     assert!(
         set.get("b.img")
             .unwrap()
@@ -171,4 +165,15 @@ fn cow_filter_makes_a_read_only_file_writable_without_touching_it() {
     want[4090..4100].fill(1);
     assert_eq!(got, want);
     assert_eq!(on_disk.unwrap(), vec![7u8; 10_000], "the file is untouched");
+}
+
+/// A `file` export has no description: it would be the server-side path,
+/// sent by NBD_OPT_LIST before TLS with `--tls=on`.
+#[test]
+fn file_export_has_no_description() {
+    let path = format!("/tmp/nbd-backends-desc-{}.img", std::process::id());
+    std::fs::write(&path, vec![0; 4096]).unwrap();
+    let set = build("file", &words(&path), "", true);
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(set.unwrap().get("").unwrap().description, None);
 }

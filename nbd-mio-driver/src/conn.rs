@@ -10,7 +10,7 @@ use std::time::Instant;
 use nbd_backends::{Backend, Caps, ClientInfo, Export, ExportSet, Peer};
 use nbd_proto::server::{
     BASE_ALLOCATION, BlockSizes, Connection, ConnectionConfig, ExportInfo, ExportQuestion, Input,
-    ListQuestion, StartTls,
+    ListQuestion, QEMU_ALLOCATION_DEPTH, StartTls,
 };
 use nbd_proto::{OptReplyType, TransmissionFlags};
 
@@ -21,7 +21,21 @@ use crate::outq::OutQueue;
 use crate::tls::{TlsServerConfig, TlsSession};
 
 /// The meta contexts nbdd knows; ID = index + 1.
-pub const META_CONTEXTS: &[&str] = &[BASE_ALLOCATION];
+pub const META_CONTEXTS: &[&str] = &[BASE_ALLOCATION, QEMU_ALLOCATION_DEPTH];
+/// `META_CONTEXTS` bit of `base:allocation` (every export offers it).
+pub const META_BASE: u64 = 1 << 0;
+/// `META_CONTEXTS` bit of `qemu:allocation-depth` (backends with
+/// `Caps::ALLOCATION_DEPTH`: qcow2 chains, the cow filter).
+pub const META_DEPTH: u64 = 1 << 1;
+
+/// The catalogue entries backend `b` offers.
+fn offered_contexts(b: &dyn Backend) -> u64 {
+    if b.caps().contains(Caps::ALLOCATION_DEPTH) {
+        META_BASE | META_DEPTH
+    } else {
+        META_BASE
+    }
+}
 /// Stop reading requests while this much output is queued (back-pressure).
 const OUTPUT_HIGH_WATER: usize = 4 * 1024 * 1024;
 /// Most requests on the pool per connection.
@@ -171,7 +185,7 @@ fn export_info<'a>(e: &'a Export, b: &dyn Backend) -> ExportInfo<'a> {
             nbd_proto::wire::MAX_STRING_LEN,
         ),
         block_sizes: block_sizes.filter(BlockSizes::is_valid),
-        meta_contexts: 1,
+        meta_contexts: offered_contexts(b),
     }
 }
 
@@ -474,8 +488,10 @@ impl Conn {
                     false
                 }
                 Input::MetaContexts(q) => {
-                    // Every export offers base:allocation.
-                    let offered = Ok(1);
+                    // What the named export offers (a name that is no
+                    // export: base:allocation, as any export would).
+                    let e = cfg.exports.get(self.proto.asked_name());
+                    let offered = Ok(e.map_or(META_BASE, |e| offered_contexts(&*e.backend)));
                     put(&mut self.wbuf, 256, q, |q, b| {
                         self.proto.answer_meta_contexts(q, offered, b)
                     });
@@ -528,6 +544,13 @@ impl Conn {
                     dispatch::reply_error(&mut self.proto, &mut self.wbuf, reply, error, message);
                     false
                 }
+                // nbd-proto's `Input` may grow (it is `#[non_exhaustive]`):
+                // an event this driver does not know ends the connection.
+                _ => {
+                    return Err(nbd_proto::ProtocolError::Violation(
+                        "unknown nbd-proto event",
+                    ));
+                }
             };
             self.rbuf.consume(consumed);
             if stop {
@@ -541,7 +564,7 @@ impl Conn {
     /// the output.
     fn drain_transmit(&mut self) {
         loop {
-            let spare = self.wbuf.spare(256);
+            let spare = self.wbuf.spare(nbd_proto::server::POLL_TRANSMIT_MAX);
             match self.proto.poll_transmit(spare) {
                 Ok(0) => return,
                 Ok(n) => self.wbuf.commit(n),

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use mio::Registry;
 use slab::Slab;
 
-use nbd_backends::{Backend, Caps, Execution, Extent, ExtentFlags, ZeroFlags};
+use nbd_backends::{Backend, Caps, DepthExtent, Execution, Extent, ExtentFlags, ZeroFlags};
 use nbd_proto::server::{Connection, NeedRoom, OK_REPLY_MAX, Op, Pending, error_reply_len};
 use nbd_proto::wire::reply::BlockStatusExtent;
 use nbd_proto::{ErrorCode, HeaderMode};
@@ -43,6 +43,8 @@ pub struct Shared {
     pub free_jobs: Vec<Box<Job>>,
     /// Scratch extents from a backend.
     pub extents: Vec<Extent>,
+    /// Scratch allocation depths from a backend.
+    pub depths: Vec<DepthExtent>,
     /// Scratch descriptors for the wire.
     pub descriptors: Vec<BlockStatusExtent>,
     /// Upstream connections of `nbd` proxy exports, driven by the loop:
@@ -55,6 +57,8 @@ pub struct Shared {
     /// Bytes all this loop's connections hold (output queued, replies
     /// and payloads in flight): its share of `--max-memory`.
     pub held: usize,
+    /// [aio hook] This loop's queues on asynchronous backends (rbd).
+    pub aio: crate::aio::Aio,
 }
 
 impl Shared {
@@ -64,11 +68,13 @@ impl Shared {
             pool,
             free_jobs: Vec::new(),
             extents: vec![Extent::default(); MAX_EXTENTS],
+            depths: vec![DepthExtent::default(); MAX_EXTENTS],
             descriptors: Vec::with_capacity(MAX_EXTENTS),
             upstreams: Slab::new(),
             shared_upstreams: HashMap::new(),
             registry,
             held: 0,
+            aio: crate::aio::Aio::default(), // [aio hook]
         }
     }
 
@@ -85,6 +91,13 @@ impl Shared {
             return self
                 .upstream_for(p, name)
                 .map_or(Exec::Pool, |(key, owned)| Exec::Upstream { key, owned });
+        }
+        // [aio hook] An asynchronous backend runs on this loop's queue;
+        // what its interface does not carry goes to the pool.
+        if self.pool.is_some()
+            && let Some(key) = self.aio.queue_for(handle, &self.registry)
+        {
+            return Exec::Aio { key };
         }
         match handle.execution() {
             Execution::Blocking if self.pool.is_some() => Exec::Pool,
@@ -139,6 +152,12 @@ pub enum Exec {
         key: usize,
         /// Per-client (closed with the connection).
         owned: bool,
+    },
+    /// [aio hook] Submitted to this loop's queue `key` on an asynchronous
+    /// backend (aio.rs); block status, resize and cache on the pool.
+    Aio {
+        /// Slab key of the queue in [`Shared::aio`].
+        key: usize,
     },
 }
 
@@ -231,8 +250,16 @@ pub struct Target<'a> {
     pub exec: Exec,
 }
 
-/// The job form of an operation.
-fn job_op(op: &Op<'_>) -> workers::Op {
+/// The job form of an operation, and for BLOCK_STATUS the contexts asked.
+fn job_op(op: &Op<'_>) -> (workers::Op, u64) {
+    let contexts = match *op {
+        Op::BlockStatus { contexts, .. } => contexts,
+        _ => 0,
+    };
+    (job_op_only(op), contexts)
+}
+
+fn job_op_only(op: &Op<'_>) -> workers::Op {
     match *op {
         Op::Read { offset, len, .. } => workers::Op::Read { offset, len },
         Op::Write { offset, fua, .. } => workers::Op::Write { offset, fua },
@@ -252,6 +279,8 @@ fn job_op(op: &Op<'_>) -> workers::Op {
         Op::Cache { offset, len } => workers::Op::Cache { offset, len },
         Op::BlockStatus { offset, len, .. } => workers::Op::Extents { offset, len },
         Op::Resize { size } => workers::Op::Resize { size },
+        // `execute` answers operations it does not know before this.
+        _ => workers::Op::Flush,
     }
 }
 
@@ -273,6 +302,10 @@ pub fn execute(
     shared: &mut Shared,
 ) -> Executed {
     let backend = target.backend;
+    if !known(&op) {
+        reply_error(conn, out, p, ErrorCode::Inval, "unsupported command");
+        return Executed::Done;
+    }
     match target.exec {
         Exec::Upstream { key, .. } => {
             let data = match op {
@@ -297,12 +330,72 @@ pub fn execute(
                 }
             }
         }
-        Exec::Pool => queue(conn, target, op, p, shared),
+        Exec::Aio { key } => run_aio(conn, out, target, op, p, shared, key), // [aio hook]
+        Exec::Pool => match op {
+            // A read the page cache can answer is answered here, without
+            // the round trip through a worker (at queue depth 1 that was 11
+            // system calls per request against 3).
+            Op::Read { offset, len, .. } => {
+                match read_cached(conn, out, &**backend, p, offset, len) {
+                    Ok(()) => Executed::Done,
+                    Err(p) => queue(conn, target, op, p, shared),
+                }
+            }
+            _ => queue(conn, target, op, p, shared),
+        },
         Exec::Inline => {
             run_inline(conn, out, backend, op, p, shared);
             Executed::Done
         }
     }
+}
+
+/// Largest read tried from the page cache on the loop thread (a bigger
+/// copy would stall the loop's other clients for too long).
+const CACHED_READ_MAX: usize = 1 << 20;
+
+/// Answer a READ from the page cache if it is all there; hand the token
+/// back otherwise.
+fn read_cached(
+    conn: &mut Connection,
+    out: &mut Buf,
+    backend: &dyn Backend,
+    p: Pending,
+    offset: u64,
+    len: usize,
+) -> Result<(), Pending> {
+    if len == 0 || len > CACHED_READ_MAX {
+        return Err(p);
+    }
+    let prefix = conn.read_prefix_len();
+    let spare = out.spare(prefix + len);
+    let (head, data) = spare.split_at_mut(prefix);
+    if !backend.try_read_cached(offset, &mut data[..len]) {
+        return Err(p);
+    }
+    match conn.reply_read(p, head) {
+        Ok(n) => {
+            out.commit(n + len);
+            Ok(())
+        }
+        Err(NeedRoom { token, .. }) => Err(token),
+    }
+}
+
+/// True for the operations this driver implements (nbd-proto's `Op` may
+/// grow: it is `#[non_exhaustive]`).
+fn known(op: &Op<'_>) -> bool {
+    matches!(
+        op,
+        Op::Read { .. }
+            | Op::Write { .. }
+            | Op::Flush
+            | Op::Trim { .. }
+            | Op::WriteZeroes { .. }
+            | Op::Cache { .. }
+            | Op::BlockStatus { .. }
+            | Op::Resize { .. }
+    )
 }
 
 /// Put the request on the worker pool.
@@ -332,6 +425,39 @@ fn queue(
     Executed::Queued { cost }
 }
 
+/// [aio hook] Submit the request to the loop's queue `key` (aio.rs), or
+/// put it on the pool if the async interface does not carry it.
+fn run_aio(
+    conn: &mut Connection,
+    out: &mut Buf,
+    target: &Target<'_>,
+    op: Op<'_>,
+    p: Pending,
+    shared: &mut Shared,
+    key: usize,
+) -> Executed {
+    let jop = job_op(&op);
+    if crate::aio::to_aio(&jop.0, 0).is_none() {
+        return queue(conn, target, op, p, shared);
+    }
+    let payload = match op {
+        Op::Write { data, .. } => data,
+        _ => &[],
+    };
+    let mut job = new_job(shared, target, jop, p);
+    // The WRITE payload is copied into the job (as for the pool).
+    job.cost += payload.len();
+    let cost = job.cost;
+    match shared.aio.submit(key, job, payload, conn.read_prefix_len()) {
+        Ok(()) => Executed::Queued { cost },
+        Err(mut job) => {
+            complete(conn, out, &mut job, &mut shared.descriptors);
+            recycle(shared, job);
+            Executed::Done
+        }
+    }
+}
+
 fn run_inline(
     conn: &mut Connection,
     out: &mut Buf,
@@ -348,16 +474,22 @@ fn run_inline(
             let r = backend.write_at(offset, data, fua);
             reply_result(conn, out, p, &r);
         }
-        Op::BlockStatus { offset, len, .. } => {
-            match backend.extents(offset, len, &mut shared.extents) {
-                Ok(n) => {
-                    let n = n.min(shared.extents.len());
-                    let (ext, desc) = (&shared.extents[..n], &mut shared.descriptors);
-                    reply_extents(conn, out, p, ext, desc);
-                }
-                Err(e) => reply_result(conn, out, p, &Err(e)),
+        Op::BlockStatus {
+            offset,
+            len,
+            contexts,
+            ..
+        } => match status_inline(&**backend, offset, len, contexts, shared) {
+            Ok((n, d)) => {
+                let runs = Runs {
+                    contexts,
+                    extents: &shared.extents[..n],
+                    depths: &shared.depths[..d],
+                };
+                reply_block_status(conn, out, p, &runs, &mut shared.descriptors);
             }
-        }
+            Err(e) => reply_result(conn, out, p, &Err(e)),
+        },
         Op::Resize { size } => {
             let r = backend.resize(size);
             reply_result(conn, out, p, &r);
@@ -377,11 +509,17 @@ fn run_inline(
             reply_result(conn, out, p, &r);
         }
         Op::Cache { offset, len } => reply_result(conn, out, p, &backend.cache(offset, len)),
+        _ => reply_error(conn, out, p, ErrorCode::Inval, "unsupported command"),
     }
 }
 
 /// A recycled (or, until the free list warms up, new) job for `op`.
-fn new_job(shared: &mut Shared, target: &Target<'_>, op: workers::Op, p: Pending) -> Box<Job> {
+fn new_job(
+    shared: &mut Shared,
+    target: &Target<'_>,
+    (op, contexts): (workers::Op, u64),
+    p: Pending,
+) -> Box<Job> {
     let flags = p.flags();
     let mut job = shared.free_jobs.pop().unwrap_or_else(|| {
         Box::new(Job {
@@ -394,6 +532,8 @@ fn new_job(shared: &mut Shared, target: &Target<'_>, op: workers::Op, p: Pending
             buf: Vec::new(),
             data_at: 0,
             extents: Vec::with_capacity(MAX_EXTENTS),
+            contexts: 0,
+            depths: Vec::new(),
             result: Ok(()),
             cost: 0,
         })
@@ -407,6 +547,7 @@ fn new_job(shared: &mut Shared, target: &Target<'_>, op: workers::Op, p: Pending
     job.data_at = 0;
     job.result = Ok(());
     job.cost = cost_of(&op);
+    job.contexts = contexts;
     job
 }
 
@@ -536,24 +677,86 @@ fn read_inline(
     put(out, OK_REPLY_MAX, p, |p, b| conn.reply_done(p, b));
 }
 
-/// Encode the block-status reply for `base:allocation` (context ID 1, the
-/// only context nbdd offers) from backend extents; nbd-proto applies the
-/// spec's clipping and merging rules.
-pub fn reply_extents(
+/// What a BLOCK_STATUS found, per context.
+pub struct Runs<'a> {
+    /// The contexts asked about (`conn::META_*` bits).
+    pub contexts: u64,
+    /// `base:allocation` runs.
+    pub extents: &'a [Extent],
+    /// `qemu:allocation-depth` runs.
+    pub depths: &'a [DepthExtent],
+}
+
+/// Ask an inline backend for the runs `contexts` need, into the loop's
+/// scratch lists; returns how many of each.
+fn status_inline(
+    b: &dyn Backend,
+    offset: u64,
+    len: u64,
+    contexts: u64,
+    shared: &mut Shared,
+) -> io::Result<(usize, usize)> {
+    let mut n = 0;
+    let mut d = 0;
+    if contexts & crate::conn::META_BASE != 0 {
+        n = b
+            .extents(offset, len, &mut shared.extents)?
+            .min(shared.extents.len());
+    }
+    if contexts & crate::conn::META_DEPTH != 0 {
+        d = b
+            .allocation_depth(offset, len, &mut shared.depths)?
+            .min(shared.depths.len());
+    }
+    Ok((n, d))
+}
+
+/// Encode the block-status reply: one chunk per context asked about (ID 1
+/// `base:allocation`, ID 2 `qemu:allocation-depth`), the last one final;
+/// nbd-proto applies the spec's clipping and merging rules.
+pub fn reply_block_status(
     conn: &mut Connection,
     out: &mut Buf,
     p: Pending,
-    extents: &[Extent],
+    runs: &Runs<'_>,
     desc: &mut Vec<BlockStatusExtent>,
 ) {
-    desc.clear();
-    desc.extend(extents.iter().take(MAX_EXTENTS).map(|e| BlockStatusExtent {
-        len: e.len,
-        flags: u64::from((e.flags & (ExtentFlags::HOLE | ExtentFlags::ZERO)).bits()),
-    }));
     let mode = conn.negotiated().map_or(HeaderMode::Structured, |n| n.mode);
+    let base = runs.contexts & crate::conn::META_BASE != 0;
+    let depth = runs.contexts & crate::conn::META_DEPTH != 0;
+    if base {
+        desc.clear();
+        desc.extend(
+            runs.extents
+                .iter()
+                .take(MAX_EXTENTS)
+                .map(|e| BlockStatusExtent {
+                    len: e.len,
+                    flags: u64::from((e.flags & (ExtentFlags::HOLE | ExtentFlags::ZERO)).bits()),
+                }),
+        );
+        let room = nbd_proto::wire::reply::block_status_len(mode, desc.len().max(1));
+        if !depth {
+            put(out, room, p, |p, b| conn.reply_block_status(p, 1, desc, b));
+            return;
+        }
+        let n = conn
+            .block_status_chunk(&p, 1, desc, out.spare(room))
+            .unwrap_or(0);
+        out.commit(n);
+    }
+    desc.clear();
+    desc.extend(
+        runs.depths
+            .iter()
+            .take(MAX_EXTENTS)
+            .map(|d| BlockStatusExtent {
+                len: d.len,
+                flags: u64::from(d.depth),
+            }),
+    );
     let room = nbd_proto::wire::reply::block_status_len(mode, desc.len().max(1));
-    put(out, room, p, |p, b| conn.reply_block_status(p, 1, desc, b));
+    put(out, room, p, |p, b| conn.reply_block_status(p, 2, desc, b));
 }
 
 /// Encode the reply of a finished pool or upstream job.
@@ -595,9 +798,18 @@ pub fn complete(
             }
         }
         workers::Op::Extents { .. } => {
-            let ext = std::mem::take(&mut job.extents);
-            reply_extents(conn, out, p, &ext, desc);
-            job.extents = ext;
+            // Upstream (proxy) jobs only ever carry base:allocation.
+            let contexts = if job.contexts == 0 {
+                crate::conn::META_BASE
+            } else {
+                job.contexts
+            };
+            let runs = Runs {
+                contexts,
+                extents: &job.extents,
+                depths: &job.depths,
+            };
+            reply_block_status(conn, out, p, &runs, desc);
         }
         _ => reply_ok(conn, out, p),
     }

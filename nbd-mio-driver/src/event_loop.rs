@@ -32,10 +32,12 @@ use crate::workers::{Job, Pool};
 pub(crate) const WAKER: Token = Token(0);
 pub(crate) const SIGNALS: Token = Token(1);
 pub(crate) const LISTENER_BASE: usize = 2;
-/// Connections and upstream sockets share the tokens from here: even
-/// offsets are connections, odd ones upstreams (both slab keys, so
-/// neither has a fixed cap).
+/// Connections, upstream sockets and asynchronous queues share the tokens
+/// from here, interleaved: offset `3k` is connection `k`, `3k + 1` upstream
+/// `k`, `3k + 2` aio queue `k` (all slab keys, so none has a fixed cap).
 const DYN_BASE: usize = 1024;
+/// The kinds of token above `DYN_BASE`.
+const DYN_KINDS: usize = 3;
 /// How often negotiation deadlines are checked.
 const EXPIRY_SCAN: Duration = Duration::from_millis(250);
 /// How often idle connections give back buffer memory.
@@ -45,12 +47,17 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// The token of connection `key`.
 pub(crate) fn conn_token(key: usize) -> Token {
-    Token(DYN_BASE + 2 * key)
+    Token(DYN_BASE + DYN_KINDS * key)
 }
 
 /// The token of upstream `key`.
 pub(crate) fn upstream_token(key: usize) -> Token {
-    Token(DYN_BASE + 2 * key + 1)
+    Token(DYN_BASE + DYN_KINDS * key + 1)
+}
+
+/// [aio hook] The token of the loop's aio queue `key` (aio.rs).
+pub(crate) fn aio_token(key: usize) -> Token {
+    Token(DYN_BASE + DYN_KINDS * key + 2)
 }
 
 /// A connection accepted by loop 0 for this loop.
@@ -65,7 +72,6 @@ struct Slot {
     /// Boxed: a connection is several KiB (its negotiation state), and the
     /// slab's vector doubles as it grows.
     conn: Box<Conn>,
-    interest: Interest,
     /// On the ready list already (so it is never queued twice).
     ready: bool,
 }
@@ -165,7 +171,6 @@ impl Loop {
         let conn = Conn::new(id, (name, peer), stream, &self.cfg, deadline);
         entry.insert(Slot {
             conn: Box::new(conn),
-            interest,
             ready: true,
         });
         self.ready.push_back(key);
@@ -275,8 +280,12 @@ impl Loop {
                     self.control.request_stop();
                 }
             }
-            Token(t) if t >= DYN_BASE && (t - DYN_BASE) % 2 == 1 => {
-                if let Some(u) = self.shared.upstreams.get_mut((t - DYN_BASE) / 2) {
+            // [aio hook] Completions are waiting on an aio queue.
+            Token(t) if t >= DYN_BASE && (t - DYN_BASE) % DYN_KINDS == 2 => {
+                self.shared.aio.on_ready((t - DYN_BASE) / DYN_KINDS);
+            }
+            Token(t) if t >= DYN_BASE && (t - DYN_BASE) % DYN_KINDS == 1 => {
+                if let Some(u) = self.shared.upstreams.get_mut((t - DYN_BASE) / DYN_KINDS) {
                     if ev.is_writable() {
                         u.on_writable();
                     }
@@ -286,7 +295,7 @@ impl Loop {
                 }
             }
             Token(t) if t >= DYN_BASE => {
-                let key = (t - DYN_BASE) / 2;
+                let key = (t - DYN_BASE) / DYN_KINDS;
                 let Some(s) = self.conns.get_mut(key) else {
                     return;
                 };
@@ -346,6 +355,13 @@ impl Loop {
                 self.deliver(job);
             }
         }
+        // [aio hook] Finished aio jobs, in completion order (the list's
+        // memory is kept).
+        let mut done = std::mem::take(&mut self.shared.aio.done);
+        for job in done.drain(..) {
+            self.deliver(job);
+        }
+        self.shared.aio.done = done;
         loop {
             let Some(job) = self.shared.pool.as_mut().and_then(Pool::try_finished) else {
                 return;
@@ -412,35 +428,16 @@ impl Loop {
                 more = true;
             }
             let room = c.has_output_room();
-            if c.finished() || (status.closing && !c.wants_write()) {
+            // A closing connection (DISC, a protocol error) is closed once
+            // its output is out and no job is in flight: replies from the
+            // pool or an aio queue are owed too (checklist 110: a WRITE,
+            // DISC and junk in one burst still gets the WRITE's reply).
+            if c.finished() {
                 self.close(key);
                 continue;
             }
             if more && room {
                 self.mark_ready(key);
-            }
-            self.update_interest(key);
-        }
-    }
-
-    fn update_interest(&mut self, key: usize) {
-        let Some(s) = self.conns.get_mut(key) else {
-            return;
-        };
-        // With nothing to write, keep READABLE even under back-pressure so
-        // a peer close is noticed.
-        let want = match (s.conn.wants_read(), s.conn.wants_write()) {
-            (true, true) => Interest::READABLE | Interest::WRITABLE,
-            (false, true) => Interest::WRITABLE,
-            (_, false) => Interest::READABLE,
-        };
-        if want != s.interest {
-            let r = self
-                .poll
-                .registry()
-                .reregister(&mut s.conn.stream, conn_token(key), want);
-            if r.is_ok() {
-                s.interest = want;
             }
         }
     }

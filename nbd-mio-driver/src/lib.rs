@@ -9,6 +9,8 @@
 // server, conn, buffer, workers, dispatch: the event loop.
 pub(crate) mod acceptor;
 pub mod activation;
+// aio: asynchronous backends (rbd) driven by the event loop.
+pub mod aio;
 pub mod banner;
 pub mod buffer;
 pub mod captive;

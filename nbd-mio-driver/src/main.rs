@@ -218,11 +218,10 @@ fn load_tls(cfg: &Config) -> anyhow::Result<Option<Arc<TlsServerConfig>>> {
         }
         return Ok(None);
     }
+    // A PSK file group or others can read is warned about where it is
+    // read (tls::psk_file), from the descriptor actually opened.
     let certs = match &cfg.tls_psk {
-        Some(psk) => {
-            warn_if_world_readable(psk);
-            None
-        }
+        Some(_) => None,
         None => Some(
             tlsdefault::certificates(cfg.tls_certificates.as_deref())
                 .map_err(anyhow::Error::msg)?,
@@ -235,20 +234,6 @@ fn load_tls(cfg: &Config) -> anyhow::Result<Option<Arc<TlsServerConfig>>> {
     )
     .map_err(anyhow::Error::msg)?;
     Ok(Some(Arc::new(loaded)))
-}
-
-/// Keys anyone on the host can read are no secret (ssh refuses such keys;
-/// nbdd serves, with one warning).
-fn warn_if_world_readable(path: &std::path::Path) {
-    use std::os::unix::fs::PermissionsExt as _;
-    if let Ok(m) = std::fs::metadata(path)
-        && m.permissions().mode() & 0o004 != 0
-    {
-        log::warn!(
-            "--tls-psk: {} is readable by everyone (chmod 600 it)",
-            path.display()
-        );
-    }
 }
 
 /// `--print-uri` and the pidfile, once the server is ready to serve.

@@ -9,7 +9,7 @@ use std::io;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
-use nbd_backends::{Backend, Extent, ZeroFlags};
+use nbd_backends::{Backend, DepthExtent, Extent, ZeroFlags};
 use nbd_proto::server::Pending;
 
 /// What a job does.
@@ -60,6 +60,10 @@ pub struct Job {
     pub data_at: usize,
     /// Extents out.
     pub extents: Vec<Extent>,
+    /// For BLOCK_STATUS: the contexts asked about (`conn::META_*` bits).
+    pub contexts: u64,
+    /// Allocation depths out (`qemu:allocation-depth`).
+    pub depths: Vec<DepthExtent>,
     /// Bytes this job holds against its connection's budget (a READ's
     /// reply data, a WRITE's payload), given back when it completes.
     pub cost: usize,
@@ -94,21 +98,32 @@ impl Job {
             Op::Trim { offset, len, fua } => b.trim(offset, len, fua),
             Op::Zero { offset, len, flags } => b.write_zeroes(offset, len, flags),
             Op::Cache { offset, len } => b.cache(offset, len),
-            Op::Extents { offset, len } => {
-                let cap = self.extents.capacity().max(1);
-                self.extents.resize(cap, Extent::default());
-                match b.extents(offset, len, &mut self.extents) {
-                    Ok(n) => {
-                        // A count beyond the slice is the backend's bug;
-                        // never trust it further than the slice.
-                        self.extents.truncate(n.min(cap));
-                        Ok(())
-                    }
-                    Err(e) => Err(e),
-                }
-            }
+            Op::Extents { offset, len } => self.block_status(offset, len),
             Op::Resize { size } => b.resize(size),
         };
+    }
+
+    /// The runs each asked-for context needs: allocation depths
+    /// (`qemu:allocation-depth`) and extents (`base:allocation`).
+    fn block_status(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        let b = &*self.backend;
+        self.depths.clear();
+        self.extents.clear();
+        if self.contexts & crate::conn::META_DEPTH != 0 {
+            let cap = crate::dispatch::MAX_EXTENTS;
+            self.depths.resize(cap, DepthExtent::default());
+            let n = b.allocation_depth(offset, len, &mut self.depths)?;
+            // A count beyond the slice is the backend's bug; never trust it
+            // further than the slice.
+            self.depths.truncate(n.min(cap));
+        }
+        if self.contexts & crate::conn::META_BASE != 0 {
+            let cap = crate::dispatch::MAX_EXTENTS;
+            self.extents.resize(cap, Extent::default());
+            let n = b.extents(offset, len, &mut self.extents)?;
+            self.extents.truncate(n.min(cap));
+        }
+        Ok(())
     }
 }
 

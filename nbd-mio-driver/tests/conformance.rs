@@ -19,14 +19,44 @@ mod requests;
 #[path = "conformance/structured.rs"]
 mod structured;
 
+#[cfg(feature = "rbd")]
+#[path = "../../nbd-backends/tests/ceph/mod.rs"]
+mod ceph;
+
 use common::{Server, Transport};
 
 /// A 1 MiB memory export on a Unix socket, plus any extra options.
+///
+/// Built with `--features rbd` it is a 1 MiB RBD image on the test cluster
+/// instead (layering only, 64 KiB objects), so the whole protocol suite also
+/// runs over the asynchronous rbd path: `cargo xtask test` runs it both ways.
+/// The image stays in the throwaway cluster (the server still has it open
+/// when the test ends).
 pub fn memory(extra: &[&str]) -> Server {
-    let mut args: Vec<&str> = extra.to_vec();
-    args.extend(["memory", "1M"]);
+    let mut args: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+    #[cfg(feature = "rbd")]
+    {
+        let image = ceph::Image::simple("1M", "64K");
+        args.extend([
+            "rbd".to_owned(),
+            image.spec(),
+            format!("conf={}", ceph::conf().display()),
+        ]);
+        std::mem::forget(image);
+    }
+    #[cfg(not(feature = "rbd"))]
+    args.extend(["memory".to_owned(), "1M".to_owned()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Server::start(Transport::Unix, &args)
 }
+
+/// The allocation unit of [`memory`]'s export, which block status reports
+/// holes in: memory's 4 KiB pages, or the rbd image's 64 KiB objects.
+#[cfg(not(feature = "rbd"))]
+pub const GRAIN: u64 = 4096;
+/// The allocation unit of [`memory`]'s export (the rbd image's objects).
+#[cfg(feature = "rbd")]
+pub const GRAIN: u64 = 64 * 1024;
 
 /// Deterministic non-zero test bytes (zero bytes would let a hole fake a
 /// match).

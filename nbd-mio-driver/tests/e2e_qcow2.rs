@@ -258,3 +258,97 @@ fn merge(runs: impl IntoIterator<Item = (u64, u64)>) -> Vec<(u64, u64)> {
     }
     v
 }
+
+/// qemu-nbd serving `image` with `-A` (qemu:allocation-depth) read-only;
+/// the reference for the depth map.
+fn qemu_nbd_depth(image: &Path, dir: &Path) -> (std::process::Child, String) {
+    let sock = dir.join("qemu-depth.sock");
+    let child = tool("qemu-nbd", "qemu-utils")
+        .args(["-r", "-A", "-t", "-f", "qcow2", "-k", p(&sock)])
+        .arg(image)
+        .spawn()
+        .expect("start qemu-nbd");
+    for _ in 0..500 {
+        if sock.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    (child, format!("nbd+unix:///?socket={}", p(&sock)))
+}
+
+/// Issue 10: `qemu:allocation-depth` on the wire, exactly as qemu-nbd -A
+/// reports it for the same backing chain (0 = absent, 1 = the top layer,
+/// 2 = the backing file), read by nbdinfo; the context is listed under
+/// `qemu:`; and `base:allocation` is unchanged beside it.
+#[test]
+fn allocation_depth_matches_qemu_nbd() {
+    let dir = TempDir::new("qcow2-depth");
+    let (_base, top) = chain(dir.path());
+    let s = Srv::start(&["-r", "qcow2", p(&top)], &top, true);
+    let (mut q, quri) = qemu_nbd_depth(&top, dir.path());
+    let ours = nbdinfo_map(&s.uri(), "qemu:allocation-depth");
+    let theirs = nbdinfo_map(&quri, "qemu:allocation-depth");
+    let _ = q.kill();
+    let _ = q.wait();
+    assert_eq!(ours, theirs, "depth map differs from qemu-nbd -A");
+    assert!(ours.iter().any(|r| r.1 == 2) && ours.iter().any(|r| r.1 == 1));
+    let listed = run_ok(tool("nbdinfo", "libnbd-bin").args(["--list", "--json", &s.uri()]));
+    assert!(listed.contains("qemu:allocation-depth"), "{listed}");
+    assert!(!nbdinfo_map(&s.uri(), "base:allocation").is_empty());
+}
+
+/// The cow filter reports depth too: its overlay is layer 1, the base's
+/// data layer 2, the base's holes 0.
+#[test]
+fn cow_filter_reports_allocation_depth() {
+    if common::flavor() != Flavor::Nbdd {
+        eprintln!("not applicable to the reference: qemu-nbd has no cow filter");
+        return;
+    }
+    let dir = TempDir::new("cow-depth");
+    let img = dir.path().join("base.img");
+    let f = std::fs::File::create(&img).unwrap();
+    f.set_len(4 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[7u8; 1 << 20], 0).unwrap();
+    drop(f);
+    let s = Server::start(Transport::Unix, &["--filter=cow", "file", p(&img)]);
+    run_ok(tool("qemu-io", "qemu-utils").args(["-f", "raw", "-c", "write -P 1 2M 64k", &s.uri()]));
+    let map = nbdinfo_map(&s.uri(), "qemu:allocation-depth");
+    assert_eq!(
+        map,
+        vec![
+            (1 << 20, 2),
+            ((1 << 20), 0),
+            (64 << 10, 1),
+            ((2 << 20) - (64 << 10), 0)
+        ],
+        "overlay 1, base data 2, holes 0"
+    );
+}
+
+/// One BLOCK_STATUS for both contexts (as qemu asks): one chunk each, with
+/// their own IDs, read by libnbd.
+#[test]
+fn block_status_answers_both_contexts_at_once() {
+    let dir = TempDir::new("qcow2-both");
+    let (_base, top) = chain(dir.path());
+    let s = Srv::start(&["-r", "qcow2", p(&top)], &top, true);
+    let script = r#"
+import nbd, sys
+h = nbd.NBD(); h.set_opt_mode(True); h.connect_uri(sys.argv[1])
+h.add_meta_context("base:allocation"); h.add_meta_context("qemu:allocation-depth"); h.opt_go()
+seen = {}
+def cb(ctx, off, entries, err):
+    seen[ctx] = sum(entries[0::2])
+    return 0
+h.block_status(8 << 20, 0, cb)
+print(sorted(seen.items()))
+"#;
+    let out = common::run_ok(Command::new(common::PYTHON).args(["-c", script, &s.uri()]));
+    assert_eq!(
+        out.trim(),
+        "[('base:allocation', 8388608), ('qemu:allocation-depth', 8388608)]",
+        "both contexts described the whole request"
+    );
+}

@@ -361,7 +361,7 @@ fn rustls_client(
     for cert in load_certs(&pki().join("ca-cert.pem")) {
         roots.add(cert).unwrap();
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
         .unwrap()

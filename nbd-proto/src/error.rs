@@ -1,4 +1,14 @@
-//! Error types: one small `Copy` enum per layer.
+//! The crate's errors, one small `Copy` enum per layer.
+//!
+//! - [`DecodeError`]: bytes that can never become a valid frame (the codec).
+//! - [`ProtocolError`]: why a connection must end (the state machines).
+//!   Errors the peer should hear are not errors here but values: option
+//!   error replies and [`server::Input::Reject`](crate::server::Input::Reject).
+//! - [`BufferTooSmall`]: an output slice was short; it says how long it
+//!   must be. Nothing was written.
+//!
+//! All implement `core::error::Error` and `Display`, and carry only
+//! integers and `&'static str`, so they cost nothing to return.
 
 use crate::types::{Command, ErrorCode, OptReplyType, OptionCode};
 

@@ -1,11 +1,23 @@
-//! Flag sets, one `bitflags` type per wire field.
+//! The protocol's flag fields, one `bitflags` type each: handshake, client,
+//! transmission, command and reply flags, and the `base:allocation`
+//! status bits.
 //!
 //! Decoders use `from_bits_retain` so unknown bits stay visible: the spec
 //! requires some of them to be rejected (client flags, command flags), and
 //! silently truncating them would hide a protocol violation.
+//!
+//! Spec: [proto.md "Flag fields"][hs] (handshake phase), ["Flag
+//! fields"][tx] (transmission phase), ["`base:allocation` metadata
+//! context"][alloc].
+//!
+//! [hs]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#flag-fields
+//! [tx]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#flag-fields-1
+//! [alloc]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#baseallocation-metadata-context
 
 bitflags::bitflags! {
-    /// Handshake flags, server to client, 16 bits (proto.md "Handshake flags").
+    /// Handshake flags, server to client, 16 bits ([proto.md "Handshake flags"]).
+    ///
+    /// [proto.md "Handshake flags"]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#handshake-flags
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
     #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
     pub struct HandshakeFlags: u16 {
@@ -17,7 +29,9 @@ bitflags::bitflags! {
 }
 
 bitflags::bitflags! {
-    /// Client flags, client to server, 32 bits (proto.md "Client flags").
+    /// Client flags, client to server, 32 bits ([proto.md "Client flags"]).
+    ///
+    /// [proto.md "Client flags"]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#client-flags
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
     #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
     pub struct ClientFlags: u32 {
@@ -29,7 +43,9 @@ bitflags::bitflags! {
 }
 
 bitflags::bitflags! {
-    /// Transmission flags, 16 bits (proto.md "Transmission flags").
+    /// Transmission flags, 16 bits ([proto.md "Transmission flags"]).
+    ///
+    /// [proto.md "Transmission flags"]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#transmission-flags
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
     #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
     pub struct TransmissionFlags: u16 {
@@ -63,7 +79,9 @@ bitflags::bitflags! {
 }
 
 bitflags::bitflags! {
-    /// Command flags, 16 bits in every request (proto.md "Command flags").
+    /// Command flags, 16 bits in every request ([proto.md "Command flags"]).
+    ///
+    /// [proto.md "Command flags"]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#command-flags
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
     #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
     pub struct CmdFlags: u16 {
@@ -83,7 +101,9 @@ bitflags::bitflags! {
 }
 
 bitflags::bitflags! {
-    /// Reply chunk flags, 16 bits (proto.md "Structured reply chunk message").
+    /// Reply chunk flags, 16 bits ([proto.md "Structured reply chunk message"]).
+    ///
+    /// [proto.md "Structured reply chunk message"]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#structured-reply-chunk-message
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
     #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
     pub struct ReplyFlags: u16 {
@@ -93,7 +113,9 @@ bitflags::bitflags! {
 }
 
 bitflags::bitflags! {
-    /// `base:allocation` status bits (proto.md "`base:` meta context").
+    /// `base:allocation` status bits ([proto.md "The `base:` metadata namespace"]).
+    ///
+    /// [proto.md "The `base:` metadata namespace"]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#the-base-metadata-namespace
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
     #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
     pub struct AllocationFlags: u32 {

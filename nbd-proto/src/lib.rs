@@ -1,29 +1,57 @@
 //! A zero-allocation, sans-IO implementation of the Network Block Device
-//! protocol: a byte-exact codec plus the server negotiation and
-//! transmission state machines (and a client side).
+//! protocol ([NBD][proto]): a byte-exact codec for every message, and a
+//! server and a client state machine, each one value per connection.
 //!
-//! The crate is `#![no_std]` without `alloc`, forbids `unsafe`, and never
-//! panics on input. It does no I/O, reads no clock and spawns nothing: a
-//! driver (the `nbdd` mio loop, or your own event loop) moves bytes.
+//! The crate does no I/O, reads no clock and spawns nothing. You move the
+//! bytes (with std::net, tokio, mio, io_uring, ...); it tells you what they
+//! mean and what to send back. It is `#![no_std]` without `alloc`, forbids
+//! `unsafe`, and never panics on input.
+//!
+//! # Where to start
+//! - Writing a server: [`server::Connection`], one per client, from the
+//!   first byte to `NBD_CMD_DISC` (negotiation, STARTTLS, transmission,
+//!   shutdown). The [server run loop](#server-run-loop) below is the whole
+//!   contract; `examples/blocking_server.rs` and `examples/tokio_server.rs`
+//!   are complete programs.
+//! - Writing a client: [`client::Connection`], one per server connection,
+//!   with requests checked before they are sent and READ replies
+//!   reassembled into your buffer. See the [client run loop](#client-run-loop)
+//!   and `examples/blocking_client.rs`, `examples/tokio_client.rs`.
+//! - Framing messages yourself (a proxy, a fuzzer, a protocol analyser):
+//!   [`wire`], the codec under both state machines.
+//!
+//! The vocabulary both sides share: [`flags`] (the protocol's flag fields),
+//! [`types`] (its numbered values: options, commands, errors, ...),
+//! [`magic`] (its magic numbers) and [`error`].
 //!
 //! # Contract
 //! - Decoders take a borrowed slice and return `Ok(None)` when more bytes
 //!   are needed, `Ok(Some((value, consumed)))` with `consumed <= len`, or
-//!   `Err` for input that can never become valid. Values borrow the input.
-//! - Encoders write into a caller slice and return the length or
-//!   [`BufferTooSmall`] with the length they need.
+//!   `Err` for input that can never become valid. Values borrow the input
+//!   (a WRITE's data is a slice of your buffer).
+//! - Encoders write into a caller slice and return the length, or
+//!   [`BufferTooSmall`] with the length they need. The state machines'
+//!   answers and replies return [`server::NeedRoom`] instead, which hands
+//!   the question or reply token back: nothing is ever half-written or lost.
 //! - State machines are poll style: `handle_*` feeds input, `poll_*` and
 //!   the `answer_*` / `reply_*` calls produce output, `wants_read` /
 //!   `wants_write` drive readiness. A [`ProtocolError`] means "close now";
 //!   every error the peer should hear is a value (an option error reply or
-//!   [`server::Input::Reject`]). Decisions are owned tokens that the answer
-//!   consumes, so nothing can be answered twice.
+//!   [`server::Input::Reject`]).
+//! - Decisions are owned tokens that the answer consumes, so nothing can be
+//!   answered twice, and nothing the crate returns borrows the connection.
+//! - Every length and offset from the wire is checked before use; limits
+//!   (option sizes, payload sizes, options per connection) are
+//!   configurable and bounded, so a hostile peer cannot make the caller
+//!   allocate without bound.
 //!
 //! # Server run loop
 //! One [`server::Connection`] per client, fed with
 //! [`server::Connection::handle_input`], drained with
 //! [`server::Connection::poll_transmit`]:
-//! 1. Create it with a [`server::ConnectionConfig`].
+//! 1. Create it with a [`server::ConnectionConfig`] (the default: fixed
+//!    newstyle, structured replies, extended headers, `base:allocation`,
+//!    no TLS).
 //! 2. Loop: write out `poll_transmit` until it returns 0, then call
 //!    `handle_input` with the buffered input, discard the bytes it reports
 //!    consumed (after using a WRITE's data), and act on the [`server::Input`]:
@@ -39,6 +67,8 @@
 //!    - `Disconnect`, then `Closed` (or [`server::Connection::is_closed`]):
 //!      write out what is queued and close.
 //! 3. An `Err(ProtocolError)` also means: write out what is queued, then close.
+//!
+//! The whole negotiation, in memory:
 //!
 //! ```
 //! use nbd_proto::server::*;
@@ -80,13 +110,7 @@
 //!
 //! # Client run loop
 //! [`client::Connection`] is a whole client connection in one value,
-//! from the server's greeting to `NBD_CMD_DISC`. Two complete programs
-//! show it against real servers:
-//! `examples/blocking_client.rs` (std::net: connect, GO, write, read
-//! back, block status) and `examples/tokio_client.rs` (tokio, extended
-//! headers, pipelined requests), both in the crate's source package; run
-//! them with
-//! `cargo run -p nbd-proto --example blocking_client -- nbd://HOST/EXPORT`.
+//! from the server's greeting to `NBD_CMD_DISC`.
 //!
 //! 1. Create a [`client::Connection`] from a [`client::ClientConfig`];
 //!    `Connection<N>` keeps up to `N` requests in flight.
@@ -110,6 +134,8 @@
 //!    frame into your buffer.
 //! 4. On EOF call [`client::Connection::handle_eof`]: requests in flight
 //!    are then reported lost, then `Closed`.
+//!
+//! Negotiation and one READ, in memory:
 //!
 //! ```
 //! use nbd_proto::client::*;
@@ -167,6 +193,44 @@
 //!
 //! [`client::ClientHandshake`] and [`client::ReplyDecoder`] remain for
 //! callers that frame replies themselves.
+//!
+//! # Examples
+//! Four complete programs ship in the crate's `examples/` directory. The
+//! test suite runs them against real peers: the servers with qemu-img,
+//! nbdinfo and nbdcopy as clients, the clients against nbdd, nbdkit and
+//! the two servers.
+//!
+//! | example | what it shows |
+//! |---|---|
+//! | `blocking_server` | std::net, a thread per client, a 64 MiB memory export, zero-copy READ replies, `base:allocation` block status |
+//! | `tokio_server` | tokio, a task per client, sparse READ replies (holes as `OFFSET_HOLE` chunks) |
+//! | `blocking_client` | std::net: connect, GO, write, read back, block status, disconnect |
+//! | `tokio_client` | tokio: extended headers (with fallback), eight pipelined requests |
+//!
+//! ```text
+//! cargo run -p nbd-proto --example blocking_server -- 127.0.0.1:10809
+//! cargo run -p nbd-proto --example blocking_client -- nbd://127.0.0.1:10809
+//! ```
+//!
+//! The servers take `HOST:PORT` or a Unix socket path; the clients an NBD
+//! URI (`nbd://HOST[:PORT]/EXPORT`, `nbd+unix:///EXPORT?socket=PATH`),
+//! `HOST PORT` or a socket path.
+//!
+//! # Features
+//! - `arbitrary`: derives `arbitrary::Arbitrary` on the wire types.
+//! - `fuzzing`: the fuzz harnesses (`nbd_proto::fuzzing`), shared by the
+//!   cargo-fuzz targets and a stable replay test; not a stable API.
+//!
+//! # The specification
+//! The docs cite the NBD protocol ([`doc/proto.md`][proto] of the
+//! NetworkBlockDevice project) by section title, as `proto.md "Section"`,
+//! linked where a section of that title exists. Extended headers
+//! ([`EXTENDED_HEADERS`][ext]) and `NBD_CMD_RESIZE` ([`RESIZE`][resize]) are
+//! experimental extensions specified on branches of the same repository.
+//!
+//! [proto]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md
+//! [ext]: https://github.com/NetworkBlockDevice/nbd/blob/extension-ext-header/doc/proto.md
+//! [resize]: https://github.com/NetworkBlockDevice/nbd/blob/extension-resize/doc/proto.md
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -201,3 +265,9 @@ pub use flags::{
 pub use types::{
     ChunkType, Command, Cookie, ErrorCode, HeaderMode, InfoType, OptReplyType, OptionCode,
 };
+
+/// The README's code blocks, compiled as doctests so the README cannot
+/// drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -1,7 +1,15 @@
-//! Magic numbers (proto.md "Protocol phases" and "Transmission").
+//! The protocol's magic numbers: greetings, option headers and replies,
+//! request and reply headers.
 //!
 //! The two 64-bit magics the spec writes with fewer than 16 hex digits are
 //! still 8-byte fields on the wire (leading zero bytes).
+//!
+//! Spec: [proto.md "Handshake"][hs], ["Transmission"][tx], ["Reserved Magic
+//! values"][reserved].
+//!
+//! [hs]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#handshake
+//! [tx]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#transmission
+//! [reserved]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#reserved-magic-values
 
 /// `NBDMAGIC` / `INIT_PASSWD`: the first 8 bytes from the server in both styles.
 pub const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;

@@ -1,7 +1,20 @@
-//! Numbered wire values: options, replies, commands, info types, errors.
+//! The protocol's numbered values: options, option replies, info types,
+//! commands, reply chunk types, error codes; plus [`Cookie`] and
+//! [`HeaderMode`].
 //!
 //! Every enum has an `Unknown` variant so a value the peer sent always
-//! round-trips; the state machines decide how to answer it.
+//! round-trips; the state machines decide how to answer it. Each variant
+//! documents its spec constant (`NBD_OPT_GO`, `NBD_CMD_READ`, ...).
+//!
+//! Spec: [proto.md "Option types"][opt], ["Option reply types"][rep],
+//! ["Request types"][req], ["Structured reply types"][chunk], ["Error
+//! values"][err].
+//!
+//! [opt]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#option-types
+//! [rep]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#option-reply-types
+//! [req]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#request-types
+//! [chunk]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#structured-reply-types
+//! [err]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#error-values
 
 /// The opaque 64-bit request identifier, echoed byte-for-byte in replies
 /// (older texts call it "handle").
@@ -46,7 +59,9 @@ macro_rules! wire_enum {
 }
 
 wire_enum! {
-    /// Option numbers (proto.md "Option types").
+    /// Option numbers ([proto.md "Option types"]).
+    ///
+    /// [proto.md "Option types"]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#option-types
     pub enum OptionCode: u32 {
         /// `NBD_OPT_EXPORT_NAME`
         ExportName = 1,
@@ -72,7 +87,9 @@ wire_enum! {
 }
 
 wire_enum! {
-    /// Option reply types (proto.md "Option reply types"); bit 31 marks errors.
+    /// Option reply types ([proto.md "Option reply types"]); bit 31 marks errors.
+    ///
+    /// [proto.md "Option reply types"]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#option-reply-types
     pub enum OptReplyType: u32 {
         /// `NBD_REP_ACK`
         Ack = 1,
@@ -114,7 +131,9 @@ impl OptReplyType {
 }
 
 wire_enum! {
-    /// Info types inside `NBD_REP_INFO` (proto.md "Info types").
+    /// Info types inside `NBD_REP_INFO` ([proto.md "Option reply types"]).
+    ///
+    /// [proto.md "Option reply types"]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#option-reply-types
     pub enum InfoType: u16 {
         /// `NBD_INFO_EXPORT`
         Export = 0,
@@ -128,7 +147,9 @@ wire_enum! {
 }
 
 wire_enum! {
-    /// Request types (proto.md "Request types").
+    /// Request types ([proto.md "Request types"]).
+    ///
+    /// [proto.md "Request types"]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#request-types
     pub enum Command: u16 {
         /// `NBD_CMD_READ`
         Read = 0,
@@ -152,7 +173,9 @@ wire_enum! {
 }
 
 wire_enum! {
-    /// Structured / extended reply chunk types (proto.md "Structured reply types").
+    /// Structured / extended reply chunk types ([proto.md "Structured reply types"]).
+    ///
+    /// [proto.md "Structured reply types"]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#structured-reply-types
     pub enum ChunkType: u16 {
         /// `NBD_REPLY_TYPE_NONE`
         None = 0,
@@ -180,8 +203,10 @@ impl ChunkType {
 }
 
 wire_enum! {
-    /// Error values in replies (proto.md "Error values"). Host errors must be
+    /// Error values in replies ([proto.md "Error values"]). Host errors must be
     /// mapped into this set; a raw errno never goes on the wire.
+    ///
+    /// [proto.md "Error values"]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#error-values
     pub enum ErrorCode: u32 {
         /// `NBD_EPERM`
         Perm = 1,

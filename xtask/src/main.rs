@@ -5,12 +5,19 @@
 //!   command that checks (and, as root, installs) the interop tools, then
 //!   runs fmt, clippy and every test including the end-to-end suite.
 //! - `cargo xtask ci`: what `.ci/run` calls; `test` with installing allowed.
-//! - `cargo xtask fuzz [TARGET] [--secs N]`: cargo-fuzz on nightly.
-//! - `cargo xtask bench`: criterion benches, then fio nbdd-vs-nbdkit.
+//! - `cargo xtask fuzz [TARGET] [--secs N]`: cargo-fuzz on nightly;
+//!   `--campaign MINUTES [--until-execs N]`: a recorded, resumable campaign.
+//! - `cargo xtask bench [...]`: issue 14's benchmark (fio and nbdcopy,
+//!   nbdd vs nbdkit and qemu-nbd); writes BENCHMARKS.md and docs/bench.svg.
+//! - `cargo xtask bench --rbd` (alone): nbdd rbd vs librbd on a throwaway
+//!   cluster; writes the RBD section of BENCHMARKS.md.
+//! - `cargo xtask ceph CMD...`: CMD with a throwaway Ceph cluster up.
 //! - `cargo xtask man [--install]`: regenerate docs/nbdd.1 from the option
 //!   table (via tests/cli_man.rs), optionally install it.
 
 mod bench;
+mod bench_rbd;
+mod ceph;
 mod fuzz;
 mod man;
 mod prereq;
@@ -25,23 +32,38 @@ usage: cargo xtask <command> [options]
 commands:
   test [--quick] [--no-install] [--against-nbdkit]
         check/install interop tools, then fmt --check, clippy -D warnings,
-        cargo test --workspace (unit, property and end-to-end tests).
+        cargo test --workspace (unit, property and end-to-end tests), then
+        the rbd tests (--features rbd) against a throwaway Ceph cluster.
         --quick           skip fmt and clippy
         --no-install      never run apt-get; print the install line instead
         --against-nbdkit  run the e2e suite against nbdkit (validates the tests)
   ci    same as `test`, installing missing packages when root
   fuzz [TARGET] [--secs N]
         run each fuzz target (or TARGET) for N seconds (default 60) on nightly
-  bench run nbd-proto criterion benches, then fio nbdd vs nbdkit;
-        report in target/bench-report.md
+  fuzz [TARGET] --campaign MINUTES [--until-execs N]
+        every target (or TARGET) for MINUTES each, resuming from its corpus;
+        totals in fuzz/campaign.tsv, table in docs/FUZZING.md; targets that
+        already have N executions are skipped
+{BENCH}
+  bench --rbd
+        alone: nbdd rbd vs librbd (rbd bench, fio's rbd engine) on a throwaway
+        Ceph cluster; table in the RBD section of BENCHMARKS.md
+  ceph CMD [ARGS...]
+        run CMD with a throwaway Ceph cluster up (NBDD_TEST_CEPH_CONF set),
+        e.g. cargo xtask ceph cargo test -p nbd-mio-driver --features rbd --test e2e_rbd
   man [--install]
         regenerate docs/nbdd.1 from nbdd's option table; --install copies it
         to /usr/local/share/man/man1";
 
+/// The usage text, with the bench section from [`bench::USAGE`].
+fn usage() -> String {
+    USAGE.replace("{BENCH}", bench::USAGE)
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((cmd, rest)) = args.split_first() else {
-        eprintln!("{USAGE}");
+        eprintln!("{}", usage());
         return ExitCode::from(2);
     };
     let result = match cmd.as_str() {
@@ -51,13 +73,18 @@ fn main() -> ExitCode {
             ..test::Options::default()
         }),
         "fuzz" => fuzz::parse(rest).and_then(|o| fuzz::run(&o)),
-        "bench" if rest.is_empty() => bench::run(),
+        "bench" if rest == ["--rbd"] => bench_rbd::run(),
+        "bench" => bench::main(rest),
+        "ceph" => ceph::run_with(rest),
         "man" => man::run(rest),
         "help" | "-h" | "--help" => {
-            println!("{USAGE}");
+            println!("{}", usage());
             Ok(())
         }
-        _ => Err(format!("unknown command or options: {args:?}\n\n{USAGE}")),
+        _ => Err(format!(
+            "unknown command or options: {args:?}\n\n{}",
+            usage()
+        )),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

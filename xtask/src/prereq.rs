@@ -69,6 +69,24 @@ const NEEDS: &[(&str, Probe, &str)] = &[
     // and gzip filters.
     ("xz", Probe::Tool("xz"), "xz-utils"),
     ("gzip", Probe::Tool("gzip"), "gzip"),
+    // The rbd backend's tests run a throwaway Ceph cluster (xtask/src/ceph.rs)
+    // and link librbd/librados (the .so symlinks come with the -dev packages).
+    ("ceph-mon", Probe::Tool("ceph-mon"), "ceph-mon"),
+    ("ceph-osd", Probe::Tool("ceph-osd"), "ceph-osd"),
+    ("monmaptool", Probe::Tool("monmaptool"), "ceph-base"),
+    ("ceph", Probe::Tool("ceph"), "ceph-common"),
+    ("rbd", Probe::Tool("rbd"), "ceph-common"),
+    ("ceph-authtool", Probe::Tool("ceph-authtool"), "ceph-common"),
+    (
+        "librbd headers",
+        Probe::Cmd(&["test", "-e", "/usr/include/rbd/librbd.h"]),
+        "librbd-dev",
+    ),
+    (
+        "librados headers",
+        Probe::Cmd(&["test", "-e", "/usr/include/rados/librados.h"]),
+        "librados-dev",
+    ),
     // The openssl crate (TLS backend) builds against the system headers.
     (
         "OpenSSL headers",

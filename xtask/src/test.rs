@@ -85,15 +85,45 @@ pub fn run(o: &Options) -> Result<(), String> {
         }
         sh(&mut c)
     });
+    if o.against_nbdkit {
+        eprintln!("== rbd tests skipped: nbdkit has no rbd plugin");
+    } else {
+        // Needs librbd, so not part of the default workspace build; clippy
+        // sees that code only with the feature on.
+        if !o.quick {
+            step("cargo clippy --features rbd", &mut || {
+                sh(cargo().args([
+                    "clippy",
+                    "-p",
+                    "nbd-backends",
+                    "-p",
+                    "nbd-mio-driver",
+                    "--features",
+                    "rbd",
+                    "--all-targets",
+                    "--",
+                    "-D",
+                    "warnings",
+                ]))
+            });
+        }
+        step(
+            "rbd tests (throwaway Ceph cluster)",
+            &mut crate::ceph::test_step,
+        );
+    }
     if root().join("fuzz/Cargo.toml").is_file() {
-        // The committed seeds are replayed on stable by an ordinary test in
-        // nbd-proto (part of `cargo test --workspace`). A short libFuzzer
+        // The committed seeds are replayed on stable by ordinary tests
+        // (nbd-proto, nbd-backends and nbd-mio-driver `fuzz_replay`, part of
+        // `cargo test --workspace`). A short libFuzzer
         // run per target on top catches what the seeds do not reach; long
-        // campaigns are `cargo xtask fuzz --secs N` by hand.
+        // campaigns are `cargo xtask fuzz --campaign MINUTES` by hand.
         step("fuzz smoke (10 s per target)", &mut || {
             crate::fuzz::run(&crate::fuzz::Options {
                 target: None,
                 secs: 10,
+                campaign: None,
+                until_execs: None,
             })
         });
     }

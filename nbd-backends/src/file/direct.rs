@@ -12,6 +12,7 @@ use std::cell::RefCell;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{PoisonError, RwLock};
 
 /// Alignment used for `O_DIRECT`: 4096 is a multiple of every logical
@@ -76,14 +77,42 @@ pub(crate) struct Io {
     /// it a concurrent write to the other bytes of a shared block could be
     /// overwritten with the stale copy.
     rmw: RwLock<()>,
+    /// How [`Io::read_cached`] may read without blocking (see [`Cached`]).
+    cached: AtomicU8,
 }
+
+/// How a read that must not block is done, per file.
+#[repr(u8)]
+enum Cached {
+    /// `preadv2(RWF_NOWAIT)`: the kernel fails it rather than wait.
+    NoWait = 0,
+    /// A plain `pread`: the file lives in memory (tmpfs, ramfs), which
+    /// never waits for a disk (and does not support `RWF_NOWAIT`).
+    Memory = 1,
+    /// Never: `O_DIRECT`, or the filesystem refused `RWF_NOWAIT`.
+    Never = 2,
+}
+
+/// `statfs` magic numbers of memory filesystems (linux/magic.h).
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+const RAMFS_MAGIC: i64 = 0x8584_58f6;
 
 impl Io {
     pub(crate) fn new(file: File, direct: bool) -> Self {
+        // `f_type`'s type differs between architectures: cast portably.
+        #[allow(clippy::unnecessary_cast)]
+        let in_memory = rustix::fs::fstatfs(&file)
+            .is_ok_and(|s| matches!(s.f_type as i64, TMPFS_MAGIC | RAMFS_MAGIC));
+        let cached = match (direct, in_memory) {
+            (true, _) => Cached::Never,
+            (false, true) => Cached::Memory,
+            (false, false) => Cached::NoWait,
+        };
         Self {
             file,
             direct,
             rmw: RwLock::new(()),
+            cached: AtomicU8::new(cached as u8),
         }
     }
 
@@ -106,6 +135,36 @@ impl Io {
             }
             Ok(())
         })
+    }
+
+    /// The whole of `buf` if it can be read without waiting for a disk
+    /// (one system call), else `false`: `preadv2(RWF_NOWAIT)` succeeds only
+    /// from the page cache; a file in memory is read plainly. Not for
+    /// `O_DIRECT`, which bypasses the cache.
+    pub(crate) fn read_cached(&self, offset: u64, buf: &mut [u8]) -> bool {
+        let want = buf.len();
+        if want == 0 {
+            return false;
+        }
+        match self.cached.load(Ordering::Relaxed) {
+            x if x == Cached::Memory as u8 => {
+                matches!(self.file.read_at(buf, offset), Ok(n) if n == want)
+            }
+            x if x == Cached::NoWait as u8 => {
+                let mut iov = [io::IoSliceMut::new(buf)];
+                let flags = rustix::io::ReadWriteFlags::NOWAIT;
+                match rustix::io::preadv2(&self.file, &mut iov, offset, flags) {
+                    Ok(n) => n == want,
+                    Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::INVAL) => {
+                        // Not on this filesystem: stop asking.
+                        self.cached.store(Cached::Never as u8, Ordering::Relaxed);
+                        false
+                    }
+                    Err(_) => false,
+                }
+            }
+            _ => false,
+        }
     }
 
     pub(crate) fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {

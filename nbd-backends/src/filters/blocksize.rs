@@ -178,6 +178,7 @@ impl super::Filter for Blocksize {
     fn inner(&self) -> &Arc<dyn Backend> {
         &self.inner
     }
+    // try_read_cached not forwarded (the default): reads are widened and split for the layer below, which may not take the client's shape.
     fn reopen(&self, inner: Arc<dyn Backend>) -> io::Result<Arc<dyn Backend>> {
         Ok(Arc::new(
             Self::new(inner, self.opts).map_err(io::Error::other)?,

@@ -173,6 +173,12 @@ impl super::Filter for BlocksizePolicy {
     fn block_size(&self) -> Option<BlockSize> {
         Some(self.sizes)
     }
+    // try_read_cached forwarded only under blocksize-error-policy=allow
+    // (reads are the layer below's): with `error` read_at must check, and
+    // log, the request's shape once.
+    fn try_read_cached(&self, offset: u64, buf: &mut [u8]) -> bool {
+        !self.opts.error && super::layer::forward_cached(self, offset, buf)
+    }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.check("read", true, offset, buf.len() as u64)?;
         self.inner.read_at(offset, buf)

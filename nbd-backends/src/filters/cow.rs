@@ -210,6 +210,7 @@ impl super::Filter for Cow {
     fn inner(&self) -> &Arc<dyn Backend> {
         &self.inner
     }
+    // try_read_cached not forwarded (the default): reads of written blocks come from the overlay.
     fn reopen(&self, inner: Arc<dyn Backend>) -> io::Result<Arc<dyn Backend>> {
         let mut c = Self::with_options(inner, self.opts.clone())?;
         c.private = true;

@@ -114,6 +114,7 @@ impl super::Filter for Delay {
     fn inner(&self) -> &Arc<dyn Backend> {
         &self.inner
     }
+    // try_read_cached not forwarded (the default): reads are delayed.
     fn reopen(&self, inner: Arc<dyn Backend>) -> io::Result<Arc<dyn Backend>> {
         Ok(Arc::new(Self::with_delays(inner, self.d)))
     }

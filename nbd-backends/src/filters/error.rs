@@ -156,6 +156,7 @@ impl super::Filter for ErrorInject {
     fn inner(&self) -> &Arc<dyn Backend> {
         &self.inner
     }
+    // try_read_cached not forwarded (the default): reads may be failed on purpose.
     fn reopen(&self, inner: Arc<dyn Backend>) -> io::Result<Arc<dyn Backend>> {
         let seed = self.rng.load(Ordering::Relaxed) ^ 0x9e37_79b9_7f4a_7c15;
         Ok(Arc::new(Self {

@@ -67,6 +67,10 @@ impl super::Filter for ExitLast {
     fn inner(&self) -> &Arc<dyn Backend> {
         &self.inner
     }
+    // try_read_cached forwarded: reads are the layer below's; the filter counts connections.
+    fn try_read_cached(&self, offset: u64, buf: &mut [u8]) -> bool {
+        super::layer::forward_cached(self, offset, buf)
+    }
     fn reopen(&self, inner: Arc<dyn Backend>) -> io::Result<Arc<dyn Backend>> {
         Ok(Arc::new(self.copy(inner)))
     }

@@ -89,6 +89,10 @@ impl super::Filter for Fua {
     fn inner(&self) -> &Arc<dyn Backend> {
         &self.inner
     }
+    // try_read_cached forwarded: reads are the layer below's; only FUA and flush change.
+    fn try_read_cached(&self, offset: u64, buf: &mut [u8]) -> bool {
+        super::layer::forward_cached(self, offset, buf)
+    }
     fn reopen(&self, inner: Arc<dyn Backend>) -> io::Result<Arc<dyn Backend>> {
         Ok(Arc::new(
             Self::new(inner, self.mode).map_err(io::Error::other)?,

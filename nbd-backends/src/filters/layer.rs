@@ -75,6 +75,16 @@ pub trait Filter: Send + Sync + 'static {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.inner().read_at(offset, buf)
     }
+    /// See [`Backend::try_read_cached`]. Not forwarded by default: a read
+    /// answered this way skips the filter's [`Filter::read_at`], so a
+    /// filter that changes data or offsets, counts, delays, limits, logs
+    /// or fails reads would be bypassed. Filters whose reads are the layer
+    /// below's, byte for byte at the same offsets, forward it with
+    /// [`forward_cached`]; offset and truncate translate it themselves.
+    fn try_read_cached(&self, offset: u64, buf: &mut [u8]) -> bool {
+        let _ = (offset, buf);
+        false
+    }
     /// See [`Backend::write_at`].
     ///
     /// # Errors
@@ -173,6 +183,9 @@ impl<T: Filter> Backend for T {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         Filter::read_at(self, offset, buf)
     }
+    fn try_read_cached(&self, offset: u64, buf: &mut [u8]) -> bool {
+        Filter::try_read_cached(self, offset, buf)
+    }
     fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> io::Result<()> {
         Filter::write_at(self, offset, data, fua)
     }
@@ -205,6 +218,15 @@ impl<T: Filter> Backend for T {
     fn description(&self) -> Option<String> {
         Filter::description(self)
     }
+}
+
+/// [`Filter::try_read_cached`] for a filter whose reads are exactly the
+/// layer below's: the range is checked against the filter's size (which
+/// may differ from the layer below's while it is resized) and then asked
+/// of the layer below.
+pub(crate) fn forward_cached<F: Filter + ?Sized>(f: &F, offset: u64, buf: &mut [u8]) -> bool {
+    crate::util::check_read(offset, crate::util::len64(buf), f.size()).is_ok()
+        && f.inner().try_read_cached(offset, buf)
 }
 
 /// A [`ClientInfo`] that outlives the call it came with (for filters that

@@ -227,6 +227,12 @@ impl super::Filter for MultiConn {
             Mode::Plugin => caps,
         }
     }
+    // try_read_cached forwarded: the data is the layer below's; noted as a
+    // read, as read_at does.
+    fn try_read_cached(&self, offset: u64, buf: &mut [u8]) -> bool {
+        self.me.read.store(true, Ordering::SeqCst);
+        super::layer::forward_cached(self, offset, buf)
+    }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.me.read.store(true, Ordering::SeqCst);
         self.inner.read_at(offset, buf)

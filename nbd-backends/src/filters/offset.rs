@@ -91,6 +91,12 @@ impl super::Filter for Offset {
         // The window has a fixed size.
         self.inner.caps() - Caps::RESIZE
     }
+    // try_read_cached forwarded: the data is the layer below's, moved by
+    // the window's start; checked against the window as read_at is.
+    fn try_read_cached(&self, offset: u64, buf: &mut [u8]) -> bool {
+        check_read(offset, len64(buf), self.range).is_ok()
+            && self.inner.try_read_cached(self.offset + offset, buf)
+    }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         check_read(offset, len64(buf), self.range)?;
         self.inner.read_at(self.offset + offset, buf)

@@ -76,6 +76,7 @@ impl super::Filter for Qcow2Dec {
     fn inner(&self) -> &Arc<dyn Backend> {
         &self.inner
     }
+    // try_read_cached not forwarded (the default): the data is decoded from qcow2 clusters.
     fn reopen(&self, inner: Arc<dyn Backend>) -> io::Result<Arc<dyn Backend>> {
         Ok(Arc::new(Self::new(inner)?))
     }

@@ -185,6 +185,7 @@ impl super::Filter for Rate {
     fn inner(&self) -> &Arc<dyn Backend> {
         &self.inner
     }
+    // try_read_cached not forwarded (the default): reads pay into the bandwidth buckets.
     fn reopen(&self, inner: Arc<dyn Backend>) -> io::Result<Arc<dyn Backend>> {
         Ok(Arc::new(self.copy(inner)))
     }

@@ -105,6 +105,7 @@ impl super::Filter for ReadAhead {
     fn inner(&self) -> &Arc<dyn Backend> {
         &self.inner
     }
+    // try_read_cached not forwarded (the default): sequential reads start a prefetch.
     fn reopen(&self, inner: Arc<dyn Backend>) -> io::Result<Arc<dyn Backend>> {
         Ok(Arc::new(Self::new(inner)))
     }

@@ -144,6 +144,7 @@ impl super::Filter for Retry {
     fn inner(&self) -> &Arc<dyn Backend> {
         &self.base
     }
+    // try_read_cached not forwarded (the default): reads go through the retry loop over a layer below that may be reopened.
     fn reopen(&self, inner: Arc<dyn Backend>) -> io::Result<Arc<dyn Backend>> {
         Ok(Arc::new(Self::new(inner, self.opts)))
     }

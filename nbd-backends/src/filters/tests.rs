@@ -140,3 +140,136 @@ fn every_filter_and_key_is_in_the_docs() {
         }
     }
 }
+
+/// A 2 MiB disk (byte `o` is `o % 251`, one MBR partition over the second
+/// MiB) that answers every `try_read_cached` and records where it was asked.
+struct Cached {
+    mem: crate::MemoryBackend,
+    asked: std::sync::Mutex<Vec<(u64, usize)>>,
+}
+
+impl crate::Backend for Cached {
+    fn size(&self) -> u64 {
+        self.mem.size()
+    }
+    fn caps(&self) -> crate::Caps {
+        self.mem.caps()
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.mem.read_at(offset, buf)
+    }
+    fn try_read_cached(&self, offset: u64, buf: &mut [u8]) -> bool {
+        self.asked.lock().unwrap().push((offset, buf.len()));
+        self.mem.read_at(offset, buf).is_ok()
+    }
+    fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> std::io::Result<()> {
+        self.mem.write_at(offset, data, fua)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, flags: crate::ZeroFlags) -> std::io::Result<()> {
+        self.mem.write_zeroes(offset, len, flags)
+    }
+}
+
+fn cached_disk() -> Arc<Cached> {
+    let mem = crate::MemoryBackend::new(2 << 20).unwrap();
+    let data: Vec<u8> = (0..2u64 << 20).map(|o| (o % 251) as u8).collect();
+    mem.write_at(0, &data, false).unwrap();
+    let mut mbr = [0u8; 512];
+    mbr[0x1be + 4] = 0x83;
+    mbr[0x1be + 8..0x1be + 12].copy_from_slice(&2048u32.to_le_bytes());
+    mbr[0x1be + 12..0x1be + 16].copy_from_slice(&2048u32.to_le_bytes());
+    mbr[510..].copy_from_slice(&[0x55, 0xaa]);
+    mem.write_at(0, &mbr, false).unwrap();
+    Arc::new(Cached {
+        mem,
+        asked: std::sync::Mutex::new(Vec::new()),
+    })
+}
+
+/// `--filter=NAME ARGS` over `disk`.
+fn stack(name: &str, args: &str, disk: &Arc<Cached>) -> Arc<dyn Backend> {
+    let args = words(args);
+    let mut p = Params::parse("memory", "size", &args, REPEATABLE).unwrap();
+    let (spec, _) = parse_one(name, &mut p).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let below: Arc<dyn Backend> = disk.clone();
+    apply(&[spec], below).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// Filters whose reads are the layer below's forward the fast cached read
+/// (offset and partition moved, ranges checked against the filter's size,
+/// truncate's tail zeroes); filters that change, count, delay, fail, log
+/// or limit reads never let it reach the layer below.
+#[test]
+fn cached_reads_go_through_only_filters_that_keep_data() {
+    let expect = |o: u64, n: usize| -> Vec<u8> { (o..o + n as u64).map(|i| (i % 251) as u8).collect() };
+    let forwarding = [
+        ("readonly", ""),
+        ("readonly", "readonly-file=/nonexistent"),
+        ("noextents", ""),
+        ("nozero", ""),
+        ("fua", "fuamode=emulate"),
+        ("protect", "protect=0-511"),
+        ("checkwrite", ""),
+        ("cacheextents", ""),
+        ("ip", "allow=all"),
+        ("limit", "limit=2"),
+        ("multi-conn", "multi-conn-mode=emulate"),
+        ("blocksize-policy", "blocksize-minimum=512"),
+    ];
+    for (name, args) in forwarding {
+        let disk = cached_disk();
+        let f = stack(name, args, &disk);
+        let mut buf = vec![0u8; 4096];
+        assert!(f.try_read_cached(8192, &mut buf), "{name} {args}");
+        assert_eq!(buf, expect(8192, 4096), "{name} {args}");
+        assert_eq!(*disk.asked.lock().unwrap(), [(8192, 4096)], "{name}");
+        assert!(!f.try_read_cached((2 << 20) - 100, &mut buf), "{name}: past the end");
+        assert_eq!(disk.asked.lock().unwrap().len(), 1, "{name}: past the end asked below");
+    }
+    // offset and partition: moved, and checked against the window.
+    for (name, args) in [("offset", "offset=1M range=512k"), ("partition", "partition=1")] {
+        let disk = cached_disk();
+        let f = stack(name, args, &disk);
+        let mut buf = vec![0u8; 512];
+        assert!(f.try_read_cached(512, &mut buf), "{name}");
+        assert_eq!(buf, expect((1 << 20) + 512, 512), "{name}");
+        assert!(!f.try_read_cached(f.size() - 256, &mut buf), "{name}: past the window");
+        assert_eq!(*disk.asked.lock().unwrap(), [((1 << 20) + 512, 512)], "{name}");
+    }
+    // truncate: beyond the old end, zeroes without asking below.
+    let disk = cached_disk();
+    let f = stack("truncate", "truncate=3M", &disk);
+    let mut buf = vec![1u8; 4096];
+    assert!(f.try_read_cached((2 << 20) - 2048, &mut buf));
+    assert_eq!(buf[..2048], expect((2 << 20) - 2048, 2048));
+    assert!(buf[2048..].iter().all(|&b| b == 0));
+    let mut tail = vec![1u8; 512];
+    assert!(f.try_read_cached(5 << 19, &mut tail));
+    assert!(tail.iter().all(|&b| b == 0));
+    assert!(!f.try_read_cached((3 << 20) - 256, &mut tail));
+    assert_eq!(*disk.asked.lock().unwrap(), [((2 << 20) - 2048, 2048)]);
+
+    let not_forwarding = [
+        ("blocksize-policy", "blocksize-minimum=512 blocksize-error-policy=error"),
+        ("blocksize", "minblock=512"),
+        ("cache", ""),
+        ("cow", ""),
+        ("count", ""),
+        ("stats", ""),
+        ("delay", "rdelay=0"),
+        ("error", "error-rate=0"),
+        ("log", "logfile=/dev/null"),
+        ("rate", "rate=1G"),
+        ("readahead", ""),
+        ("retry", ""),
+    ];
+    for (name, args) in not_forwarding {
+        let disk = cached_disk();
+        let f = stack(name, args, &disk);
+        let mut buf = vec![0u8; 4096];
+        assert!(!f.try_read_cached(8192, &mut buf), "{name} {args} forwarded it");
+        assert!(disk.asked.lock().unwrap().is_empty(), "{name} {args} asked below");
+        f.read_at(8192, &mut buf).unwrap();
+        assert_eq!(buf, expect(8192, 4096), "{name} {args}: read_at");
+    }
+}

@@ -93,6 +93,24 @@ impl super::Filter for Truncate {
     fn caps(&self) -> Caps {
         (self.inner.caps() | Caps::EXTENTS) - Caps::RESIZE - Caps::ALLOCATION_DEPTH
     }
+    // try_read_cached forwarded: below the old end the data is the layer
+    // below's at the same offsets; beyond it, zeroes (as read_at).
+    fn try_read_cached(&self, offset: u64, buf: &mut [u8]) -> bool {
+        let Ok(end) = check_read(offset, len64(buf), self.size) else {
+            return false;
+        };
+        let n = match self.below(offset, end) {
+            Some((_, n)) => {
+                if !self.inner.try_read_cached(offset, &mut buf[..n as usize]) {
+                    return false;
+                }
+                n as usize
+            }
+            None => 0,
+        };
+        buf[n..].fill(0);
+        true
+    }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         let end = check_read(offset, len64(buf), self.size)?;
         let n = match self.below(offset, end) {

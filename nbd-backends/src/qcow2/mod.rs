@@ -100,7 +100,9 @@ impl ImageBackend {
             format,
             readonly,
             has_backing,
-            description: format!("{} image {}", format.name(), path.display()),
+            // The format only: the path is the server's business and a
+            // description reaches LIST before TLS (as for `file`).
+            description: format!("{} image", format.name()),
         })
     }
 

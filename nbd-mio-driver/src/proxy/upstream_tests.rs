@@ -128,6 +128,8 @@ fn job(op: Op, buf: Vec<u8>) -> Box<Job> {
         buf,
         data_at: 0,
         extents: Vec::new(),
+        contexts: 0,
+        depths: Vec::new(),
         result: Ok(()),
         cost: 0,
     })

@@ -26,6 +26,9 @@
 //! 4. Any `Err` is fatal for that connection: optionally flush
 //!    `take_ciphertext` once (it may hold an alert), then close.
 
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
+pub mod keys;
 pub mod mode;
 pub mod psk;
 pub mod psk_file;

@@ -44,7 +44,9 @@ impl PskConfig {
         Self::from_keys(keys).map_err(|e| format!("{}: TLS setup: {e}", path.display()))
     }
 
-    fn from_keys(keys: Arc<PskKeys>) -> Result<Self, openssl::error::ErrorStack> {
+    /// A configuration from keys already parsed (`load` reads a file; the
+    /// fuzz harness builds its own).
+    pub fn from_keys(keys: Arc<PskKeys>) -> Result<Self, openssl::error::ErrorStack> {
         let identity = Ssl::new_ex_index::<String>()?;
         let mut builder = SslContextBuilder::new(SslMethod::tls_server())?;
         builder.set_min_proto_version(Some(SslVersion::TLS1_2))?;

@@ -5,6 +5,9 @@
 //! read, so one file serves both ends.
 
 use std::collections::HashMap;
+use std::fs::File;
+use std::io::Read as _;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 
 /// The most key bytes OpenSSL's PSK callback can return (its
@@ -19,8 +22,19 @@ pub struct PskKeys {
 
 impl PskKeys {
     /// Read and parse `path`. Errors are one line: `FILE:LINE: problem`.
+    /// A file that group or others may access is still used (refusing it
+    /// would break working setups) but warned about in one line, as ssh
+    /// does for private keys: anyone who can read it can be any user.
     pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let io_err = |e: std::io::Error| format!("{}: {e}", path.display());
+        let mut file = File::open(path).map_err(io_err)?;
+        // The mode of the file actually read (fstat), not of the name.
+        let mode = file.metadata().map_err(io_err)?.permissions().mode();
+        if let Some(warning) = permission_warning(path, mode) {
+            log::warn!("{warning}");
+        }
+        let mut text = String::new();
+        file.read_to_string(&mut text).map_err(io_err)?;
         Self::parse(&text).map_err(|e| format!("{}:{e}", path.display()))
     }
 
@@ -66,6 +80,25 @@ impl PskKeys {
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }
+}
+
+/// The one-line warning for a key file whose `mode` lets group or others
+/// read or write it, or `None` when only the owner can.
+fn permission_warning(path: &Path, mode: u32) -> Option<String> {
+    let open = mode & 0o077;
+    if open == 0 {
+        return None;
+    }
+    let who = match (open & 0o070 != 0, open & 0o007 != 0) {
+        (true, true) => "group and others",
+        (true, false) => "group",
+        _ => "others",
+    };
+    Some(format!(
+        "{}: permissions {:04o} are too open: {who} can access the PSK keys (chmod 600 it)",
+        path.display(),
+        mode & 0o7777
+    ))
 }
 
 fn decode_hex(hex: &str) -> Result<Vec<u8>, String> {
@@ -135,6 +168,29 @@ mod tests {
         assert_eq!(
             PskKeys::parse(&line).unwrap().get("alice").unwrap().len(),
             512
+        );
+    }
+
+    #[test]
+    fn only_owner_only_modes_pass_silently() {
+        let p = Path::new("/etc/nbdd/keys.psk");
+        for mode in [0o600, 0o400, 0o100600, 0o700] {
+            assert_eq!(permission_warning(p, mode), None, "{mode:o}");
+        }
+        let w = permission_warning(p, 0o100644).unwrap();
+        assert_eq!(
+            w,
+            "/etc/nbdd/keys.psk: permissions 0644 are too open: group and others can access the PSK keys (chmod 600 it)"
+        );
+        assert!(
+            permission_warning(p, 0o640)
+                .unwrap()
+                .contains(": group can")
+        );
+        assert!(
+            permission_warning(p, 0o602)
+                .unwrap()
+                .contains(": others can")
         );
     }
 

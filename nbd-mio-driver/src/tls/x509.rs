@@ -13,7 +13,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
 use rustls::{RootCertStore, ServerConfig, ServerConnection};
 
-use super::{SESSION_BUFFER_LIMIT, TlsSession};
+use super::{SESSION_BUFFER_LIMIT, TlsSession, keys};
 
 /// Loaded certificate configuration, shared by all connections.
 pub struct X509Config {
@@ -27,15 +27,14 @@ impl X509Config {
         let cert_path = dir.join("server-cert.pem");
         let key_path = dir.join("server-key.pem");
         let certs = read_certs(&cert_path)?;
-        let key = read_key(&key_path)?;
-
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        // TLS 1.3 is listed first and so preferred; 1.2 is the floor the NBD
-        // spec requires ("MUST support TLS version 1.2").
-        let builder = ServerConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|e| format!("TLS configuration: {e}"))?;
-        let builder = if verify_peer {
+        let key = keys::check_key(
+            &read_key(&key_path)?,
+            &key_path,
+            &certs[0],
+            &cert_path,
+            &provider(),
+        )?;
+        let client_cas = if verify_peer {
             let ca_path = dir.join("ca-cert.pem");
             let mut roots = RootCertStore::empty();
             for cert in read_certs(&ca_path)? {
@@ -43,20 +42,37 @@ impl X509Config {
                     .add(cert)
                     .map_err(|e| format!("{}: unusable CA certificate: {e}", ca_path.display()))?;
             }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .build()
-                .map_err(|e| format!("{}: {e}", ca_path.display()))?;
-            builder.with_client_cert_verifier(verifier)
+            Some(roots)
         } else {
-            builder.with_no_client_auth()
+            None
         };
-        let mut config = builder.with_single_cert(certs, key).map_err(|e| {
-            format!(
-                "{}: does not match {}: {e}",
-                key_path.display(),
-                cert_path.display()
-            )
-        })?;
+        // check_key has already matched the key to the certificate and
+        // loaded it, so an error left here is about the chain or the CAs.
+        Self::new(certs, key, client_cas).map_err(|e| format!("{}: {e}", dir.display()))
+    }
+
+    /// A configuration from credentials already in memory (`load` reads
+    /// and checks them from files; the fuzz harness makes its own). With
+    /// `client_cas`, every client must present a certificate they signed.
+    pub fn new(
+        certs: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        client_cas: Option<RootCertStore>,
+    ) -> Result<Self, rustls::Error> {
+        let provider = provider();
+        // TLS 1.3 is listed first and so preferred; 1.2 is the floor the NBD
+        // spec requires ("MUST support TLS version 1.2").
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+        let builder = match client_cas {
+            Some(roots) => builder.with_client_cert_verifier(
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                    .build()
+                    .map_err(|e| rustls::Error::General(e.to_string()))?,
+            ),
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder.with_single_cert(certs, key)?;
         // No resumption. NBD clients (qemu, libnbd, nbdkit's GnuTLS) open a
         // fresh session per connection and never resume, so tickets would be
         // wasted bytes after every handshake and a shared session cache would
@@ -79,8 +95,16 @@ impl X509Config {
             conn,
             peer_closed: false,
             failed: false,
+            closing: false,
         })
     }
+}
+
+/// aws-lc-rs, not ring: ring loads only RSA moduli that are a multiple of
+/// 512 bits, refusing valid keys that GnuTLS and OpenSSL take (the
+/// reference NBD suite's certificates use RSA 2432).
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 fn open(path: &Path) -> Result<BufReader<File>, String> {
@@ -100,23 +124,9 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 }
 
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    let key = rustls_pemfile::private_key(&mut open(path)?)
+    rustls_pemfile::private_key(&mut open(path)?)
         .map_err(|e| format!("{}: bad PEM: {e}", path.display()))?
-        .ok_or_else(|| format!("{}: no PRIVATE KEY found", path.display()))?;
-    match key {
-        // certtool writes EC keys as SEC1 ("BEGIN EC PRIVATE KEY") with the
-        // curve parameters inside, which ring 0.17 refuses ("failed to parse
-        // private key as RSA, ECDSA, or EdDSA"). Re-encode them as PKCS#8
-        // through OpenSSL, already linked for PSK, so certtool's output
-        // works as-is (measured with gnutls-bin 3.7.9).
-        PrivateKeyDer::Sec1(sec1) => {
-            let pkey = openssl::pkey::PKey::private_key_from_der(sec1.secret_sec1_der())
-                .and_then(|pkey| pkey.private_key_to_pkcs8())
-                .map_err(|e| format!("{}: bad EC PRIVATE KEY: {e}", path.display()))?;
-            Ok(PrivateKeyDer::Pkcs8(pkey.into()))
-        }
-        other => Ok(other),
-    }
+        .ok_or_else(|| format!("{}: no PRIVATE KEY found", path.display()))
 }
 
 /// A rustls server connection behind [`TlsSession`].
@@ -125,6 +135,13 @@ pub struct RustlsSession {
     peer_closed: bool,
     /// Set after a fatal error: rustls must not be fed again.
     failed: bool,
+    /// Set once we queued close_notify: the connection is ending, so what
+    /// the peer still sends is read and dropped, never given to rustls.
+    /// rustls treats close_notify as its final alert, and a bad record
+    /// after it makes it send a second one, tripping its own
+    /// `debug_assert!(!sent_fatal_alert)` (found by the tls_records fuzz
+    /// target: close_notify, then garbage).
+    closing: bool,
 }
 
 impl RustlsSession {
@@ -136,6 +153,9 @@ impl RustlsSession {
 
 impl TlsSession for RustlsSession {
     fn feed_ciphertext(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.closing && !self.failed {
+            return Ok(data.len());
+        }
         if self.failed {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -200,6 +220,7 @@ impl TlsSession for RustlsSession {
     }
 
     fn send_close_notify(&mut self) {
+        self.closing = true;
         self.conn.send_close_notify();
     }
 
@@ -233,6 +254,40 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("nbdd-x509-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    /// A session that sent close_notify ignores what follows instead of
+    /// handing rustls records it would answer with a second alert.
+    #[test]
+    fn bytes_after_our_close_notify_are_dropped() {
+        let (cert, key) = test_credentials();
+        let cfg = X509Config::new(vec![cert], key, None).unwrap();
+        let mut s = cfg.new_session().unwrap();
+        s.send_close_notify();
+        assert_eq!(s.feed_ciphertext(b"\x16\x03\x01garbage").unwrap(), 10);
+        assert_eq!(s.read_plaintext(&mut [0; 16]).unwrap(), 0);
+        let mut out = [0u8; 64];
+        let n = s.take_ciphertext(&mut out).unwrap();
+        assert_eq!(&out[..3], b"\x15\x03\x03", "{:?}", &out[..n]);
+    }
+
+    /// A throw-away P-256 key and self-signed certificate.
+    fn test_credentials() -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
+        use openssl::{ec, hash, nid, pkey, x509};
+        let group = ec::EcGroup::from_curve_name(nid::Nid::X9_62_PRIME256V1).unwrap();
+        let key = pkey::PKey::from_ec_key(ec::EcKey::generate(&group).unwrap()).unwrap();
+        let mut b = x509::X509::builder().unwrap();
+        b.set_version(2).unwrap();
+        b.set_pubkey(&key).unwrap();
+        let now = openssl::asn1::Asn1Time::days_from_now(0).unwrap();
+        b.set_not_before(&now).unwrap();
+        b.set_not_after(&now).unwrap();
+        b.sign(&key, hash::MessageDigest::sha256()).unwrap();
+        let cert = b.build().to_der().unwrap();
+        (
+            cert.into(),
+            PrivateKeyDer::Pkcs8(key.private_key_to_pkcs8().unwrap().into()),
+        )
     }
 
     #[test]

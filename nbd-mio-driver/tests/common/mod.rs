@@ -286,6 +286,28 @@ impl Server {
             .expect("VmHWM in /proc/PID/status")
     }
 
+    /// SIGKILL the server now (a crash, for durability tests); dropping it
+    /// afterwards does not report the exit.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.started = false;
+    }
+
+    /// SIGTERM (a graceful shutdown), waiting up to 10 s before SIGKILL;
+    /// dropping it afterwards does not report the exit. For servers whose
+    /// backend should close cleanly (an rbd image releases its watch and
+    /// lock, or the next client waits ~30 s for them to time out).
+    pub fn terminate(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.kill();
+    }
+
     pub fn assert_alive(&mut self) {
         if let Ok(Some(status)) = self.child.try_wait() {
             panic!(

@@ -427,7 +427,7 @@ fn rustls_config(dir: &Path) -> rustls::ClientConfig {
     for cert in load_certs(&dir.join("ca-cert.pem")) {
         roots.add(cert).expect("add CA");
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("protocol versions")

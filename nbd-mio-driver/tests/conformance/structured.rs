@@ -4,7 +4,7 @@ use nbd_proto::{CmdFlags, Command, ErrorCode, HeaderMode, TransmissionFlags as T
 
 use crate::common::Transport;
 use crate::common::raw::{Raw, assemble, opt, rep};
-use crate::{memory, pattern};
+use crate::{GRAIN, memory, pattern};
 
 const SIZE: u64 = 1 << 20;
 const DONE_NONE: u16 = 0;
@@ -126,7 +126,8 @@ fn block_status(c: &mut Raw, flags: CmdFlags, offset: u64, len: u64) -> crate::c
 fn checklist_105_106_107_109_block_status_base_allocation() {
     let s = memory(&[]);
     let mut c = Raw::negotiate(&s, HeaderMode::Structured);
-    c.write(8192, &pattern(8192, 8));
+    let g = GRAIN;
+    c.write(2 * g, &pattern(2 * g as usize, 8));
     let m = block_status(&mut c, CmdFlags::empty(), 0, SIZE);
     assert_eq!(m.ty, BS);
     assert_eq!(m.ctx, 1, "the ID SET_META_CONTEXT returned");
@@ -138,16 +139,16 @@ fn checklist_105_106_107_109_block_status_base_allocation() {
     assert!(before_last < SIZE);
     assert!(m.extents.iter().all(|e| e.1 & !3 == 0), "reserved bits");
     // Unwritten, data, unwritten: 109's cheap detection.
-    assert_eq!(m.extents[0], (8192, 3));
-    assert_eq!(m.extents[1], (8192, 0));
+    assert_eq!(m.extents[0], (2 * g, 3));
+    assert_eq!(m.extents[1], (2 * g, 0));
     assert_eq!(m.extents[2].1, 3);
     // REQ_ONE: one extent, no longer than asked (106).
-    let one = block_status(&mut c, CmdFlags::REQ_ONE, 4096, 65536);
-    assert_eq!(one.extents, [(4096, 3)]);
+    let one = block_status(&mut c, CmdFlags::REQ_ONE, g, 8 * g);
+    assert_eq!(one.extents, [(g, 3)]);
     // Partly beyond the end (107).
     let r = c.call(Command::BlockStatus, CmdFlags::empty(), SIZE - 4096, 8192);
     assert_eq!(r, Some(ErrorCode::Inval));
-    assert_eq!(c.read(8192, 8192), pattern(8192, 8));
+    assert_eq!(c.read(2 * g, 2 * g), pattern(2 * g as usize, 8));
 }
 
 #[test]

@@ -15,8 +15,8 @@ use super::table::Table;
 use super::{ClientConfig, ClientEvent, ClientNegotiated};
 
 /// Default bound on a reply chunk that is not READ data (block status,
-/// error messages): 2^20 extents in extended layout (checklist 108) plus
-/// the chunk's fixed fields.
+/// error messages): 2^20 extents in extended layout (the most a server
+/// SHOULD send in one chunk) plus the chunk's fixed fields.
 pub const DEFAULT_MAX_CHUNK: u32 = (1 << 24) + 8;
 
 /// [`Connection::new`] could not use the configuration.
@@ -113,7 +113,7 @@ impl<const N: usize> Connection<N> {
     }
 
     /// A connection whose negotiation was done elsewhere (by a
-    /// [`super::ClientHandshake`], or by another `Connection` whose
+    /// [`ClientHandshake`](super::ClientHandshake), or by another `Connection` whose
     /// transport was handed over): it starts in transmission with `neg`.
     #[must_use]
     pub fn from_negotiated(neg: ClientNegotiated) -> Self {
@@ -192,7 +192,7 @@ impl<const N: usize> Connection<N> {
 
     /// Write the next negotiation message into `out` (client flags, an
     /// option); 0 when there is none. Call it after every
-    /// [`Event::Transmit`]; a buffer of [`super::CLIENT_TRANSMIT_MAX`]
+    /// [`Event::Transmit`]; a buffer of [`CLIENT_TRANSMIT_MAX`](super::CLIENT_TRANSMIT_MAX)
     /// bytes always suffices. Requests are written by
     /// [`Connection::encode_request`] instead.
     ///

@@ -1,4 +1,4 @@
-//! What [`super::Connection::handle_input`] reports: one [`Event`] per
+//! What [`Connection::handle_input`](super::Connection::handle_input) reports: one [`Event`] per
 //! call, each naming what the caller must do next.
 
 use crate::error::BufferTooSmall;
@@ -8,7 +8,7 @@ use crate::wire::reply::{BlockStatusExtent, BlockStatusIter};
 
 use super::ClientNegotiated;
 
-/// The result of one [`super::Connection::handle_input`] call, beside the
+/// The result of one [`Connection::handle_input`](super::Connection::handle_input) call, beside the
 /// count of bytes consumed.
 ///
 /// Events that carry data borrow the input slice: finish with the event,
@@ -27,13 +27,14 @@ pub enum Event<'i> {
         needed: usize,
     },
     /// Negotiation has a message to send: call
-    /// [`super::Connection::poll_transmit`] and write its bytes; no input
-    /// is expected before that.
+    /// [`Connection::poll_transmit`](super::Connection::poll_transmit) and
+    /// write its bytes; no input is expected before that.
     Transmit,
     /// The server acknowledged `NBD_OPT_STARTTLS`: start a TLS client
     /// handshake on the transport now (every byte after the consumed ones
     /// is TLS), then hand this value to
-    /// [`super::Connection::handle_tls_established`] and feed plaintext.
+    /// [`Connection::handle_tls_established`](super::Connection::handle_tls_established)
+    /// and feed plaintext.
     StartTls(TlsStart),
     /// The TLS handshake [`Event::StartTls`] asked for has not been
     /// reported finished yet.
@@ -66,7 +67,7 @@ pub enum Event<'i> {
         message: &'i str,
     },
     /// Negotiation finished: requests may be sent with
-    /// [`super::Connection::encode_request`].
+    /// [`Connection::encode_request`](super::Connection::encode_request).
     Ready(ClientNegotiated),
     /// Nothing is in flight and no reply is expected: send a request, or
     /// `NBD_CMD_DISC` to finish.
@@ -86,8 +87,8 @@ pub enum Event<'i> {
 }
 
 /// Proof that the server acknowledged STARTTLS; consumed by
-/// [`super::Connection::handle_tls_established`], so TLS is reported up
-/// once per acknowledgement.
+/// [`Connection::handle_tls_established`](super::Connection::handle_tls_established),
+/// so TLS is reported up once per acknowledgement.
 #[derive(Debug)]
 #[must_use = "run the TLS handshake, then pass this to handle_tls_established"]
 pub struct TlsStart {
@@ -249,7 +250,8 @@ pub enum ReplyError {
     #[error("server error {0:?}")]
     Server(ErrorCode),
     /// The server reported success for a READ whose chunks did not cover
-    /// the whole range (checklist 97): the missing bytes were never sent.
+    /// the whole range (the spec requires it): the missing bytes were never
+    /// sent.
     #[error("READ reply did not cover the whole request")]
     Incomplete,
     /// The connection ended (closed, failed, or a protocol error) before

@@ -1,9 +1,11 @@
-//! The client negotiation state machine (proto.md "Handshake", "Option
+//! The client negotiation state machine ([proto.md "Handshake"], "Option
 //! haggling", from the client's side).
 //!
 //! It sends options one at a time and waits for each answer, so one output
 //! buffer of [`CLIENT_TRANSMIT_MAX`] bytes always suffices and a reply can
 //! never be confused with the answer to another option.
+//!
+//! [proto.md "Handshake"]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#handshake
 
 use crate::error::{BufferTooSmall, DecodeError, ProtocolError};
 use crate::flags::{ClientFlags, HandshakeFlags, TransmissionFlags};
@@ -156,9 +158,9 @@ enum State {
 /// The client negotiation state machine: [`ClientHandshake::poll_transmit`]
 /// then [`ClientHandshake::handle_input`] until [`ClientEvent::Ready`].
 ///
-/// [`super::Connection`] covers negotiation *and* transmission in one
+/// [`Connection`](super::Connection) covers negotiation *and* transmission in one
 /// value and borrows nothing; this type remains for callers that drive
-/// transmission themselves with [`super::ReplyDecoder`].
+/// transmission themselves with [`ReplyDecoder`](super::ReplyDecoder).
 #[derive(Debug, Clone)]
 pub struct ClientHandshake<'a> {
     core: Negotiation,
@@ -222,7 +224,7 @@ impl<'a> ClientHandshake<'a> {
 }
 
 /// The negotiation logic shared by [`ClientHandshake`] and
-/// [`super::Connection`]. It holds no borrowed data: the export name is
+/// [`Connection`](super::Connection). It holds no borrowed data: the export name is
 /// passed to each [`Negotiation::poll_transmit`].
 #[derive(Debug, Clone)]
 pub(crate) struct Negotiation {

@@ -1,12 +1,14 @@
 //! Transmission replies, client side: frames simple replies and
 //! structured / extended chunks, matches them to the in-flight table, and
-//! reassembles READ replies by offset (proto.md "Simple reply message",
+//! reassembles READ replies by offset ([proto.md "Simple reply message"],
 //! "Structured reply chunk message", "Structured reply types").
 //!
 //! READ data is never buffered here: once a chunk header is decoded the
 //! payload streams out as [`Event::ReadData`] pieces as bytes arrive, so
 //! the caller's input buffer only has to hold headers and metadata chunks
 //! (block status, error messages), bounded by `max_chunk`.
+//!
+//! [proto.md "Simple reply message"]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#simple-reply-message
 
 use crate::error::{DecodeError, ProtocolError};
 use crate::flags::ReplyFlags;

@@ -1,6 +1,9 @@
 //! Requests a client sends, checked against what was negotiated before a
-//! byte is written (proto.md "Request types", "Command flags", "Block
+//! byte is written ([proto.md "Request types"], [proto.md "Command flags"], "Block
 //! size constraints"): a request the server must reject never leaves.
+//!
+//! [proto.md "Request types"]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#request-types
+//! [proto.md "Command flags"]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#command-flags
 
 use crate::error::BufferTooSmall;
 use crate::flags::{CmdFlags, TransmissionFlags as TF};
@@ -102,8 +105,9 @@ impl<'d> Cmd<'d> {
     }
 }
 
-/// A request [`super::Connection::encode_request`] did not send. Nothing
-/// changed: no slot was taken and nothing was written.
+/// A request [`Connection::encode_request`](super::Connection::encode_request)
+/// did not send. Nothing changed: no slot was taken and nothing was
+/// written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RequestError {
@@ -155,21 +159,23 @@ impl From<BufferTooSmall> for RequestError {
     }
 }
 
-/// A request written by [`super::Connection::encode_request`].
+/// A request written by [`Connection::encode_request`](super::Connection::encode_request).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use]
 pub struct Sent {
     /// The cookie the reply will carry.
     pub cookie: Cookie,
     /// The request's slot in the in-flight table (see
-    /// [`super::ReadData::slot`]); `None` for `NBD_CMD_DISC`.
+    /// [`ReadData::slot`](super::ReadData::slot)); `None` for `NBD_CMD_DISC`.
     pub slot: Option<usize>,
     /// Bytes written to the output slice (header and payload).
     pub len: usize,
 }
 
 /// The largest READ/WRITE payload: the advertised maximum, or the spec's
-/// 32 MiB default (proto.md "Block size constraints").
+/// 32 MiB default ([proto.md "Size constraints"]).
+///
+/// [proto.md "Size constraints"]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#size-constraints
 pub(crate) fn max_payload(neg: &ClientNegotiated) -> u64 {
     u64::from(neg.block_sizes.unwrap_or(BlockSizes::DEFAULT).maximum)
 }
@@ -211,7 +217,9 @@ fn allowed_flags(cmd: Command, neg: &ClientNegotiated) -> CmdFlags {
 }
 
 /// Check `cmd` against the negotiated state (client obligations of
-/// proto.md "Request message" and "Block size constraints").
+/// [proto.md "Request message"] and "Block size constraints").
+///
+/// [proto.md "Request message"]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#request-message
 pub(crate) fn validate(cmd: &Cmd<'_>, neg: &ClientNegotiated) -> Result<(), RequestError> {
     let c = cmd.command;
     let bad = cmd.flags.difference(allowed_flags(c, neg));

@@ -1,5 +1,8 @@
 //! The caller's answers to negotiation questions, encoded as option replies
-//! (proto.md "Option types", "Option reply types").
+//! ([proto.md "Option types"], [proto.md "Option reply types"]).
+//!
+//! [proto.md "Option types"]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#option-types
+//! [proto.md "Option reply types"]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#option-reply-types
 
 use super::export::{BlockSizes, ExportInfo, Negotiated};
 use super::handshake::{Handshake, State};

@@ -11,7 +11,9 @@ use crate::error::{BufferTooSmall, ProtocolError};
 use crate::types::{ErrorCode, OptReplyType};
 use crate::wire::reply::BlockStatusExtent;
 
-/// Everything a server connection is configured with.
+/// Everything a server connection is configured with. The default is a
+/// fixed-newstyle server without TLS that offers structured replies,
+/// extended headers and the `base:allocation` meta context.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ConnectionConfig {
     /// Negotiation limits, TLS policy and the meta-context catalogue.
@@ -22,9 +24,14 @@ pub struct ConnectionConfig {
     pub oldstyle: bool,
 }
 
-/// What the caller must do after [`Connection::handle_input`].
+/// What the caller must do after [`Connection::handle_input`]: one value
+/// per call, naming the next step (the
+/// [run loop](crate#server-run-loop)). Variants that carry a token
+/// (`Export`, `List`, `MetaContexts`, `StartTls`, `Request`, `Reject`) must
+/// be answered before the connection asks anything new.
 #[must_use]
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Input<'a> {
     /// The input holds no complete frame: read more from the peer
     /// ([`Connection::needed`] says how much must be buffered).
@@ -81,8 +88,22 @@ enum Phase {
 }
 
 /// One server-side connection: negotiation (oldstyle, fixed and non-fixed
-/// newstyle, STARTTLS), transmission and shutdown. See the crate docs for
-/// the run loop.
+/// newstyle, STARTTLS), transmission and shutdown, as one value.
+///
+/// Feed it the client's bytes with [`Connection::handle_input`], write out
+/// what [`Connection::poll_transmit`] gives, and act on each [`Input`]: the
+/// [run loop](crate#server-run-loop) in the crate docs is the whole
+/// contract. Answers (`answer_*`, `list_entry`) and replies (`reply_*`,
+/// chunks) are encoded into the caller's slice; the connection never holds
+/// request data and never allocates.
+///
+/// A connection is a plain value (no I/O handle, no lifetime): store one
+/// per client next to its socket. It holds a 4 KiB buffer for the export
+/// name a question is about, so box it if you keep many in a `Vec` that
+/// moves.
+///
+/// `examples/blocking_server.rs` (std::net) and `examples/tokio_server.rs`
+/// (tokio) are complete servers built on it.
 #[derive(Debug, Clone)]
 pub struct Connection {
     phase: Phase,
@@ -143,6 +164,18 @@ impl Connection {
         }
     }
 
+    /// The largest READ or WRITE payload this connection hands over (the
+    /// advertised maximum, or more for a client that did not agree to block
+    /// sizes; see [`TransmissionConfig::max_unnegotiated_payload`]): size
+    /// buffers with it. `None` before transmission.
+    #[must_use]
+    pub fn max_request_len(&self) -> Option<u64> {
+        match &self.phase {
+            Phase::Transmission(t) => Some(t.max_payload()),
+            Phase::Handshake(_) => None,
+        }
+    }
+
     /// Requests accepted and not yet answered with a final reply.
     #[must_use]
     pub fn in_flight(&self) -> usize {
@@ -182,8 +215,12 @@ impl Connection {
     }
 
     /// The server is shutting down: later options get
-    /// `NBD_REP_ERR_SHUTDOWN` (checklist 61), later requests `NBD_ESHUTDOWN`
-    /// (checklist 112). Requests in flight are still answered normally.
+    /// `NBD_REP_ERR_SHUTDOWN` ([proto.md "Option reply types"]), later
+    /// requests `NBD_ESHUTDOWN` ([proto.md "Error values"]). Requests in
+    /// flight are still answered normally.
+    ///
+    /// [proto.md "Option reply types"]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#option-reply-types
+    /// [proto.md "Error values"]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#error-values
     pub fn begin_shutdown(&mut self) {
         match &mut self.phase {
             Phase::Handshake(h) => h.begin_shutdown(),
@@ -210,7 +247,7 @@ impl Connection {
     ///
     /// # Errors
     /// [`BufferTooSmall`] when `out` cannot hold the next message (at most
-    /// [`super::error_reply_len`]`(64)` bytes); nothing is lost then.
+    /// [`error_reply_len`](super::error_reply_len)`(64)` bytes); nothing is lost then.
     pub fn poll_transmit(&mut self, out: &mut [u8]) -> Result<usize, BufferTooSmall> {
         match &mut self.phase {
             Phase::Handshake(h) => h.poll_transmit(out),
@@ -269,7 +306,7 @@ impl Connection {
     }
 
     /// The TLS handshake the [`StartTls`] asked for completed: everything
-    /// negotiated in plaintext is forgotten (checklist 58) and options are
+    /// negotiated in plaintext is forgotten (as `NBD_OPT_STARTTLS` requires) and options are
     /// read again.
     pub fn handle_tls_established(&mut self, token: StartTls) {
         if let Phase::Handshake(h) = &mut self.phase {
@@ -378,7 +415,7 @@ impl Connection {
     /// RESIZE answered so records the new size.
     ///
     /// # Errors
-    /// [`NeedRoom`] when `out` is shorter than [`super::OK_REPLY_MAX`].
+    /// [`NeedRoom`] when `out` is shorter than [`OK_REPLY_MAX`](super::OK_REPLY_MAX).
     pub fn reply_ok(&mut self, p: Pending, out: &mut [u8]) -> Result<usize, NeedRoom<Pending>> {
         match self.transmission() {
             Some(t) => t.reply_ok(p, out),
@@ -387,11 +424,12 @@ impl Connection {
     }
 
     /// An error reply: simple without structured replies, else an error
-    /// chunk carrying `message` (checklist 96). Ends a chunked reply too.
+    /// chunk carrying `message` (structured replies answer errors with chunks
+    /// too). Ends a chunked reply.
     ///
     /// # Errors
     /// [`NeedRoom`] when `out` is shorter than
-    /// [`super::error_reply_len`]`(message.len())`.
+    /// [`error_reply_len`](super::error_reply_len)`(message.len())`.
     pub fn reply_error(
         &mut self,
         p: Pending,
@@ -421,7 +459,17 @@ impl Connection {
     /// of data at the request's offset into `out` (exactly
     /// [`Connection::read_prefix_len`] bytes), which the caller follows with
     /// the data. An empty READ in structured mode is answered with a lone
-    /// NONE chunk (shorter than the prefix, and no data follows).
+    /// NONE chunk (shorter than the prefix, and no data follows). Either
+    /// way the whole reply is the returned length plus the `len` of the
+    /// [`Op::Read`], so with the data placed at
+    /// [`Connection::read_prefix_len`]:
+    ///
+    /// ```text
+    /// out[prefix..prefix + len] <- the data
+    /// n = reply_read(p, &mut out[..prefix])
+    /// send out[..n + len]
+    /// ```
+    /// (`n + len` is right in the empty case too: `len` is 0 there.)
     ///
     /// # Errors
     /// [`NeedRoom`] when `out` is shorter than the prefix.
@@ -471,7 +519,7 @@ impl Connection {
     /// End a chunked reply with a NONE chunk.
     ///
     /// # Errors
-    /// [`NeedRoom`] when `out` is shorter than [`super::OK_REPLY_MAX`].
+    /// [`NeedRoom`] when `out` is shorter than [`OK_REPLY_MAX`](super::OK_REPLY_MAX).
     pub fn reply_done(&mut self, p: Pending, out: &mut [u8]) -> Result<usize, NeedRoom<Pending>> {
         match self.transmission() {
             Some(t) => t.reply_done(p, out),
@@ -516,6 +564,11 @@ impl Connection {
         }
     }
 }
+
+/// Room that always holds what [`Connection::poll_transmit`] writes in one
+/// call (the greeting, or an option reply with one of the connection's
+/// short messages).
+pub const POLL_TRANSMIT_MAX: usize = 256;
 
 /// Room for any negotiation answer but LIST entries and meta contexts
 /// (which report what they need).

@@ -3,7 +3,9 @@
 use crate::flags::TransmissionFlags;
 use crate::types::HeaderMode;
 
-/// The server's TLS policy for a connection (proto.md "TLS support").
+/// The server's TLS policy for a connection ([proto.md "TLS support"]).
+///
+/// [proto.md "TLS support"]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#tls-support
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TlsMode {
     /// NOTLS: `NBD_OPT_STARTTLS` is refused.
@@ -15,7 +17,11 @@ pub enum TlsMode {
     Require,
 }
 
-/// Block-size constraints (`NBD_INFO_BLOCK_SIZE`).
+/// Block-size constraints (`NBD_INFO_BLOCK_SIZE`): the minimum, preferred
+/// and maximum sizes a client must respect once it agreed to them
+/// ([proto.md "Size constraints"]).
+///
+/// [proto.md "Size constraints"]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#size-constraints
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlockSizes {
     /// Minimum block size: a power of two, at most 64 KiB.
@@ -34,7 +40,9 @@ impl BlockSizes {
         maximum: 32 * 1024 * 1024,
     };
 
-    /// True when the values obey the spec's rules (checklist 28).
+    /// True when the values obey the spec's rules ([proto.md "Size constraints"]).
+    ///
+    /// [proto.md "Size constraints"]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#size-constraints
     #[must_use]
     pub fn is_valid(&self) -> bool {
         self.minimum.is_power_of_two()
@@ -45,7 +53,13 @@ impl BlockSizes {
     }
 }
 
-/// The driver's answer to an export query.
+/// What the caller says about an export, in answer to an
+/// [`ExportQuestion`](super::ExportQuestion) (through
+/// [`Connection::answer_export`](super::Connection::answer_export)). The
+/// connection turns it into the `NBD_INFO_*` replies the client asked for
+/// ([proto.md "Option reply types"]) or the `NBD_OPT_EXPORT_NAME` reply.
+///
+/// [proto.md "Option reply types"]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#option-reply-types
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExportInfo<'a> {
     /// Size in bytes.
@@ -64,9 +78,27 @@ pub struct ExportInfo<'a> {
     /// Constraints; `None` means the defaults.
     pub block_sizes: Option<BlockSizes>,
     /// The meta contexts this export offers: bit i =
-    /// [`super::HandshakeConfig::meta_contexts`]`[i]`. A selection made by
-    /// SET_META_CONTEXT is kept for transmission only where this allows it.
+    /// [`HandshakeConfig::meta_contexts`](super::HandshakeConfig::meta_contexts)`[i]`.
+    /// A selection made by SET_META_CONTEXT is kept for transmission only
+    /// where this allows it.
     pub meta_contexts: u64,
+}
+
+impl<'a> ExportInfo<'a> {
+    /// An export of `size` bytes with `flags`: no name or description to
+    /// report, default block sizes, offering the first catalogue context
+    /// (`base:allocation` in the default configuration).
+    #[must_use]
+    pub fn new(size: u64, flags: TransmissionFlags) -> Self {
+        Self {
+            size,
+            flags,
+            name: "",
+            description: "",
+            block_sizes: None,
+            meta_contexts: 1,
+        }
+    }
 }
 
 /// The result of a successful negotiation: everything transmission needs.

@@ -1,11 +1,13 @@
-//! The server negotiation state machine (proto.md "Handshake", "Option
-//! haggling", "TLS support"), used by [`super::Connection`].
+//! The server negotiation state machine ([proto.md "Handshake"], "Option
+//! haggling", "TLS support"), used by [`Connection`](super::Connection).
 //!
 //! It processes one option frame per [`Handshake::handle_input`] call and
 //! answers options that need no outside knowledge itself (through
 //! [`Handshake::poll_transmit`]). Options that need the caller (export
 //! lookup, LIST, meta contexts, STARTTLS) come back as owned questions
-//! ([`super::question`]); the answers are encoded in `answer.rs`.
+//! ([`question`](super::question)); the answers are encoded in `answer.rs`.
+//!
+//! [proto.md "Handshake"]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#handshake
 
 use super::export::{Negotiated, TlsMode};
 use super::meta::{self, NameBuf};
@@ -20,13 +22,21 @@ use crate::wire::handshake::{
 };
 use crate::wire::option::{InfoRequest, MetaContextRequest};
 
-/// The `base:allocation` context (proto.md "`base:` meta context").
+/// The `base:allocation` context ([proto.md "The `base:` metadata namespace"]).
+///
+/// [proto.md "The `base:` metadata namespace"]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#the-base-metadata-namespace
 pub const BASE_ALLOCATION: &str = "base:allocation";
 /// qemu's `qemu:allocation-depth` context: how many layers down an extent
 /// is allocated (0 = nowhere, 1 = the top layer; qemu's docs/interop/nbd.txt).
 pub const QEMU_ALLOCATION_DEPTH: &str = "qemu:allocation-depth";
 
-/// Limits and features of the negotiation.
+/// Limits and features of the negotiation: the TLS policy, which options
+/// are accepted, the bounds that keep a hostile client from costing memory
+/// or time, and the meta-context catalogue. The default suits a modern
+/// server (fixed newstyle, structured replies, extended headers,
+/// `base:allocation`, no TLS). Spec: [proto.md "Handshake"].
+///
+/// [proto.md "Handshake"]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#handshake
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HandshakeConfig {
     /// TLS policy.
@@ -46,7 +56,7 @@ pub struct HandshakeConfig {
     /// Largest option the server parses (INFO/GO/meta contexts); larger
     /// ones are drained and refused with `NBD_REP_ERR_TOO_BIG`. The caller's
     /// input buffer must hold `16 + max_option_len` bytes
-    /// ([`super::Connection::needed`] says how many are needed now).
+    /// ([`Connection::needed`](super::Connection::needed) says how many are needed now).
     pub max_option_len: u32,
     /// Largest option the server drains at all; larger ones end the
     /// connection (a denial of service; nbdkit uses 64 MiB).
@@ -56,7 +66,7 @@ pub struct HandshakeConfig {
     /// The meta contexts this server knows, in ID order: entry `i` gets
     /// context ID `i + 1` (at most 64 entries). Which of them an export
     /// offers is the caller's answer to a [`MetaQuestion`] and
-    /// [`super::ExportInfo::meta_contexts`].
+    /// [`ExportInfo::meta_contexts`](super::ExportInfo::meta_contexts).
     pub meta_contexts: &'static [&'static str],
 }
 
@@ -169,7 +179,9 @@ impl Handshake {
     }
 
     /// The effective TLS mode: a client without fixed newstyle is served in
-    /// NOTLS mode whatever the configuration (proto.md "TLS support").
+    /// NOTLS mode whatever the configuration ([proto.md "TLS support"]).
+    ///
+    /// [proto.md "TLS support"]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#tls-support
     fn tls_mode(&self) -> TlsMode {
         if self.fixed {
             self.cfg.tls

@@ -1,7 +1,9 @@
-//! Meta-context matching (proto.md "Metadata querying", "`base:` meta
+//! Meta-context matching ([proto.md "Metadata querying"], "`base:` meta
 //! context"), the fixed-capacity buffer holding the export name a question
 //! is about, and the fingerprint of the export the last
 //! `NBD_OPT_SET_META_CONTEXT` named.
+//!
+//! [proto.md "Metadata querying"]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#metadata-querying
 
 use crate::error::BufferTooSmall;
 use crate::types::{OptReplyType, OptionCode};
@@ -50,7 +52,9 @@ impl NameBuf {
 /// A fingerprint of an export name (FNV-1a, 64 bits, plus the length):
 /// enough to tell whether GO names the export the last SET named. A
 /// collision could only hand a client the selection it made for another
-/// name, which [`crate::server::ExportInfo::meta_contexts`] still filters.
+/// name, which
+/// [`ExportInfo::meta_contexts`](crate::server::ExportInfo::meta_contexts)
+/// still filters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct NameHash(u64, usize);
 
@@ -79,8 +83,10 @@ fn matches(list: bool, query: &str, context: &str) -> bool {
 /// The catalogue entries (bit i = `catalogue[i]`, at most 64) that the
 /// request's queries name, by the spec's matching rules: unknown
 /// namespaces and leaves are ignored, an empty leaf lists a namespace but
-/// never selects, zero queries list everything or select nothing (proto.md
-/// "Metadata querying").
+/// never selects, zero queries list everything or select nothing
+/// ([proto.md "Metadata querying"]).
+///
+/// [proto.md "Metadata querying"]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#metadata-querying
 pub(crate) fn matched(list: bool, request: &MetaContextRequest<'_>, catalogue: &[&str]) -> u64 {
     let mut selected = 0u64;
     for (i, ctx) in catalogue.iter().enumerate().take(64) {

@@ -22,6 +22,7 @@
 
 /// The option that asked about an export.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ExportOption {
     /// `NBD_OPT_EXPORT_NAME`: success enters transmission; a refusal ends
     /// the connection (the option has no error reply).
@@ -69,7 +70,9 @@ impl ExportQuestion {
     }
 
     /// True when the client asked for `NBD_INFO_BLOCK_SIZE` and so promised
-    /// to honour the constraints (GO only; checklist 29).
+    /// to honour the constraints (GO only; [proto.md "Size constraints"]).
+    ///
+    /// [proto.md "Size constraints"]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#size-constraints
     #[must_use]
     pub fn agrees_block_sizes(&self) -> bool {
         self.wanted.block_size
@@ -139,4 +142,25 @@ pub struct NeedRoom<T> {
     pub required: usize,
     /// The question (or pending reply) handed back.
     pub token: T,
+}
+
+impl<T> core::fmt::Display for NeedRoom<T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "output buffer too small: {} bytes required",
+            self.required
+        )
+    }
+}
+
+impl<T: core::fmt::Debug> core::error::Error for NeedRoom<T> {}
+
+impl<T> From<NeedRoom<T>> for crate::error::BufferTooSmall {
+    /// Drop the token: for callers that give up rather than retry.
+    fn from(e: NeedRoom<T>) -> Self {
+        Self {
+            required: e.required,
+        }
+    }
 }

@@ -1,9 +1,12 @@
 //! Reply encoding for the transmission phase, in the negotiated layout
-//! (proto.md "Simple reply message", "Structured reply chunk message").
+//! ([proto.md "Simple reply message"], [proto.md "Structured reply chunk message"]).
 //!
 //! Every final reply consumes the request's [`Pending`]; on a short buffer
 //! it is handed back in [`NeedRoom`] with nothing written, so no reply can
 //! be lost or half-written.
+//!
+//! [proto.md "Simple reply message"]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#simple-reply-message
+//! [proto.md "Structured reply chunk message"]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#structured-reply-chunk-message
 
 use super::question::NeedRoom;
 use super::request::Pending;
@@ -219,7 +222,7 @@ impl Transmission {
 }
 
 /// The spec's rules for block-status descriptors, applied to what the
-/// caller's store reported (proto.md "NBD_CMD_BLOCK_STATUS"):
+/// caller's store reported ([proto.md "Request types"]):
 /// - zero-length runs are dropped, and the descriptors stop where the
 ///   request's effect length is covered (the last one clipped);
 /// - with `NBD_CMD_FLAG_REQ_ONE`, exactly one descriptor;
@@ -227,6 +230,8 @@ impl Transmission {
 /// - in compact mode (32-bit lengths) longer runs are split at a 512-aligned
 ///   32-bit length;
 /// - nothing reported: one descriptor covering the request with status 0.
+///
+/// [proto.md "Request types"]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#request-types
 #[derive(Debug, Clone)]
 pub(crate) struct Normalized<'e> {
     rest: &'e [BlockStatusExtent],

@@ -8,10 +8,13 @@ use crate::wire::request::Request;
 
 /// One validated operation, with the spec's per-command rules already
 /// applied: bounds, flags against what was advertised, read-only, the
-/// BLOCK_STATUS payload parsed (proto.md "Request types").
+/// BLOCK_STATUS payload parsed ([proto.md "Request types"]).
+///
+/// [proto.md "Request types"]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#request-types
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Op<'a> {
-    /// `NBD_CMD_READ`: reply with [`super::Connection::reply_read`] (or
+    /// `NBD_CMD_READ`: reply with [`Connection::reply_read`](super::Connection::reply_read) (or
     /// chunks, when structured). `len` is at most the maximum payload.
     Read {
         /// Offset in the export.
@@ -62,8 +65,12 @@ pub enum Op<'a> {
         len: u64,
     },
     /// `NBD_CMD_BLOCK_STATUS`: reply with one chunk per context of
-    /// `contexts` ([`super::Connection::block_status_chunk`], the last with
-    /// [`super::Connection::reply_block_status`]).
+    /// `contexts`
+    /// ([`Connection::block_status_chunk`](super::Connection::block_status_chunk),
+    /// the last with
+    /// [`Connection::reply_block_status`](super::Connection::reply_block_status)).
+    /// Note the numbering: bit i of `contexts` is context ID i + 1, the
+    /// `id` those calls take.
     BlockStatus {
         /// Offset in the export.
         offset: u64,
@@ -76,7 +83,7 @@ pub enum Op<'a> {
         contexts: u64,
     },
     /// `NBD_CMD_RESIZE`: change the size to `size`; a successful
-    /// [`super::Connection::reply_ok`] records it.
+    /// [`Connection::reply_ok`](super::Connection::reply_ok) records it.
     Resize {
         /// The new size.
         size: u64,

@@ -1,11 +1,13 @@
-//! The server transmission state machine (proto.md "Transmission phase"),
-//! used by [`super::Connection`].
+//! The server transmission state machine ([proto.md "Transmission phase"]),
+//! used by [`Connection`](super::Connection).
 //!
 //! [`Transmission::handle_request`] frames and validates each request
 //! against the negotiated state and says either "execute this operation"
 //! or "answer this cookie with this error and keep going"; it returns
 //! `Err` only where the connection must end. Replies are encoded in
 //! `replies.rs`.
+//!
+//! [proto.md "Transmission phase"]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#transmission-phase
 
 use super::export::Negotiated;
 use super::request::{Op, Pending};
@@ -19,8 +21,10 @@ use crate::wire::request::{Request, RequestHeader};
 pub struct TransmissionConfig {
     /// A rejected payload up to this size is drained and answered with an
     /// error; a larger one ends the connection. Payloads of at most 32 MiB
-    /// SHOULD NOT be treated as a denial of service (proto.md "Request
-    /// message"), so this is never below that.
+    /// SHOULD NOT be treated as a denial of service
+    /// ([proto.md "Request message"]), so this is never below that.
+    ///
+    /// [proto.md "Request message"]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#request-message
     pub max_drain: u64,
     /// Largest READ honoured with `NBD_CMD_FLAG_DF` (the spec requires at
     /// least 64 KiB; structured replies send reads in one chunk anyway).
@@ -106,7 +110,7 @@ impl Transmission {
 
     /// The largest READ/WRITE payload accepted: the advertised maximum, or
     /// more for a client that never agreed to block sizes.
-    fn max_payload(&self) -> u64 {
+    pub(crate) fn max_payload(&self) -> u64 {
         let advertised = self.neg.block_sizes.maximum;
         if self.neg.block_sizes_agreed {
             u64::from(advertised)
@@ -269,8 +273,10 @@ impl Transmission {
         Ok(())
     }
 
-    /// The command x flag matrix of proto.md "Command flags" plus the
+    /// The command x flag matrix of [proto.md "Command flags"] plus the
     /// per-command rules; the error names follow section 4.6 of the digest.
+    ///
+    /// [proto.md "Command flags"]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#command-flags
     fn validate(&self, h: &RequestHeader, payload: &[u8]) -> Check {
         let f = h.flags;
         if f.bits() & !CmdFlags::all().bits() != 0 {

@@ -1,5 +1,12 @@
 //! Handshake framing: greetings, client flags, option and option-reply
-//! headers, and the `NBD_OPT_EXPORT_NAME` reply (proto.md "Handshake").
+//! headers, and the `NBD_OPT_EXPORT_NAME` reply.
+//!
+//! Spec: [proto.md "Handshake"][hs], ["Fixed newstyle negotiation"][fixed],
+//! ["Oldstyle negotiation"][old].
+//!
+//! [hs]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#handshake
+//! [fixed]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#fixed-newstyle-negotiation
+//! [old]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#oldstyle-negotiation
 
 use super::{Writer, be_u16_at, be_u32_at, be_u64_at, head};
 use crate::error::{BufferTooSmall, DecodeError};
@@ -234,7 +241,9 @@ pub fn encode_option_reply(
 }
 
 /// The reply to `NBD_OPT_EXPORT_NAME`: size, flags, and 124 zero bytes
-/// unless both sides agreed on `NO_ZEROES` (proto.md "The 124 zero bytes").
+/// unless both sides agreed on `NO_ZEROES` ([proto.md "Handshake flags"]).
+///
+/// [proto.md "Handshake flags"]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#handshake-flags
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct ExportNameReply {

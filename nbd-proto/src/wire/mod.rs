@@ -1,11 +1,22 @@
 //! The codec: byte-exact encoders and decoders for every NBD message.
 //!
+//! Both state machines are built on it; use it directly to frame messages
+//! yourself (a proxy, an analyser, a test peer). One module per phase:
+//! [`handshake`] (greetings, client flags, option and option-reply
+//! headers), [`option`] (option payloads and their replies), [`request`]
+//! (request headers) and [`reply`] (simple replies and reply chunks).
+//!
 //! Decoders follow httparse: they take a borrowed slice and return
 //! `Ok(None)` when more bytes are needed, `Ok(Some((value, consumed)))` with
 //! `consumed <= input.len()` when a whole frame is there, and `Err` only for
 //! input that can never become valid. Encoders write into a caller slice and
 //! return the length, or [`BufferTooSmall`] with the length they need.
 //! Nothing allocates.
+//!
+//! Spec: [proto.md "Protocol phases"][phases] and ["Values"][values].
+//!
+//! [phases]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#protocol-phases
+//! [values]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#values
 
 pub mod handshake;
 pub mod option;

@@ -1,8 +1,15 @@
-//! Option payloads and option-reply payloads (proto.md "Option types",
-//! "Option reply types", "Info types").
+//! Option payloads and option-reply payloads: INFO/GO requests and their
+//! `NBD_REP_INFO` items, meta-context queries and replies, LIST entries.
 //!
 //! Lists inside options (info requests, meta-context queries) are exposed as
 //! lazy iterators over the borrowed, already-validated slice: no allocation.
+//!
+//! Spec: [proto.md "Option types"][opt], ["Option reply types"][rep]
+//! (`NBD_REP_INFO` carries the info types), ["Metadata querying"][meta].
+//!
+//! [opt]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#option-types
+//! [rep]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#option-reply-types
+//! [meta]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#metadata-querying
 
 use nom::Parser;
 use nom::bytes::take;

@@ -1,11 +1,20 @@
 //! Transmission replies: simple replies, structured (20-byte) and extended
-//! (32-byte) reply chunks, and every chunk payload (proto.md "Reply
-//! message", "Structured reply types", extended headers extension).
+//! (32-byte) reply chunk headers, and every chunk payload (data, holes,
+//! block status, errors).
 //!
 //! For `NBD_CMD_READ` a driver reserves [`ChunkHeader::len_for`] +
 //! [`OFFSET_DATA_PREFIX`] bytes (or [`SIMPLE_REPLY_LEN`]), lets the backend
 //! read straight into the space after them, then encodes the header in
 //! front: the data is never copied.
+//!
+//! Spec: [proto.md "Simple reply message"][simple], ["Structured reply
+//! chunk message"][chunk], ["Structured reply types"][types]; the 32-byte
+//! chunk header is the [`EXTENDED_HEADERS` extension][ext].
+//!
+//! [simple]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#simple-reply-message
+//! [chunk]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#structured-reply-chunk-message
+//! [types]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#structured-reply-types
+//! [ext]: https://github.com/NetworkBlockDevice/nbd/blob/extension-ext-header/doc/proto.md
 
 use super::{Writer, be_u16_at, be_u32_at, be_u64_at, check_str, head};
 use crate::error::{BufferTooSmall, DecodeError};

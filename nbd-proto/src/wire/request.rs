@@ -1,5 +1,12 @@
-//! Transmission requests: compact (28-byte) and extended (32-byte) headers
-//! (proto.md "Request message", extended headers extension).
+//! Transmission requests: compact (28-byte) and extended (32-byte) headers,
+//! and a whole request with its payload.
+//!
+//! Spec: [proto.md "Request message"][req], ["Request types"][types]; the
+//! 32-byte layout is the [`EXTENDED_HEADERS` extension][ext].
+//!
+//! [req]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#request-message
+//! [types]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#request-types
+//! [ext]: https://github.com/NetworkBlockDevice/nbd/blob/extension-ext-header/doc/proto.md
 
 use nom::Parser;
 use nom::number::{be_u16, be_u32, be_u64};

@@ -317,6 +317,7 @@ impl super::Filter for Cache {
     fn inner(&self) -> &Arc<dyn Backend> {
         &self.inner
     }
+    // try_read_cached not forwarded (the default): reads are served from and fill the cache file.
     fn reopen(&self, inner: Arc<dyn Backend>) -> io::Result<Arc<dyn Backend>> {
         let mut c = Self::new(inner, Arc::clone(&self.opts)).map_err(io::Error::other)?;
         c.private = true;

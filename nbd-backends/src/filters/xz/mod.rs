@@ -138,6 +138,7 @@ impl super::Filter for Xz {
     fn inner(&self) -> &Arc<dyn Backend> {
         &self.inner
     }
+    // try_read_cached not forwarded (the default): the data is decompressed.
     fn reopen(&self, inner: Arc<dyn Backend>) -> io::Result<Arc<dyn Backend>> {
         Ok(Arc::new(
             Self::new(inner, self.opts).map_err(io::Error::other)?,

@@ -1,0 +1,67 @@
+//! `Backend::try_read_cached` on the file backend: reads that cannot block
+//! are answered (memory filesystems always, others from the page cache
+//! through `preadv2(RWF_NOWAIT)`), everything else is left to `read_at`.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use nbd_backends::{Backend, FileBackend};
+
+fn file_in(dir: &str, tag: &str) -> PathBuf {
+    let p = PathBuf::from(dir).join(format!("nbd-cached-{}-{tag}", std::process::id()));
+    let mut f = std::fs::File::create(&p).unwrap();
+    let data: Vec<u8> = (0..65536u32).map(|i| (i % 251) as u8).collect();
+    f.write_all(&data).unwrap();
+    f.sync_all().unwrap();
+    p
+}
+
+fn check(path: &PathBuf, cache_none: bool) -> bool {
+    let b = FileBackend::open(path, true, cache_none).unwrap();
+    // Warm the page cache the ordinary way first.
+    let mut warm = vec![0u8; 65536];
+    b.read_at(0, &mut warm).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let ok = b.try_read_cached(8192, &mut buf);
+    if ok {
+        assert_eq!(
+            buf,
+            warm[8192..12288],
+            "cached read returned the file's bytes"
+        );
+    }
+    assert!(
+        !b.try_read_cached(65536 - 100, &mut buf),
+        "a read past EOF goes the slow way"
+    );
+    ok
+}
+
+#[test]
+fn memory_filesystem_reads_never_block() {
+    if !std::path::Path::new("/dev/shm").is_dir() {
+        panic!("/dev/shm (tmpfs) is missing: the test needs a memory filesystem");
+    }
+    let p = file_in("/dev/shm", "shm");
+    assert!(check(&p, false), "tmpfs file read on the loop");
+    let _ = std::fs::remove_file(p);
+}
+
+#[test]
+fn page_cache_reads_on_a_disk_filesystem() {
+    let p = file_in(env!("CARGO_TARGET_TMPDIR"), "disk");
+    // ext4, xfs and btrfs support RWF_NOWAIT: a warm page is read at once.
+    // Another filesystem may fall back (false), which is also correct.
+    let f = std::fs::File::open(&p).unwrap();
+    #[allow(clippy::unnecessary_cast)] // f_type's type depends on the arch
+    let magic = rustix::fs::fstatfs(&f).unwrap().f_type as i64;
+    let nowait_fs = matches!(magic, 0xef53 | 0x5846_5342 | 0x9123_683e);
+    let fs_ok = check(&p, false);
+    eprintln!("fs magic {magic:#x}: RWF_NOWAIT read from the page cache: {fs_ok}");
+    assert!(
+        fs_ok || !nowait_fs,
+        "a warm page of ext4/xfs/btrfs must read at once"
+    );
+    assert!(!check(&p, true), "O_DIRECT never reads from the cache");
+    let _ = std::fs::remove_file(p);
+}
