@@ -386,6 +386,42 @@ fn retry_outlasts_a_passing_failure() {
     assert_eq!(out.trim(), "4096", "{}", srv.stderr());
 }
 
+/// error at `-v`: every injected error is logged with its command, range
+/// and errno (nbdkit logs the errno and command, at error level; nbdd
+/// adds the range and logs at `-v`, as the driver also reports the error).
+#[test]
+fn error_logs_each_injected_error_at_verbose() {
+    let srv = Server::start(
+        Transport::Unix,
+        &["-v", "--filter=error", "memory", "1M", "error-rate=1", "error=ENOSPC"],
+    );
+    let out = nbdsh(
+        &srv.uri(),
+        "for f, a in ((h.pread, (4096, 8192)), (h.pwrite, (bytes(512), 65536)), (h.flush, ())):\n    try:\n        f(*a)\n    except nbd.Error as e:\n        print(e.errnum)",
+    );
+    let enospc = libc::ENOSPC.to_string();
+    // nbdkit 1.32's error filter cannot fail flushes (error-flush is 1.40).
+    let failed = if common::flavor() == Flavor::Nbdd { 3 } else { 2 };
+    assert_eq!(out.lines().collect::<Vec<_>>(), vec![&*enospc; failed], "{}", srv.stderr());
+    // The log line is written when the request fails, before the reply.
+    let stderr = srv.stderr();
+    let want: Vec<String> = if common::flavor() == Flavor::Nbdd {
+        let e = format!("error filter: injecting ENOSPC (errno {enospc}) into");
+        vec![
+            format!("{e} pread at offset 8192 length 4096"),
+            format!("{e} pwrite at offset 65536 length 512"),
+            format!("{e} flush\n"),
+        ]
+    } else {
+        ["pread", "pwrite"]
+            .map(|op| format!("injecting ENOSPC error into {op}"))
+            .to_vec()
+    };
+    for w in &want {
+        assert!(stderr.contains(w), "no '{w}' in stderr:\n{stderr}");
+    }
+}
+
 /// rate=8M is 1 MiB/s with a 2 s bucket: 4 MiB (of data: pattern has no
 /// holes to skip) cannot come in under ~2 s. (A lower bound only: a slow
 /// machine cannot make it fail.)

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::params::FilterParams;
 
+use crate::util::len64;
 use crate::{Backend, DepthExtent, Extent, ZeroFlags};
 
 /// Operation names in the per-operation keys (`error-OP=`), in the order
@@ -117,9 +118,9 @@ impl ErrorInject {
         }
     }
 
-    /// Decide whether this call fails (xorshift64*: tests need chance,
-    /// not cryptography).
-    fn roll(&self, op: usize) -> io::Result<()> {
+    /// Decide whether this call, on `range` (offset, length; `None` for
+    /// flush), fails (xorshift64*: tests need chance, not cryptography).
+    fn roll(&self, op: usize, range: Option<(u64, u64)>) -> io::Result<()> {
         let Some((errno, threshold, file)) = self.rules.get(op) else {
             return Ok(());
         };
@@ -139,16 +140,25 @@ impl ErrorInject {
             .unwrap_or(1);
         let r = step(prev).wrapping_mul(0x2545_f491_4f6c_dd1d);
         if threshold == u64::MAX || r < threshold {
-            // nbdkit logs every injection; -v shows them here.
-            let name = ERRNOS
-                .iter()
-                .find(|e| e.1 == errno)
-                .map_or("error", |e| e.0);
-            log::info!("error filter: injecting {name} into {}", OPS[op]);
+            // nbdkit logs every injection; -v (info) shows them here, so a
+            // test's failures can be matched to the requests that got them.
+            log::info!("{}", injected(OPS[op], range, errno));
             Err(io::Error::from_raw_os_error(errno))
         } else {
             Ok(())
         }
+    }
+}
+
+/// The line logged for an injected error: the command, its range and the
+/// errno, by name and number.
+fn injected(op: &str, range: Option<(u64, u64)>, errno: i32) -> String {
+    let name = ERRNOS.iter().find(|e| e.1 == errno).map_or("error", |e| e.0);
+    match range {
+        Some((offset, len)) => format!(
+            "error filter: injecting {name} (errno {errno}) into {op} at offset {offset} length {len}"
+        ),
+        None => format!("error filter: injecting {name} (errno {errno}) into {op}"),
     }
 }
 
@@ -166,31 +176,31 @@ impl super::Filter for ErrorInject {
         }))
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.roll(0)?;
+        self.roll(0, Some((offset, len64(buf))))?;
         self.inner.read_at(offset, buf)
     }
     fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> io::Result<()> {
-        self.roll(1)?;
+        self.roll(1, Some((offset, len64(data))))?;
         self.inner.write_at(offset, data, fua)
     }
     fn flush(&self) -> io::Result<()> {
-        self.roll(4)?;
+        self.roll(4, None)?;
         self.inner.flush()
     }
     fn trim(&self, offset: u64, len: u64, fua: bool) -> io::Result<()> {
-        self.roll(2)?;
+        self.roll(2, Some((offset, len)))?;
         self.inner.trim(offset, len, fua)
     }
     fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> io::Result<()> {
-        self.roll(3)?;
+        self.roll(3, Some((offset, len)))?;
         self.inner.write_zeroes(offset, len, flags)
     }
     fn cache(&self, offset: u64, len: u64) -> io::Result<()> {
-        self.roll(5)?;
+        self.roll(5, Some((offset, len)))?;
         self.inner.cache(offset, len)
     }
     fn extents(&self, offset: u64, len: u64, out: &mut [Extent]) -> io::Result<usize> {
-        self.roll(6)?;
+        self.roll(6, Some((offset, len)))?;
         self.inner.extents(offset, len, out)
     }
     fn allocation_depth(
@@ -199,7 +209,7 @@ impl super::Filter for ErrorInject {
         len: u64,
         out: &mut [DepthExtent],
     ) -> io::Result<usize> {
-        self.roll(6)?;
+        self.roll(6, Some((offset, len)))?;
         self.inner.allocation_depth(offset, len, out)
     }
 }
