@@ -36,9 +36,9 @@ mod export;
 mod file;
 pub mod filters;
 mod full;
-pub mod lifecycle;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+pub mod lifecycle;
 mod make;
 mod memory;
 mod null;

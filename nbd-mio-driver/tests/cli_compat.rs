@@ -90,5 +90,9 @@ fn every_filter_and_key_has_a_row() {
             }
         }
     }
-    assert!(missing.is_empty(), "docs/NBDKIT-COMPAT.md:\n{}", missing.join("\n"));
+    assert!(
+        missing.is_empty(),
+        "docs/NBDKIT-COMPAT.md:\n{}",
+        missing.join("\n")
+    );
 }

@@ -393,7 +393,14 @@ fn retry_outlasts_a_passing_failure() {
 fn error_logs_each_injected_error_at_verbose() {
     let srv = Server::start(
         Transport::Unix,
-        &["-v", "--filter=error", "memory", "1M", "error-rate=1", "error=ENOSPC"],
+        &[
+            "-v",
+            "--filter=error",
+            "memory",
+            "1M",
+            "error-rate=1",
+            "error=ENOSPC",
+        ],
     );
     let out = nbdsh(
         &srv.uri(),
@@ -401,8 +408,17 @@ fn error_logs_each_injected_error_at_verbose() {
     );
     let enospc = libc::ENOSPC.to_string();
     // nbdkit 1.32's error filter cannot fail flushes (error-flush is 1.40).
-    let failed = if common::flavor() == Flavor::Nbdd { 3 } else { 2 };
-    assert_eq!(out.lines().collect::<Vec<_>>(), vec![&*enospc; failed], "{}", srv.stderr());
+    let failed = if common::flavor() == Flavor::Nbdd {
+        3
+    } else {
+        2
+    };
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        vec![&*enospc; failed],
+        "{}",
+        srv.stderr()
+    );
     // The log line is written when the request fails, before the reply.
     let stderr = srv.stderr();
     let want: Vec<String> = if common::flavor() == Flavor::Nbdd {

@@ -153,7 +153,10 @@ impl ErrorInject {
 /// The line logged for an injected error: the command, its range and the
 /// errno, by name and number.
 fn injected(op: &str, range: Option<(u64, u64)>, errno: i32) -> String {
-    let name = ERRNOS.iter().find(|e| e.1 == errno).map_or("error", |e| e.0);
+    let name = ERRNOS
+        .iter()
+        .find(|e| e.1 == errno)
+        .map_or("error", |e| e.0);
     match range {
         Some((offset, len)) => format!(
             "error filter: injecting {name} (errno {errno}) into {op} at offset {offset} length {len}"

@@ -201,7 +201,8 @@ fn stack(name: &str, args: &str, disk: &Arc<Cached>) -> Arc<dyn Backend> {
 /// or limit reads never let it reach the layer below.
 #[test]
 fn cached_reads_go_through_only_filters_that_keep_data() {
-    let expect = |o: u64, n: usize| -> Vec<u8> { (o..o + n as u64).map(|i| (i % 251) as u8).collect() };
+    let expect =
+        |o: u64, n: usize| -> Vec<u8> { (o..o + n as u64).map(|i| (i % 251) as u8).collect() };
     let forwarding = [
         ("readonly", ""),
         ("readonly", "readonly-file=/nonexistent"),
@@ -223,18 +224,35 @@ fn cached_reads_go_through_only_filters_that_keep_data() {
         assert!(f.try_read_cached(8192, &mut buf), "{name} {args}");
         assert_eq!(buf, expect(8192, 4096), "{name} {args}");
         assert_eq!(*disk.asked.lock().unwrap(), [(8192, 4096)], "{name}");
-        assert!(!f.try_read_cached((2 << 20) - 100, &mut buf), "{name}: past the end");
-        assert_eq!(disk.asked.lock().unwrap().len(), 1, "{name}: past the end asked below");
+        assert!(
+            !f.try_read_cached((2 << 20) - 100, &mut buf),
+            "{name}: past the end"
+        );
+        assert_eq!(
+            disk.asked.lock().unwrap().len(),
+            1,
+            "{name}: past the end asked below"
+        );
     }
     // offset and partition: moved, and checked against the window.
-    for (name, args) in [("offset", "offset=1M range=512k"), ("partition", "partition=1")] {
+    for (name, args) in [
+        ("offset", "offset=1M range=512k"),
+        ("partition", "partition=1"),
+    ] {
         let disk = cached_disk();
         let f = stack(name, args, &disk);
         let mut buf = vec![0u8; 512];
         assert!(f.try_read_cached(512, &mut buf), "{name}");
         assert_eq!(buf, expect((1 << 20) + 512, 512), "{name}");
-        assert!(!f.try_read_cached(f.size() - 256, &mut buf), "{name}: past the window");
-        assert_eq!(*disk.asked.lock().unwrap(), [((1 << 20) + 512, 512)], "{name}");
+        assert!(
+            !f.try_read_cached(f.size() - 256, &mut buf),
+            "{name}: past the window"
+        );
+        assert_eq!(
+            *disk.asked.lock().unwrap(),
+            [((1 << 20) + 512, 512)],
+            "{name}"
+        );
     }
     // truncate: beyond the old end, zeroes without asking below.
     let disk = cached_disk();
@@ -250,7 +268,10 @@ fn cached_reads_go_through_only_filters_that_keep_data() {
     assert_eq!(*disk.asked.lock().unwrap(), [((2 << 20) - 2048, 2048)]);
 
     let not_forwarding = [
-        ("blocksize-policy", "blocksize-minimum=512 blocksize-error-policy=error"),
+        (
+            "blocksize-policy",
+            "blocksize-minimum=512 blocksize-error-policy=error",
+        ),
         ("blocksize", "minblock=512"),
         ("cache", ""),
         ("cow", ""),
@@ -267,8 +288,14 @@ fn cached_reads_go_through_only_filters_that_keep_data() {
         let disk = cached_disk();
         let f = stack(name, args, &disk);
         let mut buf = vec![0u8; 4096];
-        assert!(!f.try_read_cached(8192, &mut buf), "{name} {args} forwarded it");
-        assert!(disk.asked.lock().unwrap().is_empty(), "{name} {args} asked below");
+        assert!(
+            !f.try_read_cached(8192, &mut buf),
+            "{name} {args} forwarded it"
+        );
+        assert!(
+            disk.asked.lock().unwrap().is_empty(),
+            "{name} {args} asked below"
+        );
         f.read_at(8192, &mut buf).unwrap();
         assert_eq!(buf, expect(8192, 4096), "{name} {args}: read_at");
     }
