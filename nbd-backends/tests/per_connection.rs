@@ -34,7 +34,7 @@ impl Backend for PerConn {
         Ok(())
     }
     fn open(&self, _: &ClientInfo<'_>) -> io::Result<Option<Arc<dyn Backend>>> {
-        Ok(Some(Arc::new(MemoryBackend::new(SIZE)?)))
+        Ok(Some(Arc::new(OwnDisk(MemoryBackend::new(SIZE)?))))
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.shared.read_at(offset, buf)
@@ -44,6 +44,31 @@ impl Backend for PerConn {
     }
     fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> io::Result<()> {
         self.shared.write_zeroes(offset, len, flags)
+    }
+}
+
+/// A client's own disk: says so ([`Backend::per_client_data`]), so that
+/// cow and cache keep their data per connection over it.
+struct OwnDisk(MemoryBackend);
+
+impl Backend for OwnDisk {
+    fn size(&self) -> u64 {
+        self.0.size()
+    }
+    fn caps(&self) -> Caps {
+        self.0.caps() - Caps::MULTI_CONN
+    }
+    fn per_client_data(&self) -> bool {
+        true
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.0.read_at(offset, buf)
+    }
+    fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> io::Result<()> {
+        self.0.write_at(offset, data, fua)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> io::Result<()> {
+        self.0.write_zeroes(offset, len, flags)
     }
 }
 

@@ -42,14 +42,16 @@ impl Default for CowOptions {
 /// start, from the inner backend otherwise.
 pub struct Cow {
     inner: Arc<dyn Backend>,
-    overlay: MemoryBackend,
+    /// Shared by every connection's copy unless the layer below gives
+    /// each its own disk ([`Backend::per_client_data`]).
+    overlay: Arc<MemoryBackend>,
     opts: CowOptions,
     /// This copy stands on a per-connection handle: other connections do
     /// not see its overlay, so it is not multi-conn.
     private: bool,
     /// Indices of blocks owned by the overlay. Held for the whole of a
     /// write so that copying a block up and patching it is atomic.
-    owned: Mutex<BTreeSet<u64>>,
+    owned: Arc<Mutex<BTreeSet<u64>>>,
 }
 
 impl Cow {
@@ -68,13 +70,13 @@ impl Cow {
     ///
     /// As [`Cow::new`].
     pub fn with_options(inner: Arc<dyn Backend>, opts: CowOptions) -> io::Result<Self> {
-        let overlay = MemoryBackend::new(inner.size())?;
+        let overlay = Arc::new(MemoryBackend::new(inner.size())?);
         Ok(Self {
             inner,
             overlay,
             opts,
             private: false,
-            owned: Mutex::new(BTreeSet::new()),
+            owned: Arc::new(Mutex::new(BTreeSet::new())),
         })
     }
 
@@ -212,6 +214,17 @@ impl super::Filter for Cow {
     }
     // try_read_cached not forwarded (the default): reads of written blocks come from the overlay.
     fn reopen(&self, inner: Arc<dyn Backend>) -> io::Result<Arc<dyn Backend>> {
+        if !inner.per_client_data() {
+            // The same disk as every other connection's (the nbd proxy's
+            // connection per client): one overlay for all, as nbdkit has.
+            return Ok(Arc::new(Self {
+                inner,
+                overlay: Arc::clone(&self.overlay),
+                opts: self.opts.clone(),
+                private: self.private,
+                owned: Arc::clone(&self.owned),
+            }));
+        }
         let mut c = Self::with_options(inner, self.opts.clone())?;
         c.private = true;
         Ok(Arc::new(c))

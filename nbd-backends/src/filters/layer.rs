@@ -67,6 +67,11 @@ pub trait Filter: Send + Sync + 'static {
             None => Ok(None),
         }
     }
+    /// See [`Backend::per_client_data`]: a filter's copy shows what the
+    /// handle below it shows.
+    fn per_client_data(&self) -> bool {
+        self.inner().per_client_data()
+    }
     /// See [`Backend::read_at`].
     ///
     /// # Errors
@@ -185,6 +190,9 @@ impl<T: Filter> Backend for T {
     }
     fn try_read_cached(&self, offset: u64, buf: &mut [u8]) -> bool {
         Filter::try_read_cached(self, offset, buf)
+    }
+    fn per_client_data(&self) -> bool {
+        Filter::per_client_data(self)
     }
     fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> io::Result<()> {
         Filter::write_at(self, offset, data, fua)

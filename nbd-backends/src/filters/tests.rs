@@ -300,3 +300,33 @@ fn cached_reads_go_through_only_filters_that_keep_data() {
         assert_eq!(buf, expect(8192, 4096), "{name} {args}: read_at");
     }
 }
+
+/// cow's overlay and the cache are the export's, shared by every
+/// connection, when the handles below show one disk (a filter's copy over
+/// a shared backend here; the nbd proxy's connections in e2e_backends'
+/// cow_over_the_proxy); per_connection.rs has tmpdisk's own disks.
+#[test]
+fn cow_and_cache_share_their_data_over_handles_of_one_disk() {
+    let client = |id| crate::ClientInfo {
+        id,
+        peer: crate::Peer::Tcp("127.0.0.1:4000".parse().unwrap()),
+        export_name: "",
+        tls: false,
+    };
+    for top in ["cow", "cache"] {
+        let names = [top.to_owned(), "limit".to_owned()];
+        let args = words("limit=0");
+        let mut p = Params::parse("memory", "size", &args, REPEATABLE).unwrap();
+        let specs = parse_stack(&names, &mut p).unwrap();
+        let mem: Arc<dyn Backend> = Arc::new(crate::MemoryBackend::new(1 << 20).unwrap());
+        let b = apply(&specs, Arc::clone(&mem)).unwrap();
+        let x = b.open(&client(1)).unwrap().expect("limit gives a handle");
+        let y = b.open(&client(2)).unwrap().expect("limit gives a handle");
+        assert!(!x.per_client_data(), "{top}");
+        x.write_at(8192, &[0xab; 512], false).unwrap();
+        let mut buf = [0u8; 512];
+        y.read_at(8192, &mut buf).unwrap();
+        assert_eq!(buf, [0xab; 512], "{top}: another connection sees the write");
+        assert!(x.caps().contains(crate::Caps::MULTI_CONN), "{top}");
+    }
+}

@@ -78,7 +78,9 @@ pub struct Cache {
     limits: Option<(usize, usize)>,
     /// Stands on a per-connection handle: not shared, so not multi-conn.
     private: bool,
-    store: Mutex<Store>,
+    /// Shared by every connection's copy unless the layer below gives
+    /// each its own disk ([`Backend::per_client_data`]).
+    store: Arc<Mutex<Store>>,
 }
 
 impl Cache {
@@ -110,7 +112,7 @@ impl Cache {
             opts,
             limits,
             private: false,
-            store: Mutex::new(Store::new(file, bs)),
+            store: Arc::new(Mutex::new(Store::new(file, bs))),
         })
     }
 
@@ -319,6 +321,17 @@ impl super::Filter for Cache {
     }
     // try_read_cached not forwarded (the default): reads are served from and fill the cache file.
     fn reopen(&self, inner: Arc<dyn Backend>) -> io::Result<Arc<dyn Backend>> {
+        if !inner.per_client_data() {
+            // The same disk as every other connection's: one cache for all.
+            return Ok(Arc::new(Self {
+                size: self.size,
+                inner,
+                opts: Arc::clone(&self.opts),
+                limits: self.limits,
+                private: self.private,
+                store: Arc::clone(&self.store),
+            }));
+        }
         let mut c = Self::new(inner, Arc::clone(&self.opts)).map_err(io::Error::other)?;
         c.private = true;
         Ok(Arc::new(c))
