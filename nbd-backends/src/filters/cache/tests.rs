@@ -113,12 +113,47 @@ fn dirty_blocks_are_data_in_extents() {
     assert_eq!(byte(&c, 4 * BS), 1, "the dirty neighbour survived");
 }
 
+/// A client's own disk (as tmpdisk's handles are).
+struct OwnDisk(MemoryBackend);
+
+impl Backend for OwnDisk {
+    fn size(&self) -> u64 {
+        self.0.size()
+    }
+    fn caps(&self) -> Caps {
+        self.0.caps()
+    }
+    fn per_client_data(&self) -> bool {
+        true
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.0.read_at(offset, buf)
+    }
+    fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> io::Result<()> {
+        self.0.write_at(offset, data, fua)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> io::Result<()> {
+        self.0.write_zeroes(offset, len, flags)
+    }
+}
+
 #[test]
-fn each_connection_copy_has_its_own_private_cache() {
+fn a_copy_over_a_clients_own_disk_has_its_own_private_cache() {
     let (_mem, c) = setup(opts(CacheMode::Writeback));
     assert!(c.caps().contains(Caps::MULTI_CONN));
-    let other = Arc::new(MemoryBackend::new(8192).unwrap());
+    let other = Arc::new(OwnDisk(MemoryBackend::new(8192).unwrap()));
     let copy = crate::filters::Filter::reopen(&c, other).unwrap();
     assert_eq!(copy.size(), 8192);
     assert!(!copy.caps().contains(Caps::MULTI_CONN));
+}
+
+#[test]
+fn copies_over_handles_of_one_disk_share_the_cache() {
+    let (mem, c) = setup(opts(CacheMode::Writeback));
+    let below: Arc<dyn Backend> = mem;
+    let copy = crate::filters::Filter::reopen(&c, Arc::clone(&below)).unwrap();
+    assert!(copy.caps().contains(Caps::MULTI_CONN));
+    copy.write_at(BS, &[4; 512], false).unwrap();
+    assert_eq!(byte(&c, BS), 4, "the dirty block is seen by the other copy");
+    assert_eq!(byte(&*below, BS), 0, "writeback: not yet below");
 }
