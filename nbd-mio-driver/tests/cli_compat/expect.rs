@@ -253,6 +253,10 @@ impl Live<'_> {
                 }
             }
             "uid" | "gid" => {
+                // The socket takes connections (into its backlog) from the
+                // bind, before nbdd switches user; once a client has been
+                // served, the switch is done.
+                self.nbdinfo(false)?;
                 let got = self.proc_field(if k == "uid" { "Uid:" } else { "Gid:" })?;
                 if got != v {
                     return Err(format!("{k} {got}, expected {v}"));

@@ -456,7 +456,17 @@ mod tests {
         let t = scaling_table(Path::new("nbdd"), &["--busy-poll=0".into()]);
         assert_eq!(
             t.servers[1].command(Path::new("/s")),
-            ["nbdd", "-f", "-U", "/s", "--busy-poll=0", "-t", "2", "null", "1G"]
+            [
+                "nbdd",
+                "-f",
+                "-U",
+                "/s",
+                "--busy-poll=0",
+                "-t",
+                "2",
+                "null",
+                "1G"
+            ]
         );
         assert_eq!(t.servers[2].name, "nbdkit-null");
         assert!(matches!(t.jobs[0].kind, Kind::Fio { jobs: 4, .. }));
