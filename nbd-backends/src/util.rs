@@ -91,6 +91,88 @@ pub(crate) fn push_extent(
     }
 }
 
+/// One "allocated data" extent for `[offset, offset + len)` clipped to
+/// `size`: what a backend that knows nothing of holes reports.
+pub(crate) fn all_data(
+    size: u64,
+    offset: u64,
+    len: u64,
+    out: &mut [crate::Extent],
+) -> io::Result<usize> {
+    if offset > size {
+        return Err(out_of_range());
+    }
+    let end = offset.saturating_add(len).min(size);
+    match out.first_mut() {
+        Some(first) if end > offset => {
+            *first = crate::Extent {
+                len: end - offset,
+                flags: crate::ExtentFlags::empty(),
+            };
+            Ok(1)
+        }
+        _ => Ok(0),
+    }
+}
+
+/// A new, already unlinked, read-write file in `$TMPDIR` (default
+/// `/var/tmp`, as nbdkit: big, and not RAM like `/tmp` may be), for caches
+/// and decompressed images. Only this process can reach it, and it
+/// vanishes with the last descriptor.
+pub(crate) fn temp_file(tag: &str) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir =
+        std::env::var_os("TMPDIR").map_or_else(|| "/var/tmp".into(), std::path::PathBuf::from);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let path = dir.join(format!(
+        "nbdd-{tag}-{}-{}-{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    std::fs::remove_file(&path)?;
+    Ok(f)
+}
+
+/// Fill `out` with extents for `[offset, end)` by calling `one(pos, end,
+/// buf)` for what is left until `out` is full or `end` is reached, merging
+/// neighbours of the same kind. For filters whose layer below answers in
+/// pieces (a split request, a run cut at a cached block): clients get the
+/// whole answer in one reply, as from any other backend.
+pub(crate) fn extents_loop(
+    offset: u64,
+    end: u64,
+    out: &mut [crate::Extent],
+    mut one: impl FnMut(u64, u64, &mut [crate::Extent]) -> io::Result<usize>,
+) -> io::Result<usize> {
+    let mut buf = [crate::Extent::default(); 64];
+    let (mut n, mut pos) = (0, offset);
+    while pos < end && n < out.len() {
+        let got = one(pos, end, &mut buf)?;
+        if got == 0 {
+            break;
+        }
+        for e in &buf[..got] {
+            let len = e.len.min(end - pos);
+            if len == 0 || !push_extent(out, &mut n, len, e.flags) {
+                return Ok(n);
+            }
+            pos += len;
+        }
+    }
+    Ok(n)
+}
+
 /// nbdkit's boolean spellings (`nbdkit_parse_bool`), case-insensitive.
 pub(crate) fn parse_bool(v: &str) -> Option<bool> {
     match v.to_ascii_lowercase().as_str() {

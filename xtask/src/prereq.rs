@@ -67,6 +67,10 @@ const NEEDS: &[(&str, Probe, &str)] = &[
         Probe::Cmd(&["test", "-x", "/usr/sbin/mkfs.ext4"]),
         "e2fsprogs",
     ),
+    // Filter tests (e2e_filters, conformance_filters): images for the xz
+    // and gzip filters.
+    ("xz", Probe::Tool("xz"), "xz-utils"),
+    ("gzip", Probe::Tool("gzip"), "gzip"),
     // The rbd backend's tests run a throwaway Ceph cluster (xtask/src/ceph.rs)
     // and link librbd/librados (the .so symlinks come with the -dev packages).
     ("ceph-mon", Probe::Tool("ceph-mon"), "ceph-mon"),
