@@ -6,11 +6,13 @@
 
 mod direct;
 mod fallback;
+mod lazy;
 mod rotational;
 
 pub use fallback::open_or_read_only;
+pub use lazy::{DirOptions, LazyFile, dir_exports};
 
-use std::fs::{self, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::{self, Seek, SeekFrom};
 use std::num::NonZeroU64;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
@@ -364,36 +366,4 @@ impl Backend for FileBackend {
     // goes out in NBD_OPT_LIST and NBD_INFO_DESCRIPTION, which a
     // `--tls=on` server answers before TLS, so the server-side path would
     // reach anyone who can connect (nbdkit and nbd-server send none).
-}
-
-/// Open every regular file in `dir` (following symbolic links), sorted by
-/// name, as `(export name, backend)` pairs for `nbdd file dir=DIR`.
-/// Names that are not UTF-8 cannot be export names and are skipped with a
-/// warning.
-///
-/// # Errors
-///
-/// Those of reading the directory or opening a file.
-pub fn open_dir(
-    dir: impl AsRef<Path>,
-    readonly: bool,
-    cache_none: bool,
-) -> io::Result<Vec<(String, FileBackend)>> {
-    let mut names = Vec::new();
-    for entry in fs::read_dir(dir.as_ref())? {
-        let entry = entry?;
-        // A dangling symlink is no file either.
-        if !fs::metadata(entry.path()).is_ok_and(|m| m.is_file()) {
-            continue;
-        }
-        match entry.file_name().into_string() {
-            Ok(name) => names.push((name, entry.path())),
-            Err(raw) => log::warn!("skipping non-UTF-8 file name {raw:?}"),
-        }
-    }
-    names.sort();
-    names
-        .into_iter()
-        .map(|(name, path)| Ok((name, open_or_read_only(path, readonly, cache_none)?)))
-        .collect()
 }

@@ -38,6 +38,7 @@ pub mod filters;
 mod full;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+pub mod lifecycle;
 mod make;
 mod memory;
 mod null;
@@ -58,7 +59,7 @@ mod util;
 pub use aio::{AioQueue, AsyncBackend};
 pub use catalog::{PLUGINS, Param, Plugin, plugin, plugin_help};
 pub use export::{Export, ExportPolicy, ExportSet, FixedSize};
-pub use file::{FileBackend, open_dir, open_or_read_only};
+pub use file::{DirOptions, FileBackend, LazyFile, dir_exports, open_or_read_only};
 pub use full::{FullBackend, ZeroBackend};
 pub use memory::{MemoryBackend, PAGE_SIZE};
 pub use null::NullBackend;
@@ -254,6 +255,17 @@ pub trait Backend: Send + Sync {
     fn open(&self, client: &ClientInfo<'_>) -> io::Result<Option<std::sync::Arc<dyn Backend>>> {
         let _ = client;
         Ok(None)
+    }
+    /// True for a per-connection handle whose data is its own (tmpdisk's
+    /// disk per client), false (the default) for one that shows the
+    /// export's data (the `nbd` proxy's upstream connection per client, or
+    /// any filter's copy over the shared value). Filters that keep data
+    /// beside the layer below (cow's overlay, the cache) keep one per
+    /// connection over handles of the first kind and share one over the
+    /// second, as every connection then sees the same disk. Filters
+    /// forward it.
+    fn per_client_data(&self) -> bool {
+        false
     }
     /// Fill `buf` from `offset`.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;

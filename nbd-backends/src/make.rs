@@ -7,7 +7,7 @@ use std::sync::Arc;
 use rustix::fs::Advice;
 
 use crate::registry::{Built, Params};
-use crate::{Backend, MemoryBackend, NullBackend, PatternBackend, open_dir};
+use crate::{Backend, DirOptions, MemoryBackend, NullBackend, PatternBackend, dir_exports};
 
 /// Build backend `name` from `p`; `readonly` is `-r` (or a cow above).
 pub(crate) fn make_backend(
@@ -187,18 +187,19 @@ fn directory(
     cache_none: bool,
     advice: Option<Advice>,
 ) -> Result<Built, String> {
-    let files = open_dir(dir, readonly, cache_none)
+    let opts = DirOptions {
+        readonly,
+        cache_none,
+        advice,
+    };
+    // Nothing is opened here: each file when a client selects it.
+    let files = dir_exports(dir, opts)
         .map_err(|e| format!("file: dir: {shown}: {}", crate::plain_error(&e)))?;
     if files.is_empty() {
         return Err(format!("file: dir: {shown}: no regular files to export"));
     }
-    files
+    Ok(files
         .into_iter()
-        .map(|(name, b)| {
-            if let Some(a) = advice {
-                b.advise(a).map_err(|e| format!("file: fadvise: {e}"))?;
-            }
-            Ok((Some(name), None, Arc::new(b) as Arc<dyn Backend>))
-        })
-        .collect()
+        .map(|(name, b)| (Some(name), None, Arc::new(b) as Arc<dyn Backend>))
+        .collect())
 }

@@ -98,8 +98,22 @@ pub(crate) struct Params<'a> {
 impl<'a> Params<'a> {
     /// Split `args`; a key may appear more than once only if it is in
     /// `repeatable` (`split file=`, `curl header=`).
+    #[cfg(test)]
     pub(crate) fn parse(
         backend: &'a str,
+        magic: &'a str,
+        args: &'a [String],
+        repeatable: &[&str],
+    ) -> Result<Self, String> {
+        Self::parse_for(backend, &[], magic, args, repeatable)
+    }
+
+    /// [`Self::parse`], knowing the backend's own keys: a key given twice
+    /// is blamed on the backend if it is one of `own`, else on the filter
+    /// that takes it (`file cache=` and the cache filter's `cache=`).
+    pub(crate) fn parse_for(
+        backend: &'a str,
+        own: &[&str],
         magic: &'a str,
         args: &'a [String],
         repeatable: &[&str],
@@ -116,8 +130,12 @@ impl<'a> Params<'a> {
                 }
             };
             if !repeatable.contains(&k) && pairs.iter().any(|&(seen, _, _)| seen == k) {
+                let who = match crate::filters::owner_of(k) {
+                    Some(f) if !own.contains(&k) => format!("{f} filter"),
+                    _ => backend.to_owned(),
+                };
                 return Err(format!(
-                    "{backend}: parameter '{k}' given twice (second value '{v}')"
+                    "{who}: parameter '{k}' given twice (second value '{v}')"
                 ));
             }
             pairs.push((k, v, false));
@@ -171,10 +189,7 @@ impl<'a> Params<'a> {
     /// so that a misspelt key is reported before a missing one.
     fn check_known(&self, keys: &[&str]) -> Result<(), String> {
         match self.pairs.iter().find(|p| !p.2 && !keys.contains(&p.0)) {
-            Some((k, _, _)) => Err(format!(
-                "unknown parameter '{k}' for backend {}",
-                self.backend
-            )),
+            Some((k, _, _)) => Err(filters::unknown_key(k, self.backend)),
             None => Ok(()),
         }
     }
@@ -182,10 +197,7 @@ impl<'a> Params<'a> {
     /// Error for the first parameter nobody took.
     fn finish(&self) -> Result<(), String> {
         match self.pairs.iter().find(|p| !p.2) {
-            Some((k, _, _)) => Err(format!(
-                "unknown parameter '{k}' for backend {}",
-                self.backend
-            )),
+            Some((k, _, _)) => Err(filters::unknown_key(k, self.backend)),
             None => Ok(()),
         }
     }
@@ -290,17 +302,20 @@ pub fn build_with_filters_ext(
             ));
         }
     };
-    let mut params = Params::parse(backend, magic, args, &repeatable)?;
+    let mut repeatable = repeatable;
+    repeatable.extend_from_slice(filters::REPEATABLE);
+    let own: Vec<&str> = builtin.map_or_else(
+        || ext.map(|e| e.keys.to_vec()).unwrap_or_default(),
+        |pl| pl.params.iter().map(|q| q.key).collect(),
+    );
+    let mut params = Params::parse_for(backend, &own, magic, args, &repeatable)?;
     // Filters claim their keys first, so backend keys are checked against
     // what is left.
     let stack = filters::parse_stack(filter_names, &mut params)?;
-    // Below a cow layer, or a qcow2dec one, nothing is ever written, so the
-    // backend is opened read-only (as nbdkit does): a base file without
-    // write permission works.
-    let open_ro = readonly
-        || stack
-            .iter()
-            .any(|s| matches!(s, filters::Spec::Cow | filters::Spec::Qcow2Dec));
+    // Below cow, checkwrite, qcow2dec, xz and gzip nothing is ever written,
+    // so the backend is opened read-only (as nbdkit does): a base file
+    // without write permission works.
+    let open_ro = readonly || stack.iter().any(|s| s.read_only_below);
     let exports = match (builtin, ext) {
         (Some(pl), _) => {
             if !pl.any_keys {
@@ -525,7 +540,7 @@ mod tests {
         .err()
         .unwrap();
         assert!(
-            err.starts_with("error: error-trim: invalid error 'EFOO'"),
+            err.starts_with("error filter: error-trim=EFOO: not an error name"),
             "{err}"
         );
     }

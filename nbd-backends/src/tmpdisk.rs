@@ -241,6 +241,9 @@ impl Backend for OwnDisk {
     fn caps(&self) -> Caps {
         self.0.caps() - Caps::MULTI_CONN
     }
+    fn per_client_data(&self) -> bool {
+        true
+    }
     fn block_size(&self) -> Option<BlockSize> {
         self.0.block_size()
     }

@@ -65,3 +65,29 @@ fn page_cache_reads_on_a_disk_filesystem() {
     assert!(!check(&p, true), "O_DIRECT never reads from the cache");
     let _ = std::fs::remove_file(p);
 }
+
+/// Through the registry's stacks: filters that keep the file's bytes
+/// (readonly, offset) answer cached reads from it, moved by the window;
+/// a filter that fails reads on purpose (error) never does.
+#[test]
+fn cached_reads_through_filters() {
+    let p = file_in("/dev/shm", "filters");
+    let file = p.display().to_string();
+    let served = |filters: &[&str], args: &[&str]| {
+        let mut a = vec![file.clone()];
+        a.extend(args.iter().map(|s| (*s).to_owned()));
+        let names: Vec<String> = filters.iter().map(|s| (*s).to_owned()).collect();
+        let set = nbd_backends::build_with_filters("file", &a, &names, "", false).unwrap();
+        std::sync::Arc::clone(&set.get("").unwrap().backend)
+    };
+    let data: Vec<u8> = (0..65536u32).map(|i| (i % 251) as u8).collect();
+    let mut buf = vec![0u8; 4096];
+    let b = served(&["readonly", "offset"], &["offset=4096", "range=32768"]);
+    assert!(b.try_read_cached(8192, &mut buf), "readonly over offset");
+    assert_eq!(buf, data[12288..16384]);
+    assert!(!b.try_read_cached(32768 - 100, &mut buf), "past the window");
+    let b = served(&["readonly", "error"], &["error-rate=1"]);
+    assert!(!b.try_read_cached(8192, &mut buf), "through error");
+    assert!(b.read_at(8192, &mut buf).is_err(), "the error is injected");
+    let _ = std::fs::remove_file(p);
+}

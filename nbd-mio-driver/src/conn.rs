@@ -407,15 +407,23 @@ impl Conn {
         shared: &mut Shared,
         token: usize,
     ) -> io::Result<Status> {
+        crate::trace::serving(&self.peer);
         if let Some(t) = self.tls_pending.take() {
             if self.tls.as_ref().is_some_and(|s| !s.is_handshaking()) {
+                crate::trace::tls_established(&self.peer);
                 self.proto.handle_tls_established(t);
             } else {
                 self.tls_pending = Some(t);
             }
         }
         let mut status = Status::default();
-        match self.run(cfg, shared, token) {
+        // `-v`: what this pass answered during negotiation.
+        let mark = (!self.negotiated() && crate::trace::on()).then(|| self.wbuf.total());
+        let ran = self.run(cfg, shared, token);
+        if let Some(b) = mark.and_then(|m| self.wbuf.tail((self.wbuf.total() - m) as usize)) {
+            crate::trace::answered(&self.peer, &b);
+        }
+        match ran {
             Ok(more) => status.more = more,
             Err(e) => {
                 // Replies already computed are owed: flush them, then close
@@ -481,7 +489,12 @@ impl Conn {
                 self.continue_list(cfg);
                 continue;
             }
+            let negotiating = !self.negotiated();
             let (consumed, next) = self.proto.handle_input(self.rbuf.filled())?;
+            if negotiating {
+                let taken = self.rbuf.filled().get(..consumed).unwrap_or_default();
+                crate::trace::received(&self.peer, taken);
+            }
             let stop = match next {
                 Input::NeedInput | Input::Blocked => true,
                 Input::Closed => {
@@ -495,6 +508,9 @@ impl Conn {
                     #[cfg(feature = "fuzzing")]
                     crate::fuzzing::tap::negotiated(self.wbuf.total(), self.proto.negotiated());
                     if let Some((handle, name)) = chosen {
+                        if let Some(n) = self.proto.negotiated() {
+                            crate::trace::negotiated(&self.peer, &name, n);
+                        }
                         let exec = shared.exec_for(&handle, &name);
                         self.export = Some((handle, exec));
                     }
@@ -522,7 +538,7 @@ impl Conn {
                     return Ok(false);
                 }
                 Input::Request { op, reply } => {
-                    log_request(&self.peer, &reply);
+                    crate::trace::request(&self.peer, &reply);
                     #[cfg(feature = "fuzzing")]
                     let tapped = crate::fuzzing::tap::Request::new(&reply);
                     let Some((backend, exec)) = &self.export else {
@@ -556,12 +572,6 @@ impl Conn {
                     error,
                     message,
                 } => {
-                    log::debug!(
-                        "{}: {:?} cookie={:#x} rejected: {error:?} ({message})",
-                        self.peer,
-                        reply.command(),
-                        reply.cookie().0
-                    );
                     #[cfg(feature = "fuzzing")]
                     crate::fuzzing::tap::rejected(&reply);
                     dispatch::reply_error(&mut self.proto, &mut self.wbuf, reply, error, message);
@@ -663,6 +673,7 @@ impl Conn {
 
     /// A pool job for this connection finished.
     pub fn on_job_done(&mut self, job: &mut crate::workers::Job, shared: &mut Shared) {
+        crate::trace::serving(&self.peer);
         self.active = true;
         self.queued = self.queued.saturating_sub(1);
         self.in_flight_bytes = self.in_flight_bytes.saturating_sub(job.cost);
@@ -686,19 +697,6 @@ impl Conn {
         }
         let _ = self.stream.flush();
     }
-}
-
-/// `-v -v`: one line per request. The level check comes first, so nothing
-/// is formatted (or allocated) otherwise.
-fn log_request(peer: &str, p: &nbd_proto::server::Pending) {
-    log::debug!(
-        "{peer}: {:?} cookie={:#x} offset={} len={} flags={:#x}",
-        p.command(),
-        p.cookie().0,
-        p.offset(),
-        p.len(),
-        p.flags().bits()
-    );
 }
 
 /// Answer an export question; on GO / EXPORT_NAME success, the

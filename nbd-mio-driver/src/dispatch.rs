@@ -212,8 +212,20 @@ pub fn reply_error(
     code: ErrorCode,
     message: &str,
 ) {
+    crate::trace::error_reply(&p, code, &message, false);
     let room = error_reply_len(message.len());
     put(out, room, p, |p, b| conn.reply_error(p, code, message, b));
+}
+
+/// The error reply for a request the backend failed (`e`, the cause, is
+/// logged; the client gets the mapped error's message).
+fn reply_io_error(conn: &mut Connection, out: &mut Buf, p: Pending, e: &io::Error) {
+    let code = wire_error(e);
+    crate::trace::backend_error(&p, code, e);
+    let message = code.message();
+    put(out, error_reply_len(message.len()), p, |p, b| {
+        conn.reply_error(p, code, message, b)
+    });
 }
 
 /// Success, or the mapped error, for a payload-less command.
@@ -221,8 +233,7 @@ pub fn reply_result(conn: &mut Connection, out: &mut Buf, p: Pending, r: &io::Re
     match r {
         Ok(()) => reply_ok(conn, out, p),
         Err(e) => {
-            let code = wire_error(e);
-            reply_error(conn, out, p, code, code.message());
+            reply_io_error(conn, out, p, e);
         }
     }
 }
@@ -635,8 +646,7 @@ fn read_inline(
         structured && !df && len >= SPARSE_READ_MIN && backend.caps().contains(Caps::EXTENTS);
     if !sparse {
         if let Err((e, Some(p))) = read_piece(conn, out, backend, Err(p), offset, len) {
-            let code = wire_error(&e);
-            reply_error(conn, out, p, code, code.message());
+            reply_io_error(conn, out, p, &e);
         }
         return;
     }
@@ -668,8 +678,7 @@ fn read_inline(
             read_piece(conn, out, backend, Ok(&p), pos, piece as usize)
         };
         if let Err((e, _)) = r {
-            let code = wire_error(&e);
-            reply_error(conn, out, p, code, code.message());
+            reply_io_error(conn, out, p, &e);
             return;
         }
         pos += piece;
@@ -771,8 +780,7 @@ pub fn complete(
         return;
     };
     if let Err(e) = &job.result {
-        let code = wire_error(e);
-        reply_error(conn, out, p, code, code.message());
+        reply_io_error(conn, out, p, e);
         return;
     }
     match job.op {

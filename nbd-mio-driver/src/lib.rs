@@ -35,5 +35,6 @@ pub mod proxy;
 pub mod server;
 pub mod tls;
 pub mod tlsdefault;
+pub mod trace;
 pub mod vsock;
 pub mod workers;

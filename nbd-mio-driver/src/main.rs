@@ -180,6 +180,13 @@ fn run() -> anyhow::Result<u8> {
     if let Err(e) = notify::notify("READY=1") {
         log::warn!("NOTIFY_SOCKET: {e}");
     }
+    // The exitlast and exitwhen filters ask for a stop through the
+    // process-wide ServerControl (from whichever thread drops the last
+    // handle or polls the event); it stops the loops as SIGTERM would. A
+    // request made before this line (an exitwhen event at start-up) runs
+    // the hook at once.
+    let stop = server.stop_handle();
+    nbd_backends::lifecycle::ServerControl::global().on_exit_request(move || stop.stop());
     let captive = match (&cfg.run, env) {
         (Some(command), Some(env)) => {
             let stop = server.stop_handle();

@@ -148,7 +148,13 @@ impl Server {
             loads: (0..n).map(|_| AtomicUsize::new(0)).collect(),
             wakers: wakers.clone(),
         });
+        let limits = limits(&opts, n);
         let exports = Arc::new(opts.exports);
+        let workers = if opts.workers == 0 {
+            DEFAULT_WORKERS
+        } else {
+            opts.workers
+        };
         let mut cfg = conn_config(
             &opts.handshake,
             opts.tls_mode,
@@ -156,7 +162,8 @@ impl Server {
             opts.tls,
             &exports,
         );
-        cfg.limits = limits(opts.max_connection_buffer, opts.max_memory, n);
+        cfg.limits = limits;
+        log_limits(&cfg, (n, workers), opts.handshake_limit, opts.busy_poll);
         let cfg = Arc::new(cfg);
         // A pool is needed where some export is called through the trait and
         // may block (a top-level `nbd` proxy is driven by the loop instead).
@@ -178,11 +185,6 @@ impl Server {
         let mut loops = Vec::with_capacity(n);
         for (i, (poll, inbox)) in polls.into_iter().zip(inboxes).enumerate() {
             let pool = if needs_pool {
-                let workers = if opts.workers == 0 {
-                    DEFAULT_WORKERS
-                } else {
-                    opts.workers
-                };
                 Some(Pool::new(workers, Arc::clone(&wakers[i]))?)
             } else {
                 None
@@ -260,25 +262,48 @@ impl Server {
     }
 }
 
-/// `--max-connection-buffer` (0: the default) and each of `loops` event
-/// loops' share of `--max-memory` (0: [`default_max_memory`]). Both were
-/// parsed and then ignored: every connection had the defaults and the
-/// loops no memory limit at all.
-fn limits(connection: usize, memory: usize, loops: usize) -> crate::conn::Limits {
-    let memory = if memory == 0 {
-        default_max_memory()
-    } else {
-        memory
-    };
+/// The memory limits from `--max-connection-buffer` and `--max-memory`
+/// (0: their defaults); each of `loops` event loops gets an equal share
+/// of the global one.
+fn limits(opts: &ServerOptions, loops: usize) -> crate::conn::Limits {
+    let or = |v: usize, d: usize| if v == 0 { d } else { v };
+    let total = or(opts.max_memory, default_max_memory());
     crate::conn::Limits {
-        connection: if connection == 0 {
-            crate::conn::DEFAULT_CONNECTION_BUDGET
-        } else {
-            connection
-        },
-        per_loop: (memory / loops.max(1)).max(1),
+        connection: or(
+            opts.max_connection_buffer,
+            crate::conn::DEFAULT_CONNECTION_BUDGET,
+        ),
+        per_loop: (total / loops.max(1)).max(1),
         ..crate::conn::Limits::default()
     }
+}
+
+/// `-v`: the effective limits, in one line (README's "Limits" table).
+fn log_limits(
+    cfg: &ConnConfig,
+    (loops, workers): (usize, usize),
+    handshake: Option<Duration>,
+    busy_poll: Duration,
+) {
+    if !log::log_enabled!(log::Level::Info) {
+        return;
+    }
+    let mib = |b: usize| format!("{}M", b >> 20);
+    let l = &cfg.limits;
+    let deadline = handshake.map_or_else(|| "none".to_owned(), |d| format!("{}s", d.as_secs()));
+    log::info!(
+        "limits: {loops} event loops, {workers} workers per loop, \
+         max-connection-buffer {}, max-memory {} ({} per loop), \
+         handshake-limit {deadline}, negotiation output {}, options {}, \
+         request payload {}, busy-poll {}us",
+        mib(l.connection),
+        mib(l.per_loop.saturating_mul(loops)),
+        mib(l.per_loop),
+        mib(l.handshake_output),
+        cfg.proto.handshake.max_options,
+        mib(cfg.proto.transmission.max_unnegotiated_payload as usize),
+        busy_poll.as_micros()
+    );
 }
 
 /// The configuration every connection shares.
@@ -301,6 +326,16 @@ fn conn_config(
             handshake: HandshakeConfig {
                 tls: tls_mode,
                 meta_contexts: crate::conn::META_CONTEXTS,
+                // `nbdinfo --list` sends a few options per export (meta
+                // contexts, INFO): a `dir=` of 1500 files needs more than
+                // the default. The bytes a negotiation may produce stay
+                // capped (Limits).
+                max_options: handshake.max_options.max(
+                    u32::try_from(exports.len())
+                        .unwrap_or(u32::MAX)
+                        .saturating_mul(4)
+                        .saturating_add(64),
+                ),
                 ..*handshake
             },
             oldstyle,

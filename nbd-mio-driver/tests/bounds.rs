@@ -125,6 +125,44 @@ fn pipelined_big_reads_are_bounded_by_the_connection_budget() {
     );
 }
 
+/// `--max-connection-buffer` takes effect (it was once parsed and then
+/// ignored): with an 8 MiB budget, 16 pipelined 4 MiB READs from a file
+/// never read hold about the budget plus one request, not the 64 MiB the
+/// default budget (128 MiB) would let through.
+#[test]
+fn max_connection_buffer_flag_is_applied() {
+    let dir = common::TempDir::new("bounds-flag");
+    let path = dir.path().join("disk");
+    common::random_file(&path, 64 << 20, 9);
+    let p = path.display().to_string();
+    let s = Server::start(
+        Transport::Unix,
+        &["-t", "1", "--max-connection-buffer=8M", "file", &p],
+    );
+    let base = rss_kib(s.pid());
+    let mut c = Raw::negotiate(&s, HeaderMode::Simple);
+    for cookie in 0..16u64 {
+        c.request(
+            Command::Read,
+            CmdFlags::empty(),
+            cookie,
+            cookie * (4 << 20),
+            4 << 20,
+        );
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let grown = rss_kib(s.pid()).saturating_sub(base);
+    assert!(
+        grown < 32 * MIB,
+        "grew by {} MiB with an 8 MiB budget",
+        grown / MIB
+    );
+    // Reading the replies lets the rest through.
+    for _ in 0..16 {
+        assert_eq!(c.reply().error, None);
+    }
+}
+
 /// The same through an inline (memory) export: 1 MiB READs are encoded
 /// into the output queue, which stops growing at the budget.
 #[test]
@@ -343,4 +381,102 @@ fn a_full_budget_with_an_unread_socket_does_not_make_the_loop_spin() {
         used < 20,
         "{used} ticks of CPU in 1 s while the client does not read"
     );
+}
+
+/// Descriptors (issue 9): out of descriptors, clients wait in the listen
+/// backlog; once idle clients leave, those waiting are served with no
+/// further connection arriving. The listener is edge-triggered, so this
+/// relies on the accept retry timer: without it they wait for the next
+/// connection.
+#[test]
+fn backlog_clients_are_served_when_descriptors_free_up() {
+    let s = Server::start_with_nofile(&["-t", "1", "memory", "1M"], 40);
+    let (mut served, mut waiting) = (Vec::new(), Vec::new());
+    while waiting.len() < 3 {
+        assert!(served.len() < 40, "never ran out of descriptors");
+        let mut c = Raw::connect(&s);
+        if c.quiet_for(Duration::from_millis(500)) {
+            // No greeting: accept failed (EMFILE), the client is queued.
+            waiting.push(c);
+        } else {
+            c.start();
+            c.negotiate_after_flags("", HeaderMode::Simple);
+            served.push(c);
+        }
+    }
+    assert!(
+        served.len() >= 3,
+        "only {} clients before EMFILE",
+        served.len()
+    );
+    let warned = s.stderr().matches("accept: ").count();
+    assert_eq!(warned, 1, "one warning per burst:\n{}", s.stderr());
+    // Three idle clients leave; nothing else connects.
+    served.truncate(served.len() - 3);
+    for (i, w) in waiting.iter_mut().enumerate() {
+        assert!(
+            !w.quiet_for(Duration::from_secs(3)),
+            "queued client {i} not served after descriptors were freed"
+        );
+        w.start();
+        w.negotiate_after_flags("", HeaderMode::Simple);
+        assert_eq!(w.read(0, 512), vec![0; 512]);
+    }
+    // The established clients were served throughout.
+    assert_eq!(served[0].read(512, 512), vec![0; 512]);
+}
+
+/// `file dir=` opens files lazily (issue 9): 1500 files start under a
+/// 1024-descriptor limit, LIST shows them all, and any of them can be
+/// read by name (each client's file open only while needed, idle ones
+/// in a bounded cache).
+#[test]
+fn dir_of_1500_files_serves_under_a_1024_descriptor_limit() {
+    let dir = common::TempDir::new("bounds-dir");
+    for i in 0..1500u32 {
+        let mut data = vec![0u8; 4096];
+        data[..4].copy_from_slice(&i.to_be_bytes());
+        std::fs::write(dir.path().join(format!("disk{i:04}")), data).unwrap();
+    }
+    let d = format!("dir={}", dir.path().display());
+    let s = Server::start_with_nofile(&["-t", "1", "file", &d], 1024);
+    assert!(
+        fds(s.pid()) < 64,
+        "{} descriptors open at start",
+        fds(s.pid())
+    );
+    let nbdinfo = common::require_tool("nbdinfo", "libnbd-bin");
+    let list = common::run_ok(
+        std::process::Command::new(&nbdinfo)
+            .args(["--list", "--json"])
+            .arg(s.uri()),
+    );
+    let names = list.matches("\"export-name\": \"disk").count();
+    assert_eq!(names, 1500, "LIST shows every file");
+    // Read several by name, first and last included, with our client and
+    // with qemu-img; and keep more clients than the cache holds at once.
+    let mut held = Vec::new();
+    for i in [0u32, 1, 777, 1234, 1499] {
+        let mut c = Raw::negotiate_export(&s, &format!("disk{i:04}"), HeaderMode::Simple);
+        assert_eq!(c.read(0, 4), i.to_be_bytes().to_vec(), "export disk{i:04}");
+        held.push(c);
+    }
+    for i in (0..1500u32).step_by(3) {
+        let mut c = Raw::negotiate_export(&s, &format!("disk{i:04}"), HeaderMode::Simple);
+        assert_eq!(c.read(0, 4), i.to_be_bytes().to_vec(), "export disk{i:04}");
+    }
+    let qemu_img = common::require_tool("qemu-img", "qemu-utils");
+    let out = dir.path().join("copy");
+    common::run_ok(
+        std::process::Command::new(qemu_img)
+            .args(["convert", "-f", "raw", "-O", "raw"])
+            .arg(s.uri_for("disk0999"))
+            .arg(&out),
+    );
+    assert_eq!(&std::fs::read(&out).unwrap()[..4], &999u32.to_be_bytes());
+    // The idle cache is bounded: a quarter of the limit, plus files in use.
+    assert!(fds(s.pid()) < 400, "{} descriptors open", fds(s.pid()));
+    for c in &mut held {
+        assert_eq!(c.read(4, 4), vec![0; 4], "a held file stayed usable");
+    }
 }

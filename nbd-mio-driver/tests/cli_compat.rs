@@ -58,3 +58,41 @@ fn every_option_of_the_table_is_in_the_document() {
         assert!(named, "docs/NBDKIT-COMPAT.md lacks --{}", o.long);
     }
 }
+
+/// The Filters table has a row for every filter nbdd has, and every key a
+/// filter takes is used by one of that filter's checks (so it runs).
+#[test]
+fn every_filter_and_key_has_a_row() {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/NBDKIT-COMPAT.md"
+    ))
+    .expect("read docs/NBDKIT-COMPAT.md");
+    let rows = table::rows(&doc);
+    let mut missing = Vec::new();
+    for d in nbd_backends::filters::help::FILTER_DOCS {
+        let flag = format!("--filter={} ", d.name);
+        let checks: Vec<_> = rows
+            .iter()
+            .filter(|r| r.check.contains(&flag))
+            .map(|r| r.check.as_str())
+            .collect();
+        if checks.is_empty() {
+            missing.push(format!("{}: no row", d.name));
+            continue;
+        }
+        for k in d.keys() {
+            let used = checks
+                .iter()
+                .any(|c| c.contains(&format!(" {k}=")) || c.contains(&format!("'{k}=")));
+            if !used {
+                missing.push(format!("{}: {k}= in no check", d.name));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "docs/NBDKIT-COMPAT.md:\n{}",
+        missing.join("\n")
+    );
+}

@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 
 pub const USAGE: &str = "\
   bench [--quick] [--dry-run] [--repeats N] [--secs N] [--nbdd-args 'FLAGS']
-        [--variant 'NAME=FLAGS']... [--nbdd PATH] [--only memory,file,tls]
+        [--variant 'NAME=FLAGS']... [--nbdd PATH] [--only memory,file,tls,scaling]
         [--out DIR] [--codec] [--rbd]
         issue 14's benchmark: fio (ioengine=nbd) and nbdcopy against nbdd
         and nbdkit (memory), nbdd/nbdkit/qemu-nbd (file on tmpfs), nbdd
@@ -132,6 +132,7 @@ fn tables(o: &Options, nbdd: &Path, paths: &Paths) -> Vec<Table> {
             Section::Memory => plan::memory_table(nbdd, &o.variants),
             Section::File => plan::file_table(nbdd, &o.variants, paths),
             Section::Tls => plan::tls_table(nbdd, &o.variants, paths),
+            Section::Scaling => plan::scaling_table(nbdd, &o.common),
         });
     }
     t

@@ -39,6 +39,8 @@ const NEEDS: &[(&str, Probe, &str)] = &[
     ("chattr", Probe::Tool("chattr"), "e2fsprogs"),
     // cli_man: the generated nbdd(1) must format without warnings.
     ("groff", Probe::Tool("groff"), "groff-base"),
+    // bounds.rs: a server under a low descriptor limit.
+    ("prlimit", Probe::Tool("prlimit"), "util-linux"),
     // Partition-filter tests label disk images with sfdisk.
     ("sfdisk", Probe::Tool("sfdisk"), "fdisk"),
     // Service tests: socket activation and the sample unit files.
@@ -65,6 +67,10 @@ const NEEDS: &[(&str, Probe, &str)] = &[
         Probe::Cmd(&["test", "-x", "/usr/sbin/mkfs.ext4"]),
         "e2fsprogs",
     ),
+    // Filter tests (e2e_filters, conformance_filters): images for the xz
+    // and gzip filters.
+    ("xz", Probe::Tool("xz"), "xz-utils"),
+    ("gzip", Probe::Tool("gzip"), "gzip"),
     // The rbd backend's tests run a throwaway Ceph cluster (xtask/src/ceph.rs)
     // and link librbd/librados (the .so symlinks come with the -dev packages).
     ("ceph-mon", Probe::Tool("ceph-mon"), "ceph-mon"),

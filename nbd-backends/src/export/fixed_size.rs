@@ -41,6 +41,9 @@ impl Backend for FixedSize {
             .open(client)?
             .map(|h| Arc::new(Self::new(h)) as Arc<dyn Backend>))
     }
+    fn per_client_data(&self) -> bool {
+        self.inner.per_client_data()
+    }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.inner.read_at(offset, buf)
     }

@@ -1,24 +1,61 @@
-//! `delay`: sleep before reads (`rdelay=`) and writes (`wdelay=`), to test
-//! clients and the driver against a slow disk.
+//! `delay`: sleep before operations, to test clients and the driver
+//! against a slow disk. nbdkit's keys: `rdelay=`/`delay-read=`,
+//! `wdelay=` (writes, zeroes and trims), `delay-write=`, `delay-zero=`,
+//! `delay-trim=`, `delay-extents=`, `delay-cache=`, `delay-fast-zero=`;
+//! `delay-open=`/`delay-close=` are accepted with a warning (open and close
+//! happen on the event loop, where a sleep would stall every client).
 
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{Backend, BlockSize, Caps, DepthExtent, Execution, Extent, ZeroFlags};
+use super::params::FilterParams;
+use crate::{Backend, Execution, Extent, ZeroFlags};
+
+/// How long each kind of operation waits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Delays {
+    /// Reads.
+    pub read: Duration,
+    /// Writes.
+    pub write: Duration,
+    /// Write-zeroes.
+    pub zero: Duration,
+    /// Trims.
+    pub trim: Duration,
+    /// Block status.
+    pub extents: Duration,
+    /// Cache (prefetch).
+    pub cache: Duration,
+    /// False: a fast zero fails at once with ENOTSUP instead of waiting
+    /// (nbdkit's `delay-fast-zero=false`).
+    pub fast_zero_waits: bool,
+}
 
 /// Sleeps, then forwards. Never inline: a sleep on the event loop would
 /// stall every connection.
 pub struct Delay {
     inner: Arc<dyn Backend>,
-    read: Duration,
-    write: Duration,
+    d: Delays,
 }
 
 impl Delay {
     /// Delay reads by `read` and writes, trims and zeroes by `write`.
     pub fn new(inner: Arc<dyn Backend>, read: Duration, write: Duration) -> Self {
-        Self { inner, read, write }
+        let d = Delays {
+            read,
+            write,
+            zero: write,
+            trim: write,
+            fast_zero_waits: true,
+            ..Delays::default()
+        };
+        Self::with_delays(inner, d)
+    }
+
+    /// Delay each operation as `d` says.
+    pub fn with_delays(inner: Arc<dyn Backend>, d: Delays) -> Self {
+        Self { inner, d }
     }
 }
 
@@ -41,62 +78,74 @@ pub fn parse_delay(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(v * scale).map_err(|_| bad())
 }
 
+pub(crate) fn spec(p: &mut FilterParams<'_, '_>) -> Result<super::Spec, String> {
+    let rdelay = p.take_delay("rdelay")?;
+    let wdelay = p.take_delay("wdelay")?.unwrap_or_default();
+    let mut d = Delays {
+        read: p.take_delay("delay-read")?.or(rdelay).unwrap_or_default(),
+        write: p.take_delay("delay-write")?.unwrap_or(wdelay),
+        zero: p.take_delay("delay-zero")?.unwrap_or(wdelay),
+        trim: p.take_delay("delay-trim")?.unwrap_or(wdelay),
+        extents: p.take_delay("delay-extents")?.unwrap_or_default(),
+        cache: p.take_delay("delay-cache")?.unwrap_or_default(),
+        fast_zero_waits: true,
+    };
+    d.fast_zero_waits = p.take_bool("delay-fast-zero")?.unwrap_or(true);
+    for key in ["delay-open", "delay-close"] {
+        if p.take_delay(key)?.is_some_and(|t| !t.is_zero()) {
+            p.warn(format_args!(
+                "{key}= is ignored: nbdd opens and closes connections on its event loop, \
+                 where a sleep would stall every client"
+            ));
+        }
+    }
+    Ok(super::Spec::new(move |b| {
+        Ok(Arc::new(Delay::with_delays(b, d)))
+    }))
+}
+
 fn pause(d: Duration) {
     if !d.is_zero() {
         std::thread::sleep(d);
     }
 }
 
-impl Backend for Delay {
-    fn size(&self) -> u64 {
-        self.inner.size()
+impl super::Filter for Delay {
+    fn inner(&self) -> &Arc<dyn Backend> {
+        &self.inner
     }
-    fn caps(&self) -> Caps {
-        self.inner.caps()
-    }
-    fn block_size(&self) -> Option<BlockSize> {
-        self.inner.block_size()
+    // try_read_cached not forwarded (the default): reads are delayed.
+    fn reopen(&self, inner: Arc<dyn Backend>) -> io::Result<Arc<dyn Backend>> {
+        Ok(Arc::new(Self::with_delays(inner, self.d)))
     }
     fn execution(&self) -> Execution {
         Execution::Blocking
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        pause(self.read);
+        pause(self.d.read);
         self.inner.read_at(offset, buf)
     }
     fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> io::Result<()> {
-        pause(self.write);
+        pause(self.d.write);
         self.inner.write_at(offset, data, fua)
     }
-    fn flush(&self) -> io::Result<()> {
-        self.inner.flush()
-    }
     fn trim(&self, offset: u64, len: u64, fua: bool) -> io::Result<()> {
-        pause(self.write);
+        pause(self.d.trim);
         self.inner.trim(offset, len, fua)
     }
     fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> io::Result<()> {
-        pause(self.write);
+        if flags.contains(ZeroFlags::FAST) && !self.d.fast_zero_waits {
+            return Err(io::Error::from(io::ErrorKind::Unsupported));
+        }
+        pause(self.d.zero);
         self.inner.write_zeroes(offset, len, flags)
     }
     fn cache(&self, offset: u64, len: u64) -> io::Result<()> {
+        pause(self.d.cache);
         self.inner.cache(offset, len)
     }
     fn extents(&self, offset: u64, len: u64, out: &mut [Extent]) -> io::Result<usize> {
+        pause(self.d.extents);
         self.inner.extents(offset, len, out)
-    }
-    fn allocation_depth(
-        &self,
-        offset: u64,
-        len: u64,
-        out: &mut [DepthExtent],
-    ) -> io::Result<usize> {
-        self.inner.allocation_depth(offset, len, out)
-    }
-    fn resize(&self, new_size: u64) -> io::Result<()> {
-        self.inner.resize(new_size)
-    }
-    fn description(&self) -> Option<String> {
-        self.inner.description()
     }
 }

@@ -10,7 +10,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::{Backend, BlockSize, Caps, DepthExtent, Execution, Extent, ZeroFlags};
+use super::params::FilterParams;
+
+use crate::util::len64;
+use crate::{Backend, DepthExtent, Extent, ZeroFlags};
 
 /// Operation names in the per-operation keys (`error-OP=`), in the order
 /// of [`ErrorInject::with_rules`]' array.
@@ -34,7 +37,7 @@ pub struct ErrorInject {
     inner: Arc<dyn Backend>,
     /// `(errno, threshold, trigger file)` per operation, indexed like
     /// [`OPS`]; the threshold is the probability scaled to u64.
-    rules: [(i32, u64, Option<PathBuf>); 7],
+    rules: Arc<[(i32, u64, Option<PathBuf>); 7]>,
     rng: AtomicU64,
 }
 
@@ -110,14 +113,14 @@ impl ErrorInject {
             | 1;
         Self {
             inner,
-            rules: rules.map(|r| (r.errno, threshold(r.rate), r.file)),
+            rules: Arc::new(rules.map(|r| (r.errno, threshold(r.rate), r.file))),
             rng: AtomicU64::new(seed),
         }
     }
 
-    /// Decide whether this call fails (xorshift64*: tests need chance,
-    /// not cryptography).
-    fn roll(&self, op: usize) -> io::Result<()> {
+    /// Decide whether this call, on `range` (offset, length; `None` for
+    /// flush), fails (xorshift64*: tests need chance, not cryptography).
+    fn roll(&self, op: usize, range: Option<(u64, u64)>) -> io::Result<()> {
         let Some((errno, threshold, file)) = self.rules.get(op) else {
             return Ok(());
         };
@@ -137,6 +140,9 @@ impl ErrorInject {
             .unwrap_or(1);
         let r = step(prev).wrapping_mul(0x2545_f491_4f6c_dd1d);
         if threshold == u64::MAX || r < threshold {
+            // nbdkit logs every injection; -v (info) shows them here, so a
+            // test's failures can be matched to the requests that got them.
+            log::info!("{}", injected(OPS[op], range, errno));
             Err(io::Error::from_raw_os_error(errno))
         } else {
             Ok(())
@@ -144,45 +150,60 @@ impl ErrorInject {
     }
 }
 
-impl Backend for ErrorInject {
-    fn size(&self) -> u64 {
-        self.inner.size()
+/// The line logged for an injected error: the command, its range and the
+/// errno, by name and number.
+fn injected(op: &str, range: Option<(u64, u64)>, errno: i32) -> String {
+    let name = ERRNOS
+        .iter()
+        .find(|e| e.1 == errno)
+        .map_or("error", |e| e.0);
+    match range {
+        Some((offset, len)) => format!(
+            "error filter: injecting {name} (errno {errno}) into {op} at offset {offset} length {len}"
+        ),
+        None => format!("error filter: injecting {name} (errno {errno}) into {op}"),
     }
-    fn caps(&self) -> Caps {
-        self.inner.caps()
+}
+
+impl super::Filter for ErrorInject {
+    fn inner(&self) -> &Arc<dyn Backend> {
+        &self.inner
     }
-    fn block_size(&self) -> Option<BlockSize> {
-        self.inner.block_size()
-    }
-    fn execution(&self) -> Execution {
-        self.inner.execution()
+    // try_read_cached not forwarded (the default): reads may be failed on purpose.
+    fn reopen(&self, inner: Arc<dyn Backend>) -> io::Result<Arc<dyn Backend>> {
+        let seed = self.rng.load(Ordering::Relaxed) ^ 0x9e37_79b9_7f4a_7c15;
+        Ok(Arc::new(Self {
+            inner,
+            rules: Arc::clone(&self.rules),
+            rng: AtomicU64::new(seed | 1),
+        }))
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.roll(0)?;
+        self.roll(0, Some((offset, len64(buf))))?;
         self.inner.read_at(offset, buf)
     }
     fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> io::Result<()> {
-        self.roll(1)?;
+        self.roll(1, Some((offset, len64(data))))?;
         self.inner.write_at(offset, data, fua)
     }
     fn flush(&self) -> io::Result<()> {
-        self.roll(4)?;
+        self.roll(4, None)?;
         self.inner.flush()
     }
     fn trim(&self, offset: u64, len: u64, fua: bool) -> io::Result<()> {
-        self.roll(2)?;
+        self.roll(2, Some((offset, len)))?;
         self.inner.trim(offset, len, fua)
     }
     fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> io::Result<()> {
-        self.roll(3)?;
+        self.roll(3, Some((offset, len)))?;
         self.inner.write_zeroes(offset, len, flags)
     }
     fn cache(&self, offset: u64, len: u64) -> io::Result<()> {
-        self.roll(5)?;
+        self.roll(5, Some((offset, len)))?;
         self.inner.cache(offset, len)
     }
     fn extents(&self, offset: u64, len: u64, out: &mut [Extent]) -> io::Result<usize> {
-        self.roll(6)?;
+        self.roll(6, Some((offset, len)))?;
         self.inner.extents(offset, len, out)
     }
     fn allocation_depth(
@@ -191,13 +212,49 @@ impl Backend for ErrorInject {
         len: u64,
         out: &mut [DepthExtent],
     ) -> io::Result<usize> {
-        self.roll(6)?;
+        self.roll(6, Some((offset, len)))?;
         self.inner.allocation_depth(offset, len, out)
     }
-    fn resize(&self, new_size: u64) -> io::Result<()> {
-        self.inner.resize(new_size)
+}
+
+/// The error filter's rules: `error=`, `error-rate=`, `error-file=` for
+/// every operation, overridden per operation by `error-OP=`,
+/// `error-OP-rate=`, `error-OP-file=` (nbdkit's spellings).
+pub(crate) fn spec(p: &mut FilterParams<'_, '_>) -> Result<super::Spec, String> {
+    let mut one = |prefix: &str, default: Option<&Rule>| {
+        let errno = match p.take_with(prefix, parse_errno_name)? {
+            Some(e) => e,
+            None => default.map_or(libc::EIO, |d| d.errno),
+        };
+        let rate = match p.take_with(&format!("{prefix}-rate"), parse_rate_value)? {
+            Some(r) => r,
+            // nbdkit's default: no errors until a rate is given.
+            None => default.map_or(0.0, |d| d.rate),
+        };
+        let file = p
+            .take(&format!("{prefix}-file"))
+            .map(Into::into)
+            .or_else(|| default.and_then(|d| d.file.clone()));
+        Ok::<_, String>(Rule { errno, rate, file })
+    };
+    let all = one("error", None)?;
+    let mut rules: [Rule; 7] = std::array::from_fn(|_| all.clone());
+    for (rule, op) in rules.iter_mut().zip(OPS) {
+        *rule = one(&format!("error-{op}"), Some(&all))?;
     }
-    fn description(&self) -> Option<String> {
-        self.inner.description()
-    }
+    Ok(super::Spec::new(move |b| {
+        Ok(Arc::new(ErrorInject::with_rules(b, rules.clone())))
+    }))
+}
+
+/// [`parse_errno`]'s reason without the value (the caller names it).
+fn parse_errno_name(s: &str) -> Result<i32, String> {
+    parse_errno(s).map_err(|_| {
+        let names: Vec<_> = ERRNOS.iter().map(|e| e.0).collect();
+        format!("not an error name (one of {})", names.join(", "))
+    })
+}
+
+fn parse_rate_value(s: &str) -> Result<f64, &'static str> {
+    parse_rate(s).map_err(|_| "expected a rate between 0 and 1, or 0% to 100%")
 }

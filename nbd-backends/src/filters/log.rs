@@ -3,12 +3,19 @@
 //! and an exit line; one line is easier to grep and cannot interleave).
 //!
 //! ```text
-//! 2026-08-21 10:15:02.123456 id=7 Write offset=0x10000 count=0x1000 flags=fua result=ok us=81
-//! 2026-08-21 10:15:02.123913 id=8 Read offset=0x0 count=0x200 flags=- result=EIO us=12
+//! 2026-08-21 10:15:02.120001 connection=3 Connect export='' tls=0 size=0x40000000 write=1 flush=1 trim=1 zero=1 fua=1 extents=1 cache=0 multi_conn=1
+//! 2026-08-21 10:15:02.123456 connection=3 id=7 Write offset=0x10000 count=0x1000 flags=fua result=ok us=81
+//! 2026-08-21 10:15:02.123913 connection=3 id=8 Read offset=0x0 count=0x200 flags=- result=EIO us=12
+//! 2026-08-21 10:15:02.130000 connection=3 Disconnect transactions=2
 //! ```
 //!
-//! A backend does not see connections, so the request id is global to the
-//! export (nbdkit's `connection=` field is not reproducible here).
+//! `connection=N` (the server's connection id) appears when the driver
+//! opens a handle per connection; request ids are unique per export.
+//! `logscript=SCRIPT` runs `sh -c SCRIPT` for every entry, as nbdkit does,
+//! with `$act`, `$type` (`ENTER`, `LEAVE` or `PRINT`), `$id`,
+//! `$connection`, `$offset`, `$count`, `$flags`, `$return` (`0`/`-1`) and
+//! `$error` (`EIO`...) in its environment; its status is ignored.
+//! `logappend=true` appends to `logfile=` instead of truncating it.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write as _};
@@ -17,14 +24,28 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use crate::{Backend, BlockSize, Caps, DepthExtent, Execution, Extent, ZeroFlags};
+use super::params::FilterParams;
+use crate::{Backend, Caps, ClientInfo, DepthExtent, Execution, Extent, ZeroFlags};
 
-/// Forwards everything, appending one line per request to a file.
+/// Where entries go; shared by the per-connection copies.
+struct Sink {
+    /// `None` and no script: lines go to the `log` crate at info level.
+    file: Option<Mutex<File>>,
+    script: Option<String>,
+    next_id: AtomicU64,
+}
+
+/// The connection a per-connection copy serves.
+struct Conn {
+    id: u64,
+    transactions: AtomicU64,
+}
+
+/// Forwards everything, logging one line per request.
 pub struct Log {
     inner: Arc<dyn Backend>,
-    /// `None`: lines go to the `log` crate at info level.
-    file: Option<Mutex<File>>,
-    next_id: AtomicU64,
+    sink: Arc<Sink>,
+    conn: Option<Conn>,
 }
 
 impl Log {
@@ -35,6 +56,20 @@ impl Log {
     ///
     /// If the file cannot be opened for writing.
     pub fn new(inner: Arc<dyn Backend>, path: Option<&Path>, append: bool) -> io::Result<Self> {
+        Self::with_script(inner, path, append, None)
+    }
+
+    /// As [`Log::new`], also running `script` for every entry.
+    ///
+    /// # Errors
+    ///
+    /// If the file cannot be opened for writing.
+    pub fn with_script(
+        inner: Arc<dyn Backend>,
+        path: Option<&Path>,
+        append: bool,
+        script: Option<String>,
+    ) -> io::Result<Self> {
         let file = path
             .map(|p| {
                 OpenOptions::new()
@@ -45,11 +80,43 @@ impl Log {
                     .open(p)
             })
             .transpose()?;
+        let sink = Sink {
+            file: file.map(Mutex::new),
+            script,
+            next_id: AtomicU64::new(1),
+        };
         Ok(Self {
             inner,
-            file: file.map(Mutex::new),
-            next_id: AtomicU64::new(1),
+            sink: Arc::new(sink),
+            conn: None,
         })
+    }
+
+    fn prefix(&self) -> String {
+        let ts = timestamp(SystemTime::now());
+        match &self.conn {
+            Some(c) => format!("{ts} connection={}", c.id),
+            None => ts,
+        }
+    }
+
+    /// Write one line (and run the script with `vars`).
+    fn emit(&self, line: &str, vars: &[(&str, String)]) {
+        match &self.sink.file {
+            // One write_all per line under the lock, so lines from worker
+            // threads never interleave.
+            Some(f) => {
+                let mut f = f.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Err(e) = f.write_all(format!("{line}\n").as_bytes()) {
+                    log::warn!("log filter: {e}");
+                }
+            }
+            None if self.sink.script.is_none() => log::info!("{line}"),
+            None => {}
+        }
+        if let Some(script) = &self.sink.script {
+            run_script(script, self.conn.as_ref().map(|c| c.id), vars);
+        }
     }
 
     /// Run `op`, then write its line.
@@ -61,7 +128,24 @@ impl Log {
         flags: &str,
         op: impl FnOnce() -> io::Result<T>,
     ) -> io::Result<T> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = self.sink.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Some(c) = &self.conn {
+            c.transactions.fetch_add(1, Ordering::Relaxed);
+        }
+        let flags = if flags.is_empty() { "-" } else { flags };
+        let vars = |ty: &str| {
+            vec![
+                ("act", name.to_owned()),
+                ("type", ty.to_owned()),
+                ("id", id.to_string()),
+                ("offset", format!("{offset:#x}")),
+                ("count", format!("{count:#x}")),
+                ("flags", flags.to_owned()),
+            ]
+        };
+        if let Some(script) = &self.sink.script {
+            run_script(script, self.conn.as_ref().map(|c| c.id), &vars("ENTER"));
+        }
         let start = Instant::now();
         let r = op();
         let us = start.elapsed().as_micros();
@@ -69,23 +153,32 @@ impl Log {
             Ok(_) => "ok".to_owned(),
             Err(e) => error_name(e),
         };
-        let flags = if flags.is_empty() { "-" } else { flags };
         let line = format!(
-            "{} id={id} {name} offset={offset:#x} count={count:#x} flags={flags} result={result} us={us}\n",
-            timestamp(SystemTime::now())
+            "{} id={id} {name} offset={offset:#x} count={count:#x} flags={flags} result={result} us={us}",
+            self.prefix()
         );
-        match &self.file {
-            // One write_all per line under the lock, so lines from worker
-            // threads never interleave.
-            Some(f) => {
-                let mut f = f.lock().unwrap_or_else(PoisonError::into_inner);
-                if let Err(e) = f.write_all(line.as_bytes()) {
-                    log::warn!("log filter: {e}");
-                }
-            }
-            None => log::info!("{}", line.trim_end()),
+        let mut leave = vars("LEAVE");
+        leave.push(("return", if r.is_ok() { "0" } else { "-1" }.to_owned()));
+        if r.is_err() {
+            leave.push(("error", result.clone()));
         }
+        self.emit(&line, &leave);
         r
+    }
+}
+
+/// Run the log script with `vars` (and the connection id) in its
+/// environment; its status is ignored, as nbdkit does.
+fn run_script(script: &str, conn: Option<u64>, vars: &[(&str, String)]) {
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg(script)
+        .envs(vars.iter().map(|(k, v)| (k, v)));
+    if let Some(id) = conn {
+        cmd.env("connection", id.to_string());
+    }
+    if let Err(e) = cmd.status() {
+        log::warn!("log filter: logscript: {e}");
     }
 }
 
@@ -154,20 +247,92 @@ fn fua(f: bool) -> &'static str {
     if f { "fua" } else { "" }
 }
 
-impl Backend for Log {
-    fn size(&self) -> u64 {
-        self.inner.size()
+pub(crate) fn spec(p: &mut FilterParams<'_, '_>) -> Result<super::Spec, String> {
+    let file: Option<std::path::PathBuf> = p.take("logfile").map(Into::into);
+    let script = p.take("logscript").map(str::to_owned);
+    let append = p.take_bool("logappend")?.unwrap_or(false);
+    let name = p.filter();
+    Ok(super::Spec::new(move |b| {
+        let log =
+            Log::with_script(b, file.as_deref(), append, script.clone()).map_err(
+                |e| match &file {
+                    Some(f) => format!("{name} filter: logfile={}: {e}", f.display()),
+                    None => format!("{name} filter: {e}"),
+                },
+            )?;
+        Ok(Arc::new(log))
+    }))
+}
+
+fn caps_line(b: &dyn Backend) -> String {
+    let c = b.caps();
+    let bit = |cap| u8::from(c.contains(cap));
+    format!(
+        "size={:#x} write={} flush={} trim={} zero={} fua={} extents={} cache={} multi_conn={}",
+        b.size(),
+        u8::from(!c.contains(Caps::READ_ONLY)),
+        bit(Caps::FLUSH),
+        bit(Caps::TRIM),
+        bit(Caps::WRITE_ZEROES),
+        bit(Caps::FUA),
+        bit(Caps::EXTENTS),
+        bit(Caps::CACHE),
+        bit(Caps::MULTI_CONN),
+    )
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        if let Some(c) = &self.conn {
+            let n = c.transactions.load(Ordering::Relaxed);
+            let line = format!("{} Disconnect transactions={n}", self.prefix());
+            let vars = [
+                ("act", "Disconnect".to_owned()),
+                ("type", "PRINT".to_owned()),
+            ];
+            self.emit(&line, &vars);
+        }
     }
-    fn caps(&self) -> Caps {
-        self.inner.caps()
+}
+
+impl super::Filter for Log {
+    fn inner(&self) -> &Arc<dyn Backend> {
+        &self.inner
     }
-    fn block_size(&self) -> Option<BlockSize> {
-        self.inner.block_size()
+    // try_read_cached not forwarded (the default): every read is logged.
+    fn reopen(&self, inner: Arc<dyn Backend>) -> io::Result<Arc<dyn Backend>> {
+        Ok(Arc::new(Self {
+            inner,
+            sink: Arc::clone(&self.sink),
+            conn: None,
+        }))
+    }
+    /// Every connection gets its own copy, to name it in the lines.
+    fn open(&self, client: &ClientInfo<'_>) -> io::Result<Option<Arc<dyn Backend>>> {
+        let inner = super::layer::open_below(&self.inner, client)?;
+        let copy = Self {
+            inner,
+            sink: Arc::clone(&self.sink),
+            conn: Some(Conn {
+                id: client.id,
+                transactions: AtomicU64::new(0),
+            }),
+        };
+        let line = format!(
+            "{} Connect export='{}' tls={} {}",
+            copy.prefix(),
+            client.export_name.replace('\'', "'\\''"),
+            u8::from(client.tls),
+            caps_line(&*copy.inner)
+        );
+        let vars = [("act", "Connect".to_owned()), ("type", "PRINT".to_owned())];
+        copy.emit(&line, &vars);
+        Ok(Some(Arc::new(copy)))
     }
     fn execution(&self) -> Execution {
-        // Writing the line is a syscall: keep it off the event loop when
-        // logging to a file.
-        if self.file.is_none() {
+        // Writing the line is a syscall, a script a process: keep them off
+        // the event loop.
+        if self.sink.file.is_none() && self.sink.script.is_none() {
             self.inner.execution()
         } else {
             Execution::Blocking
@@ -215,9 +380,6 @@ impl Backend for Log {
     }
     fn resize(&self, new_size: u64) -> io::Result<()> {
         self.logged("Resize", new_size, 0, "", || self.inner.resize(new_size))
-    }
-    fn description(&self) -> Option<String> {
-        self.inner.description()
     }
 }
 

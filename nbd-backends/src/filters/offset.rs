@@ -4,8 +4,9 @@
 use std::io;
 use std::sync::Arc;
 
+use super::params::FilterParams;
 use crate::util::{check_read, check_write, len64, out_of_range};
-use crate::{Backend, BlockSize, Caps, DepthExtent, Execution, Extent, ZeroFlags};
+use crate::{Backend, Caps, DepthExtent, Extent, ZeroFlags};
 
 /// `[offset, offset + range)` of the inner backend, seen from 0.
 pub struct Offset {
@@ -25,13 +26,13 @@ impl Offset {
         let size = inner.size();
         let range = match range {
             Some(r) => r,
-            None => size
-                .checked_sub(offset)
-                .ok_or_else(|| format!("offset: offset {offset} is past the end ({size})"))?,
+            None => size.checked_sub(offset).ok_or_else(|| {
+                format!("offset filter: offset={offset} is past the end ({size})")
+            })?,
         };
         if offset.checked_add(range).is_none_or(|end| end > size) {
             return Err(format!(
-                "offset: offset {offset} + range {range} is past the end ({size})"
+                "offset filter: offset={offset} + range={range} is past the end ({size})"
             ));
         }
         Ok(Self {
@@ -67,7 +68,22 @@ fn clip<'a>(lens: impl Iterator<Item = &'a mut u64>, mut left: u64) -> usize {
     kept
 }
 
-impl Backend for Offset {
+pub(crate) fn spec(p: &mut FilterParams<'_, '_>) -> Result<super::Spec, String> {
+    let offset = p.take_size("offset")?.unwrap_or(0);
+    let range = p.take_size("range")?;
+    Ok(super::Spec::new(move |b| {
+        Ok(Arc::new(Offset::new(b, offset, range)?))
+    }))
+}
+
+impl super::Filter for Offset {
+    fn inner(&self) -> &Arc<dyn Backend> {
+        &self.inner
+    }
+    fn reopen(&self, inner: Arc<dyn Backend>) -> io::Result<Arc<dyn Backend>> {
+        let w = Self::new(inner, self.offset, Some(self.range)).map_err(io::Error::other)?;
+        Ok(Arc::new(w))
+    }
     fn size(&self) -> u64 {
         self.range
     }
@@ -75,11 +91,11 @@ impl Backend for Offset {
         // The window has a fixed size.
         self.inner.caps() - Caps::RESIZE
     }
-    fn block_size(&self) -> Option<BlockSize> {
-        self.inner.block_size()
-    }
-    fn execution(&self) -> Execution {
-        self.inner.execution()
+    // try_read_cached forwarded: the data is the layer below's, moved by
+    // the window's start; checked against the window as read_at is.
+    fn try_read_cached(&self, offset: u64, buf: &mut [u8]) -> bool {
+        check_read(offset, len64(buf), self.range).is_ok()
+            && self.inner.try_read_cached(self.offset + offset, buf)
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         check_read(offset, len64(buf), self.range)?;
@@ -88,9 +104,6 @@ impl Backend for Offset {
     fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> io::Result<()> {
         check_write(offset, len64(data), self.range)?;
         self.inner.write_at(self.offset + offset, data, fua)
-    }
-    fn flush(&self) -> io::Result<()> {
-        self.inner.flush()
     }
     fn trim(&self, offset: u64, len: u64, fua: bool) -> io::Result<()> {
         check_read(offset, len, self.range)?;
@@ -121,7 +134,8 @@ impl Backend for Offset {
             .allocation_depth(self.offset + offset, len, out)?;
         Ok(clip(out.iter_mut().take(n).map(|e| &mut e.len), len))
     }
-    fn description(&self) -> Option<String> {
-        self.inner.description()
+    /// The window has a fixed size.
+    fn resize(&self, _new_size: u64) -> io::Result<()> {
+        Err(io::Error::from(io::ErrorKind::Unsupported))
     }
 }

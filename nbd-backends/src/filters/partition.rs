@@ -1,19 +1,22 @@
 //! `partition`: serve one partition of a disk image with an MBR or GPT
 //! partition table (`partition=N`, numbered from 1 as Linux does).
 //!
-//! The table is read from the inner backend once, when the export is
-//! built; the result is an [`Offset`] window. Sectors are 512 bytes, as on
-//! nearly every image (a 4 KiB-sector GPT is not recognised: its header is
-//! not at byte 512). MBR: the four primary entries only (logical
-//! partitions inside an extended one are not followed). GPT: entry N of the
-//! partition array; the protective MBR (type 0xEE) selects GPT.
+//! The table is read from the inner backend when the export is built (and
+//! again for each per-connection handle of the layer below); the result is
+//! an [`Offset`] window. Sectors are 512 bytes unless
+//! `partition-sectorsize=4k` or the layer below advertises a 4 KiB minimum
+//! block size (nbdkit 1.40's rule). MBR: the four primary entries only
+//! (logical partitions inside an extended one are not followed). GPT:
+//! entry N of the partition array; the protective MBR (type 0xEE) selects
+//! GPT.
 
+use std::io;
 use std::sync::Arc;
 
 use super::Offset;
+use super::params::FilterParams;
 use crate::Backend;
 
-const SECTOR: u64 = 512;
 /// MBR type of a GPT protective partition.
 const GPT_PROTECTIVE: u8 = 0xee;
 /// MBR types of extended partitions (CHS, LBA, Linux).
@@ -29,9 +32,27 @@ const MAX_GPT_ARRAY: u64 = 1 << 20;
 /// A one-line message when the table is missing or malformed, or `n` is
 /// not a used partition.
 pub fn locate(inner: &dyn Backend, n: u32) -> Result<(u64, u64), String> {
-    let err = |m: String| format!("partition: {m}");
+    locate_with(inner, n, default_sector(inner))
+}
+
+/// The sector size nbdkit assumes: the layer below's minimum block size
+/// when it is 512 or 4096, else 512.
+fn default_sector(inner: &dyn Backend) -> u64 {
+    match inner.block_size().map(|b| b.minimum) {
+        Some(4096) => 4096,
+        _ => 512,
+    }
+}
+
+/// [`locate`] with `sector`-byte sectors (512 or 4096).
+///
+/// # Errors
+///
+/// As [`locate`].
+pub fn locate_with(inner: &dyn Backend, n: u32, sector: u64) -> Result<(u64, u64), String> {
+    let err = |m: String| format!("partition filter: {m}");
     let mut mbr = [0u8; 512];
-    if inner.size() < SECTOR {
+    if inner.size() < sector {
         return Err(err("disk is smaller than one sector".into()));
     }
     inner
@@ -47,7 +68,7 @@ pub fn locate(inner: &dyn Backend, n: u32) -> Result<(u64, u64), String> {
         u64::from(u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]))
     };
     if (0..4).any(|i| entry(i)[4] == GPT_PROTECTIVE) {
-        return gpt(inner, n).map_err(err);
+        return gpt(inner, n, sector).map_err(err);
     }
     if !(1..=4).contains(&n) {
         return Err(err(format!(
@@ -64,7 +85,7 @@ pub fn locate(inner: &dyn Backend, n: u32) -> Result<(u64, u64), String> {
             "partition={n} is an extended partition (logical partitions are not supported)"
         )));
     }
-    let (start, len) = (le32(e, 8) * SECTOR, le32(e, 12) * SECTOR);
+    let (start, len) = (le32(e, 8) * sector, le32(e, 12) * sector);
     check_fits(inner, n, start, len).map_err(err)
 }
 
@@ -78,13 +99,13 @@ fn check_fits(inner: &dyn Backend, n: u32, start: u64, len: u64) -> Result<(u64,
     }
 }
 
-fn gpt(inner: &dyn Backend, n: u32) -> Result<(u64, u64), String> {
+fn gpt(inner: &dyn Backend, n: u32, sector: u64) -> Result<(u64, u64), String> {
     let mut h = [0u8; 92];
-    if inner.size() < 2 * SECTOR {
+    if inner.size() < 2 * sector {
         return Err("disk too small for a GPT header".into());
     }
     inner
-        .read_at(SECTOR, &mut h)
+        .read_at(sector, &mut h)
         .map_err(|e| format!("reading the GPT header: {e}"))?;
     if &h[0..8] != b"EFI PART" {
         return Err("protective MBR but no GPT header at sector 1".into());
@@ -110,7 +131,7 @@ fn gpt(inner: &dyn Backend, n: u32) -> Result<(u64, u64), String> {
         ));
     }
     let at = array_lba
-        .checked_mul(SECTOR)
+        .checked_mul(sector)
         .and_then(|a| a.checked_add(u64::from(n - 1) * entry_size))
         .filter(|a| a.checked_add(entry_size).is_some_and(|e| e <= inner.size()))
         .ok_or_else(|| "GPT partition array lies outside the disk".to_owned())?;
@@ -133,22 +154,88 @@ fn gpt(inner: &dyn Backend, n: u32) -> Result<(u64, u64), String> {
         ));
     }
     let start = first
-        .checked_mul(SECTOR)
+        .checked_mul(sector)
         .ok_or_else(|| format!("partition={n} starts past 2^64"))?;
     let len = (last - first + 1)
-        .checked_mul(SECTOR)
+        .checked_mul(sector)
         .ok_or_else(|| format!("partition={n} is too long"))?;
     check_fits(inner, n, start, len)
 }
 
-/// Partition `n` of `inner` as an export.
+/// Partition `n` of `inner` as an export (512-byte sectors unless the
+/// layer below says 4 KiB).
 ///
 /// # Errors
 ///
 /// As [`locate`].
-pub fn open(inner: Arc<dyn Backend>, n: u32) -> Result<Offset, String> {
-    let (start, len) = locate(&*inner, n)?;
-    Offset::new(inner, start, Some(len))
+pub fn open(inner: Arc<dyn Backend>, n: u32) -> Result<Partition, String> {
+    Partition::new(inner, n, None)
+}
+
+/// The window onto one partition, re-located on every per-connection
+/// handle of the layer below.
+pub struct Partition {
+    base: Arc<dyn Backend>,
+    window: Arc<dyn Backend>,
+    n: u32,
+    sector: Option<u64>,
+}
+
+impl Partition {
+    /// Partition `n` of `base`, with `sector`-byte sectors (`None`: the
+    /// layer below's minimum block size if 4 KiB, else 512).
+    ///
+    /// # Errors
+    ///
+    /// As [`locate`].
+    pub fn new(base: Arc<dyn Backend>, n: u32, sector: Option<u64>) -> Result<Self, String> {
+        let s = sector.unwrap_or_else(|| default_sector(&*base));
+        let (start, len) = locate_with(&*base, n, s)?;
+        let window = Arc::new(Offset::new(Arc::clone(&base), start, Some(len))?);
+        Ok(Self {
+            base,
+            window,
+            n,
+            sector,
+        })
+    }
+}
+
+pub(crate) fn spec(p: &mut FilterParams<'_, '_>) -> Result<super::Spec, String> {
+    let n = p.take_with("partition", |v| {
+        v.parse::<u32>()
+            .map_err(|_| "expected a partition number from 1")
+    })?;
+    let sector = p.take_with("partition-sectorsize", |v| match crate::parse_size(v) {
+        Ok(s @ (512 | 4096)) => Ok(s),
+        _ => Err("expected 512 or 4096"),
+    })?;
+    let n = n.ok_or_else(|| p.error("missing parameter partition=N (from 1)"))?;
+    Ok(super::Spec::new(move |b| {
+        Ok(Arc::new(Partition::new(b, n, sector)?))
+    }))
+}
+
+impl super::Filter for Partition {
+    fn inner(&self) -> &Arc<dyn Backend> {
+        &self.window
+    }
+    // try_read_cached forwarded: the layer below is the partition's offset window, which checks and moves the range.
+    fn try_read_cached(&self, offset: u64, buf: &mut [u8]) -> bool {
+        super::layer::forward_cached(self, offset, buf)
+    }
+    fn reopen(&self, inner: Arc<dyn Backend>) -> io::Result<Arc<dyn Backend>> {
+        let p = Self::new(inner, self.n, self.sector).map_err(io::Error::other)?;
+        Ok(Arc::new(p))
+    }
+    /// The table is read again from the handle of the layer below (a fresh
+    /// disk per client has its own, or none).
+    fn open(&self, client: &crate::ClientInfo<'_>) -> io::Result<Option<Arc<dyn Backend>>> {
+        match self.base.open(client)? {
+            Some(h) => super::Filter::reopen(self, h).map(Some),
+            None => Ok(None),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -189,6 +276,14 @@ mod tests {
         p.read_at(0, &mut b).unwrap();
         assert_eq!(&b, b"hello");
         assert_eq!(p.size(), 100 * 512);
+    }
+
+    #[test]
+    fn four_kib_sectors() {
+        let d = disk();
+        mbr_entry(&d, 0, 0x83, 16, 32);
+        assert_eq!(locate_with(&*d, 1, 4096), Ok((16 * 4096, 32 * 4096)));
+        assert_eq!(locate(&*d, 1), Ok((16 * 512, 32 * 512)));
     }
 
     #[test]

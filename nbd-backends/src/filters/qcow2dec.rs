@@ -58,7 +58,37 @@ impl Qcow2Dec {
     }
 }
 
-impl Backend for Qcow2Dec {
+pub(crate) fn spec(_p: &mut super::params::FilterParams<'_, '_>) -> Result<super::Spec, String> {
+    Ok(super::Spec::new(|b| {
+        let d = Qcow2Dec::new(b).map_err(|e| {
+            let e = e.to_string();
+            format!(
+                "qcow2dec filter: {}",
+                e.strip_prefix("qcow2dec: ").unwrap_or(&e)
+            )
+        })?;
+        Ok(Arc::new(d))
+    })
+    .read_only_below())
+}
+
+impl super::Filter for Qcow2Dec {
+    fn inner(&self) -> &Arc<dyn Backend> {
+        &self.inner
+    }
+    // try_read_cached not forwarded (the default): the data is decoded from qcow2 clusters.
+    fn reopen(&self, inner: Arc<dyn Backend>) -> io::Result<Arc<dyn Backend>> {
+        Ok(Arc::new(Self::new(inner)?))
+    }
+    fn block_size(&self) -> Option<crate::BlockSize> {
+        None
+    }
+    fn flush(&self) -> io::Result<()> {
+        Ok(())
+    }
+    fn cache(&self, _offset: u64, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
     fn size(&self) -> u64 {
         self.dec.size()
     }
@@ -70,7 +100,7 @@ impl Backend for Qcow2Dec {
         self.inner.execution()
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        let end = check_read(offset, len64(buf), self.size())?;
+        let end = check_read(offset, len64(buf), self.dec.size())?;
         let cs = self.dec.cluster_size();
         let mut pos = offset;
         while pos < end {

@@ -60,6 +60,11 @@ pub struct Direct {
     scratch: Vec<BlockStatusExtent>,
     reconnect: Option<Reconnect>,
     backoff: Backoff,
+    /// Ever connected: a lazy handle's first connection is not a
+    /// restoration, and its failure to connect is logged once, as a lost
+    /// connection is.
+    connected: bool,
+    failure_logged: bool,
 }
 
 impl Direct {
@@ -81,6 +86,8 @@ impl Direct {
             scratch: vec![BlockStatusExtent { len: 0, flags: 0 }; 1024],
             reconnect: None,
             backoff: Backoff::new(Instant::now()),
+            connected: true,
+            failure_logged: false,
         })
     }
 
@@ -97,6 +104,8 @@ impl Direct {
             scratch: vec![BlockStatusExtent { len: 0, flags: 0 }; 1024],
             reconnect: Some(r),
             backoff: Backoff::new(Instant::now()),
+            connected: false,
+            failure_logged: false,
         }
     }
 
@@ -162,7 +171,12 @@ impl Direct {
                 });
                 match opened {
                     Ok(o) => {
-                        log::warn!("nbd proxy: upstream connection restored");
+                        if self.connected {
+                            log::warn!("nbd proxy: upstream connection restored");
+                        } else {
+                            log::debug!("nbd proxy: connected to the upstream");
+                        }
+                        self.connected = true;
                         self.conn = Self::connection(o.negotiated);
                         self.stream = Some(o.stream);
                         self.input.clear();
@@ -170,7 +184,12 @@ impl Direct {
                         return Ok(());
                     }
                     Err(e) => {
-                        log::debug!("nbd proxy: reconnect failed: {e}");
+                        if !self.connected && !self.failure_logged {
+                            log::error!("nbd proxy: upstream connection lost: {e}");
+                            self.failure_logged = true;
+                        } else {
+                            log::debug!("nbd proxy: reconnect failed: {e}");
+                        }
                         self.backoff.failed(now);
                     }
                 }

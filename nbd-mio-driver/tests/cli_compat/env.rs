@@ -3,12 +3,17 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::common::{TempDir, free_port};
+use crate::common::{TempDir, free_port, require_tool, run_ok};
 
 /// The fixtures, made once per test run.
 pub struct Env {
     dir: TempDir,
     immutable: PathBuf,
+    /// A process that has exited (for `exit-when-process-exits=`).
+    dead_pid: u32,
+    /// A process a row may kill (`$SLEEPPID`); not reaped until the end,
+    /// so it stays a zombie once killed, as an unwatched child would.
+    sleeper: std::process::Child,
 }
 
 const CONFIG: &str = r#"
@@ -50,7 +55,17 @@ impl Env {
             ok,
             "chattr +i failed (needs root and a filesystem with attributes); install e2fsprogs: apt-get install -y e2fsprogs"
         );
-        Self { dir, immutable }
+        compressed_copies(p);
+        std::fs::write(p.join("mbr.img"), mbr_disk()).unwrap();
+        let mut gone = Command::new("true").spawn().unwrap();
+        gone.wait().unwrap();
+        let sleeper = Command::new("sleep").arg("600").spawn().unwrap();
+        Self {
+            dir,
+            immutable,
+            dead_pid: gone.id(),
+            sleeper,
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -69,6 +84,12 @@ impl Env {
             .replace("$DIR", &p("dir"))
             .replace("$PSK", &p("keys.psk"))
             .replace("$CONFIG", &p("exports.toml"))
+            .replace("$XZ", &p("file.img.xz"))
+            .replace("$GZ", &p("file.img.gz"))
+            .replace("$QCOW2", &p("file.qcow2"))
+            .replace("$MBR", &p("mbr.img"))
+            .replace("$DEADPID", &self.dead_pid.to_string())
+            .replace("$SLEEPPID", &self.sleeper.id().to_string())
             .replace("$PIDFILE", &row.join("pid").display().to_string())
             .replace("$PORT", &free_port().to_string())
             .replace("$TMP", &row.display().to_string())
@@ -77,6 +98,8 @@ impl Env {
 
 impl Drop for Env {
     fn drop(&mut self) {
+        let _ = self.sleeper.kill();
+        let _ = self.sleeper.wait();
         // Otherwise the directory cannot be removed, by us or anyone.
         let _ = Command::new("chattr")
             .arg("-i")
@@ -84,4 +107,40 @@ impl Drop for Env {
             .status();
         let _ = std::fs::remove_dir_all(self.path());
     }
+}
+
+/// `$XZ` (256 KiB blocks), `$GZ` and `$QCOW2`: `$FILE` compressed or
+/// converted, for the xz, gzip and qcow2dec filters.
+fn compressed_copies(dir: &Path) {
+    let file = dir.join("file.img");
+    run_ok(
+        Command::new(require_tool("xz", "xz-utils"))
+            .args(["-k", "-T1", "--block-size=256KiB"])
+            .arg(&file),
+    );
+    run_ok(
+        Command::new(require_tool("gzip", "gzip"))
+            .arg("-k")
+            .arg(&file),
+    );
+    run_ok(
+        Command::new(require_tool("qemu-img", "qemu-utils"))
+            .args(["convert", "-f", "raw", "-O", "qcow2"])
+            .arg(&file)
+            .arg(dir.join("file.qcow2")),
+    );
+}
+
+/// `$MBR`: a 2 MiB disk whose MBR has one Linux partition, 512-byte
+/// sectors 2048 to 4095 (the second MiB), filled with 0x33.
+fn mbr_disk() -> Vec<u8> {
+    let mut d = vec![0u8; 2 << 20];
+    let entry = &mut d[0x1be..0x1ce];
+    entry[4] = 0x83;
+    entry[8..12].copy_from_slice(&2048u32.to_le_bytes());
+    entry[12..16].copy_from_slice(&2048u32.to_le_bytes());
+    d[510] = 0x55;
+    d[511] = 0xaa;
+    d[1 << 20..].fill(0x33);
+    d
 }

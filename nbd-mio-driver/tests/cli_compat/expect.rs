@@ -181,6 +181,20 @@ impl Live<'_> {
         Ok(json::parse(&text(&out.stdout)))
     }
 
+    /// Runs `cmd` (`sh=`, `py=`) with `$uri` set; it must exit 0.
+    fn script(&self, cmd: &mut Command, what: &str) -> R {
+        let out = output(cmd.env("uri", self.uri(true)))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        Err(format!(
+            "{what}: {}\nstdout: {}\nstderr: {}",
+            out.status,
+            text(&out.stdout).trim(),
+            text(&out.stderr).trim()
+        ))
+    }
+
     fn proc_field(&self, key: &str) -> Result<String, String> {
         let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid))
             .map_err(|e| e.to_string())?;
@@ -239,6 +253,10 @@ impl Live<'_> {
                 }
             }
             "uid" | "gid" => {
+                // The socket takes connections (into its backlog) from the
+                // bind, before nbdd switches user; once a client has been
+                // served, the switch is done.
+                self.nbdinfo(false)?;
                 let got = self.proc_field(if k == "uid" { "Uid:" } else { "Gid:" })?;
                 if got != v {
                     return Err(format!("{k} {got}, expected {v}"));
@@ -276,12 +294,43 @@ impl Live<'_> {
                     return Err(format!("meta contexts {names:?}, expected {v:?}"));
                 }
             }
-            "stdout" | "stderr" | "warn" | "no-stderr" => return Ok(false),
+            "sh" => self.script(Command::new("sh").args(["-c", v]), e)?,
+            "py" => {
+                let code = format!("{PY_PRELUDE}{}\n", v.replace("\\n", "\n"));
+                let mut py = crate::common::python_nbd();
+                self.script(py.args(["-c", &code, &self.uri(true)]).arg(self.row), e)?;
+            }
+            "stdout" | "stderr" | "warn" | "no-stderr" | "exits" => return Ok(false),
             key => json_field(&self.nbdinfo(false)?, key, v)?,
         }
         Ok(true)
     }
 }
+
+/// What `py=CODE` runs before CODE: `h` connected to the export, `uri`,
+/// `tmp` (the row's scratch directory) and two helpers.
+const PY_PRELUDE: &str = "import nbd, errno, os, sys, time
+uri, tmp = sys.argv[1], sys.argv[2]
+h = nbd.NBD()
+h.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
+h.connect_uri(uri)
+def err(f, *args):
+    \"\"\"The errno f(*args) fails with (0 if it succeeds).\"\"\"
+    try:
+        f(*args)
+    except nbd.Error as e:
+        return e.errnum
+    return 0
+def refused():
+    \"\"\"True if another client is refused now.\"\"\"
+    c = nbd.NBD()
+    try:
+        c.connect_uri(uri)
+    except nbd.Error:
+        return True
+    c.shutdown()
+    return False
+";
 
 /// `key=value` against nbdinfo's JSON: the first export's field, else the
 /// server's.
@@ -348,9 +397,24 @@ fn serve(env: &Env, row: &Path, args: &[String], expects: &[String]) -> R {
         .spawn()
         .map_err(|e| e.to_string())?;
     let result = live(env, row, &addr, &mut child, expects);
+    // `exits`: the server must stop by itself (exitlast, exitwhen).
+    let by_itself = expects.iter().any(|e| e == "exits");
+    if by_itself {
+        let t = Instant::now();
+        while child.try_wait().map_err(|e| e.to_string())?.is_none() && t.elapsed() < WAIT {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let stopped = child.try_wait().map_err(|e| e.to_string())?;
     signal(child.id(), rustix::process::Signal::TERM);
     let out = finish(child)?;
     result?;
+    if by_itself && !stopped.is_some_and(|s| s.success()) {
+        return Err(format!(
+            "exits: the server did not exit with status 0 by itself within 20 s ({stopped:?}); stderr: {}",
+            text(&out.stderr)
+        ));
+    }
     check_output(expects, &text(&out.stdout), &text(&out.stderr))
 }
 

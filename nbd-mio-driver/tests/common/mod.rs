@@ -130,7 +130,7 @@ impl Server {
         let attempts = if transport == Transport::Tcp { 5 } else { 1 };
         let mut last = String::new();
         for _ in 0..attempts {
-            match Self::try_start(transport, args) {
+            match Self::try_start(transport, args, None) {
                 Ok(s) => return s,
                 Err(e) => last = e,
             }
@@ -138,7 +138,14 @@ impl Server {
         panic!("{last}");
     }
 
-    fn try_start(transport: Transport, args: &[&str]) -> Result<Self, String> {
+    /// As [`Server::start`] (Unix socket), under a descriptor limit of
+    /// `nofile` (soft and hard, set by `prlimit` before the server runs).
+    #[allow(dead_code)]
+    pub fn start_with_nofile(args: &[&str], nofile: u64) -> Self {
+        Self::try_start(Transport::Unix, args, Some(nofile)).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn try_start(transport: Transport, args: &[&str], nofile: Option<u64>) -> Result<Self, String> {
         let (program, flavor) = server_program();
         let dir = TempDir::new("srv");
         let socket = dir.path().join("nbd.sock");
@@ -162,7 +169,16 @@ impl Server {
         }
         full.extend(args.iter().map(|s| (*s).to_string()));
         let stderr = File::create(&stderr_path).map_err(|e| format!("create stderr file: {e}"))?;
-        let child = Command::new(&program)
+        let mut cmd = match nofile {
+            // prlimit sets the limits, then executes the server (same pid).
+            Some(n) => {
+                let mut c = Command::new(require_tool("prlimit", "util-linux"));
+                c.arg(format!("--nofile={n}:{n}")).arg("--").arg(&program);
+                c
+            }
+            None => Command::new(&program),
+        };
+        let child = cmd
             .args(&full)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

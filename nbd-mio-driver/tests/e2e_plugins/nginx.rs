@@ -2,7 +2,9 @@
 //! self-signed certificate for `localhost`) on free loopback ports, its
 //! own configuration, logs and document root in the test's directory.
 //! Locations that need a header, a cookie or basic authentication stand
-//! in for the servers people point the curl plugin at. One process
+//! in for the servers people point the curl plugin at; `/slow/` serves the
+//! same files at 4 MiB/s per request (a copy that lasts long enough to
+//! kill the server in its middle). One process
 //! (`master_process off`), so killing it on drop leaves no worker behind.
 
 use std::path::{Path, PathBuf};
@@ -17,12 +19,13 @@ pub struct Nginx {
     pub port: u16,
     pub tls_port: u16,
     /// The CA that signed the server's certificate (PEM), for `cainfo=`.
+    #[allow(dead_code)]
     pub cert: PathBuf,
 }
 
 impl Nginx {
     pub fn start(parent: &Path) -> Self {
-        let nginx = require_tool("nginx", "nginx-light");
+        require_tool("nginx", "nginx-light");
         let openssl = require_tool("openssl", "openssl");
         let dir = parent.join("nginx");
         std::fs::create_dir_all(dir.join("www")).unwrap();
@@ -92,12 +95,26 @@ impl Nginx {
                server {{\n    listen 127.0.0.1:{port};\n    root {d}/www;\n\
                  location /private/ {{ if ($http_x_token != \"secret\") {{ return 403; }} }}\n\
                  location /cookie/ {{ if ($cookie_session != \"abc\") {{ return 403; }} }}\n\
-                 location /auth/ {{ auth_basic \"nbdd\"; auth_basic_user_file {d}/htpasswd; }}\n  }}\n\
+                 location /auth/ {{ auth_basic \"nbdd\"; auth_basic_user_file {d}/htpasswd; }}\n\
+                 location /slow/ {{ alias {d}/www/; limit_rate 4m; }}\n  }}\n\
                server {{\n    listen 127.0.0.1:{tls_port} ssl;\n    ssl_certificate {d}/cert.pem;\n\
                  ssl_certificate_key {d}/key.pem;\n    root {d}/www;\n  }}\n}}\n"
         );
         std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-        let child = Command::new(nginx)
+        let child = Self::spawn(&dir);
+        let mut n = Self {
+            child,
+            dir,
+            port,
+            tls_port,
+            cert,
+        };
+        n.wait_ready();
+        n
+    }
+
+    fn spawn(dir: &Path) -> Child {
+        Command::new(require_tool("nginx", "nginx-light"))
             .args([
                 "-p",
                 &dir.display().to_string(),
@@ -109,16 +126,29 @@ impl Nginx {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("start nginx");
-        let mut n = Self {
-            child,
-            dir,
-            port,
-            tls_port,
-            cert,
-        };
-        n.wait_ready();
-        n
+            .expect("start nginx")
+    }
+
+    /// Kill the server (connections drop, nothing listens), as a network
+    /// outage would.
+    #[allow(dead_code)]
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Start it again on the same ports, with the same files.
+    #[allow(dead_code)]
+    pub fn restart(&mut self) {
+        self.child = Self::spawn(&self.dir);
+        self.wait_ready();
+    }
+
+    /// Requests answered so far (lines of the access log, which nginx
+    /// appends to across restarts).
+    #[allow(dead_code)]
+    pub fn requests(&self) -> usize {
+        std::fs::read_to_string(self.dir.join("access.log")).map_or(0, |l| l.lines().count())
     }
 
     pub fn root(&self) -> PathBuf {

@@ -5,27 +5,30 @@ use crate::util::show;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-/// The fio command for one job: one connection (numjobs 1), time based,
+/// The fio command for one job of `(rw, bs, iodepth, jobs)`: `jobs`
+/// connections (one per fio job, totalled as one group), time based,
 /// over the whole export.
 pub fn command(
     uri: &str,
     home: Option<&Path>,
-    rw: &str,
-    bs: u64,
-    iodepth: u32,
+    (rw, bs, iodepth, jobs): (&str, u64, u32, u32),
     secs: u32,
 ) -> Command {
     let mut cmd = Command::new("fio");
     if let Some(h) = home {
         cmd.env("HOME", h);
     }
-    cmd.args(["--name=bench", "--ioengine=nbd", "--numjobs=1"])
+    cmd.args(["--name=bench", "--ioengine=nbd"])
+        .arg(format!("--numjobs={jobs}"))
         .arg(format!("--uri={uri}"))
         .arg(format!("--rw={rw}"))
         .arg(format!("--bs={bs}"))
         .arg(format!("--iodepth={iodepth}"))
         .arg(format!("--runtime={secs}"))
         .args(["--time_based", "--output-format=terse", "--terse-version=3"]);
+    if jobs > 1 {
+        cmd.arg("--group_reporting");
+    }
     cmd
 }
 

@@ -11,17 +11,22 @@ pub enum Section {
     File,
     /// `memory 1G` over X.509 TLS: rustls vs GnuTLS, fio jobs only.
     Tls,
+    /// `null 1G`, four connections: nbdd `-t 1` vs `-t 2` vs nbdkit.
+    Scaling,
 }
 
 impl Section {
-    pub const ALL: [Self; 3] = [Self::Memory, Self::File, Self::Tls];
+    pub const ALL: [Self; 4] = [Self::Memory, Self::File, Self::Tls, Self::Scaling];
 
     fn parse(s: &str) -> Result<Self, String> {
         match s {
             "memory" | "plain" => Ok(Self::Memory),
             "file" => Ok(Self::File),
             "tls" | "x509" => Ok(Self::Tls),
-            _ => Err(format!("unknown section {s:?} (memory, file, tls)")),
+            "scaling" | "threads" => Ok(Self::Scaling),
+            _ => Err(format!(
+                "unknown section {s:?} (memory, file, tls, scaling)"
+            )),
         }
     }
 }
@@ -48,6 +53,8 @@ pub struct Options {
     pub rbd: bool,
     pub sections: Vec<Section>,
     pub variants: Vec<Variant>,
+    /// `--nbdd-args`: flags every nbdd gets (also the scaling table's).
+    pub common: Vec<String>,
     /// A prebuilt nbdd to time instead of building the release binary.
     pub nbdd: Option<PathBuf>,
     /// Where BENCHMARKS.md and bench.svg go; `None`: see [`Options::is_full`].
@@ -112,6 +119,7 @@ pub fn parse(args: &[String]) -> Result<Options, String> {
         codec: false,
         rbd: false,
         sections: Section::ALL.to_vec(),
+        common: Vec::new(),
         variants: Vec::new(),
         nbdd: None,
         out: None,
@@ -169,6 +177,7 @@ pub fn parse(args: &[String]) -> Result<Options, String> {
     for v in &mut o.variants {
         v.args.extend(common.iter().cloned());
     }
+    o.common = common;
     for (i, v) in o.variants.iter().enumerate() {
         if o.variants[..i].iter().any(|w| w.name == v.name) {
             return Err(format!("--variant name {:?} given twice", v.name));

@@ -16,6 +16,8 @@ pub enum Kind {
         rw: &'static str,
         bs: u64,
         iodepth: u32,
+        /// fio jobs, one connection each (reported as one group).
+        jobs: u32,
     },
     /// nbdcopy of the source file on /dev/shm into the export.
     CopyIn,
@@ -58,7 +60,12 @@ const fn fio(
         key,
         short,
         label,
-        kind: Kind::Fio { rw, bs, iodepth },
+        kind: Kind::Fio {
+            rw,
+            bs,
+            iodepth,
+            jobs: 1,
+        },
     }
 }
 
@@ -203,6 +210,8 @@ pub struct Table {
     pub raw_reference: bool,
     /// Images to create (1 GiB, sparse) before the servers start.
     pub images: Vec<PathBuf>,
+    /// Pre-fill each export with random data before the first run.
+    pub prefill: bool,
 }
 
 fn nbdd_spec(nbdd: &Path, v: &super::opts::Variant, name: &str, tail: &[String]) -> ServerSpec {
@@ -251,6 +260,7 @@ pub fn memory_table(nbdd: &Path, variants: &[super::opts::Variant]) -> Table {
         tls_home: None,
         raw_reference: true,
         images: Vec::new(),
+        prefill: true,
     }
 }
 
@@ -304,6 +314,7 @@ pub fn file_table(nbdd: &Path, variants: &[super::opts::Variant], paths: &Paths)
         tls_home: None,
         raw_reference: false,
         images,
+        prefill: true,
     }
 }
 
@@ -338,6 +349,58 @@ pub fn tls_table(nbdd: &Path, variants: &[super::opts::Variant], paths: &Paths) 
         tls_home: Some(paths.tls_home()),
         raw_reference: false,
         images: Vec::new(),
+        prefill: true,
+    }
+}
+
+/// The scaling job: issue 14's null-backend check that the request path,
+/// not storage, is what more event loops multiply.
+pub const SCALING_JOB: Job = Job {
+    key: "rr4k-qd16-x4",
+    short: "4 x 4k randread QD16",
+    label: "fio 4k randread, iodepth 16, 4 jobs (4 connections)",
+    kind: Kind::Fio {
+        rw: "randread",
+        bs: 4096,
+        iodepth: 16,
+        jobs: 4,
+    },
+};
+
+/// `null 1G` served by nbdd with one and with two event loops, and by
+/// nbdkit: how far the loops scale on this machine.
+pub fn scaling_table(nbdd: &Path, base: &[String]) -> Table {
+    let tail = ["null".to_owned(), "1G".to_owned()];
+    let mut servers: Vec<ServerSpec> = [1, 2]
+        .iter()
+        .map(|t| {
+            let mut args = base.to_vec();
+            args.extend(["-t".to_owned(), t.to_string()]);
+            let v = super::opts::Variant {
+                name: format!("nbdd-t{t}"),
+                args,
+            };
+            nbdd_spec(nbdd, &v, &v.name, &tail)
+        })
+        .collect();
+    servers.push(ServerSpec::new(
+        "nbdkit-null",
+        Role::Reference,
+        &["nbdkit", "-f", "-U", "{sock}", "null", "1G"],
+    ));
+    Table {
+        key: "scaling",
+        title: "event loops (null backend: nbdd -t 1, nbdd -t 2, nbdkit)".into(),
+        note: "`null 1G` (reads zeroes, no storage cost), 4 fio jobs of one connection each, \
+               4k random reads at iodepth 16, fio's group total. fio runs on the same 2 cores \
+               as the server, so `-t 2` competes with the client for them."
+            .into(),
+        servers,
+        jobs: vec![SCALING_JOB],
+        tls_home: None,
+        raw_reference: false,
+        images: Vec::new(),
+        prefill: false,
     }
 }
 
@@ -386,6 +449,28 @@ mod tests {
             t.servers[1].command(Path::new("/s")),
             ["/x/nbdd", "-f", "-U", "/s", "-t", "2", "memory", "1G"]
         );
+    }
+
+    #[test]
+    fn scaling_compares_one_and_two_loops_on_null() {
+        let t = scaling_table(Path::new("nbdd"), &["--busy-poll=0".into()]);
+        assert_eq!(
+            t.servers[1].command(Path::new("/s")),
+            [
+                "nbdd",
+                "-f",
+                "-U",
+                "/s",
+                "--busy-poll=0",
+                "-t",
+                "2",
+                "null",
+                "1G"
+            ]
+        );
+        assert_eq!(t.servers[2].name, "nbdkit-null");
+        assert!(matches!(t.jobs[0].kind, Kind::Fio { jobs: 4, .. }));
+        assert!(!t.prefill);
     }
 
     #[test]

@@ -55,7 +55,7 @@ fn run_servers(t: &Table, paths: &Paths, repeats: usize, secs: u32) -> Result<Ta
         .map(|s| Server::start(s, &paths.dir))
         .collect::<Result<Vec<_>, _>>()?;
     let home = t.tls_home.as_deref();
-    for s in &servers {
+    for s in servers.iter().filter(|_| t.prefill) {
         eprintln!("bench: pre-filling {} with random data", s.name);
         let from = paths.source.display().to_string();
         copy::run(copy::command(&from, &s.uri(home.is_some()), home))
@@ -111,8 +111,13 @@ fn run_one(
     let uri = server.uri(home.is_some());
     let cpu0 = server.cpu_secs()?;
     let mut sample = match job.kind {
-        Kind::Fio { rw, bs, iodepth } => fio::run(
-            fio::command(&uri, home, rw, bs, iodepth, secs),
+        Kind::Fio {
+            rw,
+            bs,
+            iodepth,
+            jobs,
+        } => fio::run(
+            fio::command(&uri, home, (rw, bs, iodepth, jobs), secs),
             rw.contains("write"),
             bs,
         )?,
