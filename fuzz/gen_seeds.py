@@ -99,6 +99,60 @@ C_CLIENT_CLOSE, C_SERVER_CLOSE = b"\6", b"\7"
 def c_bulk(n, byte=0x44): return b"\x08" + bytes([byte]) + struct.pack("<H", n)
 
 greeting = b"NBDMAGIC" + b"IHAVEOPT" + struct.pack(">H", 3)
+# server (nbd_mio_driver::fuzzing): features byte (a set bit turns off, in
+# order: fixed newstyle, NO_ZEROES, structured replies, extended headers,
+# meta contexts; 32: only 8 options; 0xc0: oldstyle), a byte for TLS policy
+# (value % 3: off, on, require), pool (4), export count ((v >> 3) % 3 + 1),
+# any name (0x20) and a 1 MiB budget (0x40); per export a policy byte
+# (1 allow resize, 2 TLS only, (p >> 3) % 4: no/short/over-long/empty
+# description) and a backend_stacks stack whose size unit is 8 bytes; then
+# a schedule (length byte, events) and the raw client bytes.
+def other(tls=0, pool=False, count=1, any_name=False, small=False):
+    for v in range(256):
+        if (v % 3 == tls and bool(v & 4) == pool and (v >> 3) % 3 + 1 == count
+                and bool(v & 0x20) == any_name and bool(v & 0x40) == small):
+            return v
+    raise ValueError("no byte for that configuration")
+
+def srv(features, oth, exports, schedule, client):
+    return bytes([features, oth]) + b"".join(exports) + bytes([len(schedule)]) + bytes(schedule) + client
+
+def export(size, layers=(), policy=0):
+    return bytes([policy]) + stack(size // 8, layers)
+
+def deliver(k): return 4 * k          # 2^k client bytes
+def run_jobs(n): return 1 + 4 * (n - 1)  # n = 1..4
+def complete(i): return 2 + 4 * i     # finished job i (modulo)
+READ_ALL, SHUTDOWN, CLIENT_EOF = 3, 3 + 4 * 2, 3 + 4 * 3
+HOUSEKEEP = 3 + 4 * 32
+def read_some(k): return 3 + 4 * (1 + 4 * k)  # 2^(arg % 16) bytes
+
+def hello(flags=3): return struct.pack(">I", flags)
+def go(name=b"", reqs=(), code=7): return opt(code, info(name, reqs))
+SR, EH = opt(8), opt(11)
+def set_meta(name=b""): return opt(10, meta(name, [b"base:allocation"]))
+def wr(cookie, off, data, flags=0, ext=False):
+    if ext:
+        return req(1, cookie, off, len(data), flags, True) + data
+    return req(1, cookie, off, len(data), flags) + data
+
+def session(ext=False):
+    """A little of everything after GO, ending with DISC."""
+    e = ext
+    return (wr(1, 0, bytes(range(256)) * 16, ext=e) + req(0, 2, 0, 8192, ext=e) + req(0, 3, 4096, 4096, 4, ext=e)
+            + req(7, 4, 0, 65536, ext=e) + req(7, 5, 0, 65536, 8, ext=e) + req(4, 6, 8192, 4096, ext=e)
+            + req(6, 7, 12288, 4096, 2, ext=e) + req(6, 8, 16384, 4096, 16, ext=e) + req(3, 9, 0, 0, ext=e)
+            + req(5, 10, 0, 4096, ext=e) + req(0, 11, 60000, 8192, ext=e) + req(1, 12, 0, 0, ext=e)
+            + wr(13, 100, b"x" * 100, 1, ext=e) + req(0, 14, 100, 100, ext=e) + req(2, 15, 0, 0, ext=e))
+
+def exactly(n):
+    """Deliver events for exactly n client bytes (powers of two)."""
+    return [deliver(k) for k in range(16, -1, -1) if n & (1 << k)]
+
+before_tls = hello() + opt(3) + go(b"a", [], 6) + opt(5)
+negotiate_sr = hello() + SR + set_meta() + go(b"", [3])
+negotiate_ext = hello() + EH + set_meta() + go(b"", [3])
+
 seeds = {
     "request_stream": {
         "simple_mixed": bytes([0, 0xff]) + req(0, 1, 0, 512) + req(1, 2, 0, 4) + b"abcd" + req(3, 3, 0, 0) + req(4, 4, 0, 4096) + req(2, 5, 0, 0),
@@ -142,6 +196,49 @@ seeds = {
         "simple_stream": bytes([0]) + simple(3, 0) + b"\0" * 0 + simple(1) + simple(2, 22),
         "structured_stream": bytes([1]) + chunk(1, 7, struct.pack(">Q", 0) + b"data", False) + chunk(2, 7, struct.pack(">QI", 4, 8), False) + chunk(0, 7, b"") + chunk(5, 8, struct.pack(">III", 1, 512, 0)) + chunk(0x8001, 9, struct.pack(">IH", 22, 2) + b"no") + simple(10),
         "extended_stream": bytes([2]) + chunk(6, 1, struct.pack(">IIQQ", 1, 1, 512, 2), True, True, 4096) + chunk(0x8002, 2, struct.pack(">IH", 5, 0) + struct.pack(">Q", 8), True, True),
+    },
+    "server": {
+        "structured_inline": srv(0, other(), [export(65536)], [], negotiate_sr + session()),
+        "extended_pool_out_of_order": srv(0, other(pool=True), [export(65536, [L_COW])],
+                                          [deliver(9), run_jobs(2), deliver(12), run_jobs(4), complete(3), read_some(5),
+                                           complete(0), run_jobs(4), run_jobs(4), complete(2), READ_ALL, complete(1)],
+                                          negotiate_ext + session(ext=True)),
+        "simple_export_name": srv(0, other(), [export(32768, [L_STATS])], [],
+                                  hello(1) + opt(1, b"") + session()),
+        "oldstyle": srv(0xc0, other(), [export(16384)], [], session()),
+        "list_info_three_exports": srv(0, other(count=3), [export(4096, policy=8), export(65536, [L_RO], policy=16),
+                                                           export(8192, [l_offset(512)], policy=2)], [],
+                                       hello() + opt(3) + go(b"a", [0, 1, 2, 3], 6) + go(b"b", [], 6) + go(b"zz", [], 6)
+                                       + opt(9, meta(b"a", [b"base:"])) + SR + set_meta(b"a") + go(b"a", [1, 2, 3])
+                                       + session()),
+        "sparse_read": srv(0, other(), [export(196608, [L_STATS, l_offset(4096)])], [],
+                           negotiate_sr + wr(1, 70000, b"y" * 5000) + req(0, 2, 0, 131072) + req(7, 3, 0, 131072)
+                           + req(0, 4, 65536, 65536, 4) + req(2, 5, 0, 0)),
+        # Up to STARTTLS in the clear, delivered exactly (then the client
+        # reads the ACK and starts TLS); the rest goes through TLS.
+        "starttls_tls_only": srv(0, other(tls=1, count=2), [export(4096), export(8192, policy=2)],
+                                 exactly(len(before_tls)) + [READ_ALL],
+                                 before_tls + opt(3) + SR + set_meta(b"a") + go(b"a", [3]) + session()),
+        "shutdown_midway": srv(0, other(pool=True), [export(65536)],
+                               [deliver(10), run_jobs(1), SHUTDOWN, deliver(16), run_jobs(4), complete(0)],
+                               negotiate_sr + session()),
+        "write_disc_junk": srv(0, other(), [export(8192)], [deliver(16)],
+                               negotiate_sr + wr(1, 0, b"z" * 512) + req(2, 2, 0, 0) + b"junk" * 8),
+        # The client closes its side in the middle of a request header.
+        "eof_mid_request": srv(0, other(), [export(8192)], [],
+                               negotiate_sr + req(0, 1, 0, 512) + req(0, 2, 0, 512)[:10]),
+        # Idle between bursts: housekeeping gives the buffers back.
+        "housekeeping_between_bursts": srv(0, other(), [export(65536)],
+                                           [deliver(12), READ_ALL, HOUSEKEEP, HOUSEKEEP, deliver(16), HOUSEKEEP, READ_ALL, HOUSEKEEP],
+                                           negotiate_sr + session()),
+        "resize_allowed": srv(0, other(), [export(65536, policy=1)], [],
+                              negotiate_sr + req(8, 1, 32768, 0) + req(0, 2, 0, 32768) + req(0, 3, 32768, 512)
+                              + req(8, 4, 0, 0) + req(2, 5, 0, 0)),
+        "budget_backpressure": srv(0, other(pool=True, small=True), [export(196608)],
+                                   [deliver(16), run_jobs(4), complete(5), deliver(16), READ_ALL, run_jobs(4), complete(1),
+                                    READ_ALL, deliver(16), CLIENT_EOF],
+                                   negotiate_sr + b"".join(req(0, i, (i % 3) * 65536, 65536) for i in range(40))
+                                   + req(2, 99, 0, 0)),
     },
     "backend_stacks": {
         "memory_resize": stack(20000) + backend_ops + resize(24000) + op(READ, 19000, 5000) + resize(100) + op(CHECK, 0, 0),

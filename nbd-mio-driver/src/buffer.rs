@@ -71,6 +71,12 @@ impl Buf {
     /// A writable slice of at least `min` bytes at the tail: compacts first,
     /// then grows if still too small. Fill it, then [`Buf::commit`].
     pub fn spare(&mut self, min: usize) -> &mut [u8] {
+        self.spare_upto(min, usize::MAX)
+    }
+
+    /// [`Buf::spare`], growing the storage to at most `cap` bytes (or what
+    /// `min` needs) instead of doubling past it.
+    fn spare_upto(&mut self, min: usize, cap: usize) -> &mut [u8] {
         if self.data.len() - self.end < min {
             if self.start > 0 {
                 self.data.copy_within(self.start..self.end, 0);
@@ -78,7 +84,7 @@ impl Buf {
                 self.start = 0;
             }
             if self.data.len() - self.end < min {
-                let want = (self.end + min).max(self.data.len() * 2);
+                let want = (self.end + min).max((self.data.len() * 2).min(cap));
                 self.data.resize(want, 0);
             }
         }
@@ -133,7 +139,10 @@ impl Buf {
             // `spare` returns all the free room anyway, and grows (by
             // doubling) only when the buffer is full.
             let left = limit - self.len();
-            let spare = self.spare(want.min(4096));
+            // Never more storage than the frame being read: doubling past
+            // it made a 32 MiB WRITE hold a 64 MiB buffer (found by the
+            // whole-server fuzz target's heap bound).
+            let spare = self.spare_upto(want.min(4096), limit);
             let room = spare.len().min(left);
             match r.read(&mut spare[..room]) {
                 Ok(0) => return Ok(ReadEnd::Eof),

@@ -37,9 +37,9 @@ fn offered_contexts(b: &dyn Backend) -> u64 {
     }
 }
 /// Stop reading requests while this much output is queued (back-pressure).
-const OUTPUT_HIGH_WATER: usize = 4 * 1024 * 1024;
+pub(crate) const OUTPUT_HIGH_WATER: usize = 4 * 1024 * 1024;
 /// Most requests on the pool per connection.
-const MAX_QUEUED: usize = 64;
+pub(crate) const MAX_QUEUED: usize = 64;
 /// Most requests handled per connection per wake-up, for fairness.
 pub const BUDGET: usize = 64;
 /// Most ciphertext queued for the socket before encryption pauses (a few
@@ -255,6 +255,13 @@ impl Conn {
             || shared.held >= cfg.limits.per_loop
     }
 
+    /// True when jobs in flight hold back new requests: each one that
+    /// finishes wakes the connection.
+    fn waits_for_jobs(&self, cfg: &ConnConfig) -> bool {
+        self.queued >= MAX_QUEUED
+            || (self.in_flight_bytes > 0 && self.held() >= cfg.limits.connection)
+    }
+
     /// True when bytes may be waiting in the socket that no event will
     /// announce (see `drained`) and there is room to take them now.
     pub fn should_read_again(&self) -> bool {
@@ -264,7 +271,11 @@ impl Conn {
     /// True when processing more input now would not overfill the output
     /// (otherwise the next writable event resumes it).
     pub fn has_output_room(&self) -> bool {
-        self.wbuf.len() < OUTPUT_HIGH_WATER
+        // At its budget the connection is resumed by what frees the bytes:
+        // a writable event (output the socket refused) or a finished job.
+        // Polling it again at once spun the loop while a client with a
+        // budget below the high-water mark did not read.
+        self.wbuf.len() < OUTPUT_HIGH_WATER && self.held() < self.budget
     }
 
     /// True when output is waiting.
@@ -459,7 +470,11 @@ impl Conn {
             self.drain_transmit();
             if self.saturated(cfg, shared) {
                 // Back-pressure: resume once output drains or jobs finish.
-                return Ok(!self.rbuf.is_empty());
+                // A finished job wakes its connection (`Loop::deliver`), so
+                // while jobs alone hold it back there is nothing to retry
+                // before then: asking for another pass at once made the
+                // loop spin at 100% CPU for as long as the pool was full.
+                return Ok(!self.rbuf.is_empty() && !self.waits_for_jobs(cfg));
             }
             if !self.negotiated() {
                 // Everything queued so far is negotiation output.
@@ -490,6 +505,8 @@ impl Conn {
                 Input::Export(q) => {
                     let who = (self.id, self.peer_kind);
                     let chosen = answer_export(&mut self.proto, &mut self.wbuf, cfg, q, who);
+                    #[cfg(feature = "fuzzing")]
+                    crate::fuzzing::tap::negotiated(self.wbuf.total(), self.proto.negotiated());
                     if let Some((handle, name)) = chosen {
                         if let Some(n) = self.proto.negotiated() {
                             crate::trace::negotiated(&self.peer, &name, n);
@@ -522,6 +539,8 @@ impl Conn {
                 }
                 Input::Request { op, reply } => {
                     crate::trace::request(&self.peer, &reply);
+                    #[cfg(feature = "fuzzing")]
+                    let tapped = crate::fuzzing::tap::Request::new(&reply);
                     let Some((backend, exec)) = &self.export else {
                         return Err(nbd_proto::ProtocolError::Violation(
                             "request without an export",
@@ -540,6 +559,8 @@ impl Conn {
                         reply,
                         shared,
                     );
+                    #[cfg(feature = "fuzzing")]
+                    tapped.executed(&done);
                     if let Executed::Queued { cost } = done {
                         self.queued += 1;
                         self.in_flight_bytes += cost;
@@ -551,6 +572,8 @@ impl Conn {
                     error,
                     message,
                 } => {
+                    #[cfg(feature = "fuzzing")]
+                    crate::fuzzing::tap::rejected(&reply);
                     dispatch::reply_error(&mut self.proto, &mut self.wbuf, reply, error, message);
                     false
                 }

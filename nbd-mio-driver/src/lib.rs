@@ -22,6 +22,8 @@ pub mod errno;
 pub mod errors;
 pub(crate) mod event_loop;
 pub mod exports;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod info;
 pub mod listen;
 pub mod logging;

@@ -42,6 +42,10 @@ pub enum Stream {
     Tcp(mio::net::TcpStream),
     /// A Unix-domain connection (also `-s` on a socketpair).
     Unix(mio::net::UnixStream),
+    /// An in-memory byte pipe: the whole-server fuzz harness's client,
+    /// with no socket (never registered with mio).
+    #[cfg(feature = "fuzzing")]
+    Pipe(crate::fuzzing::Pipe),
 }
 
 impl Listener {
@@ -225,12 +229,21 @@ impl Stream {
         match self {
             Self::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
             Self::Unix(s) => s.shutdown(std::net::Shutdown::Both),
+            #[cfg(feature = "fuzzing")]
+            Self::Pipe(p) => {
+                p.shutdown();
+                Ok(())
+            }
         }
     }
 }
 
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        #[cfg(feature = "fuzzing")]
+        if let Self::Pipe(p) = self {
+            return p.read(buf);
+        }
         (&*self).read(buf)
     }
 }
@@ -240,15 +253,26 @@ impl Read for &Stream {
         match *self {
             Stream::Tcp(s) => (&*s).read(buf),
             Stream::Unix(s) => (&*s).read(buf),
+            // The pipe is read through `&mut Stream` only.
+            #[cfg(feature = "fuzzing")]
+            Stream::Pipe(_) => Err(io::ErrorKind::Unsupported.into()),
         }
     }
 }
 
 impl Write for Stream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        #[cfg(feature = "fuzzing")]
+        if let Self::Pipe(p) = self {
+            return p.write(buf);
+        }
         (&*self).write(buf)
     }
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        #[cfg(feature = "fuzzing")]
+        if let Self::Pipe(p) = self {
+            return p.write_vectored(bufs);
+        }
         (&*self).write_vectored(bufs)
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -261,12 +285,16 @@ impl Write for &Stream {
         match *self {
             Stream::Tcp(s) => (&*s).write(buf),
             Stream::Unix(s) => (&*s).write(buf),
+            #[cfg(feature = "fuzzing")]
+            Stream::Pipe(_) => Err(io::ErrorKind::Unsupported.into()),
         }
     }
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
         match *self {
             Stream::Tcp(s) => (&*s).write_vectored(bufs),
             Stream::Unix(s) => (&*s).write_vectored(bufs),
+            #[cfg(feature = "fuzzing")]
+            Stream::Pipe(_) => Err(io::ErrorKind::Unsupported.into()),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -279,18 +307,24 @@ impl Source for Stream {
         match self {
             Self::Tcp(s) => s.register(r, t, i),
             Self::Unix(s) => s.register(r, t, i),
+            #[cfg(feature = "fuzzing")]
+            Self::Pipe(_) => Ok(()),
         }
     }
     fn reregister(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
         match self {
             Self::Tcp(s) => s.reregister(r, t, i),
             Self::Unix(s) => s.reregister(r, t, i),
+            #[cfg(feature = "fuzzing")]
+            Self::Pipe(_) => Ok(()),
         }
     }
     fn deregister(&mut self, r: &Registry) -> io::Result<()> {
         match self {
             Self::Tcp(s) => s.deregister(r),
             Self::Unix(s) => s.deregister(r),
+            #[cfg(feature = "fuzzing")]
+            Self::Pipe(_) => Ok(()),
         }
     }
 }

@@ -222,6 +222,32 @@ impl Pool {
         self.shared.work.notify_one();
     }
 
+    /// A pool without threads: jobs wait until [`Pool::run_next`] runs
+    /// them, one at a time, when the caller chooses (the whole-server fuzz
+    /// harness, which needs a deterministic schedule).
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn manual(wake: Arc<mio::Waker>) -> Self {
+        Self {
+            shared: Arc::new(PoolShared {
+                state: Mutex::new(PoolState::default()),
+                work: Condvar::new(),
+                wake,
+            }),
+            threads: Vec::new(),
+            taken: Vec::new(),
+        }
+    }
+
+    /// Run the job a worker would take next (round robin) on this thread
+    /// and return it finished, instead of queueing it for
+    /// [`Pool::try_finished`]. For [`Pool::manual`] pools.
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn run_next(&self) -> Option<Box<Job>> {
+        let mut job = lock(&self.shared.state).next()?;
+        job.run();
+        Some(job)
+    }
+
     /// A finished job, if any.
     pub fn try_finished(&mut self) -> Option<Box<Job>> {
         if self.taken.is_empty() {

@@ -293,3 +293,40 @@ fn filtered_proxy_reconnects_on_the_next_request() {
     assert_eq!(c.until_ok("r 0"), "ok 33");
     proxy.assert_alive();
 }
+
+#[test]
+fn shared_upstream_restart_serves_every_client_again() {
+    // shared=true: one upstream connection (one loop: -t 1) serves both
+    // clients; killed and restarted, it is reconnected once and both
+    // clients go on, a READ sent while it was down waiting (retry=).
+    let mut up = Upstream::nbdkit(&[], &[]);
+    let uri = format!("uri={}", up.uri());
+    let mut proxy = Server::start(
+        Transport::Unix,
+        &["-t", "1", "nbd", &uri, "shared=true", "retry=20"],
+    );
+    let mut a = Client::connect(&proxy.uri());
+    let mut b = Client::connect(&proxy.uri());
+    assert_eq!(a.call("w 0 11"), "ok");
+    assert_eq!(b.call("r 0"), "ok 11", "one upstream, one image");
+    up.kill();
+    a.send("ar 0");
+    assert_eq!(a.line(), "sent");
+    std::thread::sleep(Duration::from_secs(1));
+    up.start();
+    assert_eq!(a.line(), "ok 11", "waited for the upstream");
+    assert_eq!(b.call("w 4096 12"), "ok");
+    assert_eq!(a.call("r 4096"), "ok 12");
+    proxy.assert_alive();
+    let log = proxy.stderr();
+    assert_eq!(
+        log.matches("upstream connection lost").count(),
+        1,
+        "one shared upstream: {log}"
+    );
+    assert_eq!(
+        log.matches("upstream connection restored").count(),
+        1,
+        "{log}"
+    );
+}

@@ -16,6 +16,18 @@ mod ops;
 
 pub use input::Input;
 
+use std::sync::Arc;
+
+use crate::Backend;
+
+/// A filter stack over a memory base of up to `unit` × 24 KiB, read from
+/// `input` exactly as [`filter_stacks`] reads its stack (the layers are
+/// checked against the model as they are built). For the driver's
+/// whole-server harness; `None` when a partition layer was refused.
+pub fn stack(input: &mut Input<'_>, unit: u64) -> Option<Arc<dyn Backend>> {
+    model::build_sized(input, unit).map(|(b, _)| b)
+}
+
 /// Build a stack from `data`, run operations from the rest of it, and
 /// panic on any divergence from the model.
 pub fn filter_stacks(data: &[u8]) {

@@ -36,7 +36,14 @@ pub struct Model {
 /// The stack and its model, or `None` when a partition layer was refused
 /// (its own table checks; the refusal itself is checked for consistency).
 pub fn build(input: &mut Input<'_>) -> Option<(Arc<dyn Backend>, Model)> {
-    let size = u64::from(input.u16()) % (MAX_BASE + 1);
+    build_sized(input, 1)
+}
+
+/// [`build`] with a base of up to `unit` times [`MAX_BASE`] bytes, in
+/// steps of `unit` (the driver's harness wants exports large enough for
+/// its sparse-read path, which starts at 64 KiB).
+pub fn build_sized(input: &mut Input<'_>, unit: u64) -> Option<(Arc<dyn Backend>, Model)> {
+    let size = u64::from(input.u16()) % (MAX_BASE + 1) * unit;
     let bytes = initial_bytes(input, size as usize);
     let base = MemoryBackend::new(size).expect("memory base");
     base.write_at(0, &bytes, false).expect("fill the base");

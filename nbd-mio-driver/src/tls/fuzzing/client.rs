@@ -120,7 +120,12 @@ impl Pair {
     fn client_write(&mut self, data: &[u8]) {
         if !self.client_closed && self.to_server.len() < MAX_IN_FLIGHT {
             let w = self.client.writer().write(data).expect("client write");
-            self.to_server_plain.extend(&data[..w]);
+            // After its own close_notify the server drops what comes in:
+            // nothing written now will arrive, and keeping it would grow
+            // the harness without bound (regression harness_client_writes_after_server_close).
+            if !self.server_closed {
+                self.to_server_plain.extend(&data[..w]);
+            }
             self.client_out();
         }
     }

@@ -28,6 +28,9 @@ pub struct Fixtures {
     /// Clients trusting the certificate: TLS 1.3 only, TLS 1.2 only.
     pub client13: Arc<ClientConfig>,
     pub client12: Arc<ClientConfig>,
+    /// The X.509 server configuration as the driver holds it (the
+    /// whole-server harness's `--tls`).
+    pub driver: Arc<crate::tls::TlsServerConfig>,
 }
 
 /// The process-wide fixtures.
@@ -62,6 +65,9 @@ fn make() -> Fixtures {
         psk: PskConfig::from_keys(Arc::new(keys)).expect("psk config"),
         client13: client(&rustls::version::TLS13),
         client12: client(&rustls::version::TLS12),
+        driver: Arc::new(crate::tls::TlsServerConfig {
+            inner: crate::tls::Inner::X509(server(None)),
+        }),
     }
 }
 

@@ -42,6 +42,18 @@ pub fn warm_up() {
     fixtures::get();
 }
 
+/// The driver's X.509 server configuration over the harness's certificate
+/// (made once per process), for the whole-server harness.
+pub fn driver_config() -> std::sync::Arc<super::TlsServerConfig> {
+    std::sync::Arc::clone(&fixtures::get().driver)
+}
+
+/// A rustls client configuration (TLS 1.3) trusting the harness's
+/// certificate, for `localhost`.
+pub fn client_config() -> std::sync::Arc<rustls::ClientConfig> {
+    std::sync::Arc::clone(&fixtures::get().client13)
+}
+
 /// Run one session from `data`; panics when an invariant breaks.
 pub fn server_records(data: &[u8]) {
     let mut input = Input::new(data);

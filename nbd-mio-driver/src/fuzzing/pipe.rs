@@ -1,0 +1,107 @@
+//! The harness's socket: an in-memory byte pipe with a kernel-like buffer
+//! in each direction, so the connection sees short reads, `WouldBlock`,
+//! partial and vectored writes and EOF as it would on a real socket.
+
+use std::cell::Cell;
+use std::io::{self, IoSlice};
+
+/// Bytes each direction holds, as a socket buffer would: a client that
+/// stops reading makes the server's writes block.
+pub const SOCKET_BUF: usize = 256 * 1024;
+
+/// Both directions of the harness's connection.
+#[derive(Debug, Default)]
+pub struct Pipe {
+    /// Client bytes delivered and not yet read by the server.
+    input: Vec<u8>,
+    /// The client closed its side: reads return 0 once `input` is empty.
+    eof: bool,
+    /// Server bytes not yet read by the client.
+    output: Vec<u8>,
+    /// The server shut the connection down: nothing more is written
+    /// (`Stream::shutdown` takes `&self`).
+    shut: Cell<bool>,
+}
+
+impl Pipe {
+    /// Deliver up to `bytes.len()` client bytes (as many as the buffer
+    /// takes); returns how many.
+    pub fn deliver(&mut self, bytes: &[u8]) -> usize {
+        let n = bytes.len().min(SOCKET_BUF - self.input.len());
+        self.input.extend_from_slice(&bytes[..n]);
+        n
+    }
+
+    /// The client closes its sending side.
+    pub fn close_input(&mut self) {
+        self.eof = true;
+    }
+
+    /// True once the client has closed its side.
+    pub fn input_closed(&self) -> bool {
+        self.eof
+    }
+
+    /// Client bytes the server has not read yet.
+    pub fn input_len(&self) -> usize {
+        self.input.len()
+    }
+
+    /// Output waiting for the client.
+    pub fn output_len(&self) -> usize {
+        self.output.len()
+    }
+
+    /// The client reads up to `n` bytes of output into `into`.
+    pub fn take_output(&mut self, n: usize, into: &mut Vec<u8>) {
+        // Bulk copies: a byte-wise drain cost half the harness's time
+        // under coverage instrumentation.
+        let n = n.min(self.output.len());
+        into.extend_from_slice(&self.output[..n]);
+        self.output.drain(..n);
+    }
+
+    pub(crate) fn shutdown(&self) {
+        self.shut.set(true);
+    }
+
+    pub(crate) fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.input.is_empty() {
+            return if self.eof {
+                Ok(0)
+            } else {
+                Err(io::ErrorKind::WouldBlock.into())
+            };
+        }
+        let n = self.input.len().min(buf.len());
+        buf[..n].copy_from_slice(&self.input[..n]);
+        self.input.drain(..n);
+        Ok(n)
+    }
+
+    pub(crate) fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_vectored(&[IoSlice::new(buf)])
+    }
+
+    /// Takes what fits, across slices (a `writev` that fills the socket
+    /// buffer stops in the middle of a segment).
+    pub(crate) fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        if self.shut.get() {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        let room = SOCKET_BUF - self.output.len();
+        if room == 0 && bufs.iter().any(|b| !b.is_empty()) {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let mut n = 0;
+        for b in bufs {
+            let k = b.len().min(room - n);
+            self.output.extend_from_slice(&b[..k]);
+            n += k;
+            if n == room {
+                break;
+            }
+        }
+        Ok(n)
+    }
+}
