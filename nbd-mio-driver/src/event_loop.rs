@@ -85,6 +85,10 @@ pub(crate) struct Loop {
     conns: Slab<Slot>,
     shared: Shared,
     ready: VecDeque<usize>,
+    /// Connections with work that only the loop's memory limit holds back
+    /// (`--max-memory`): they wait here for other connections to free
+    /// bytes instead of being polled again at once, which spun the loop.
+    parked: Vec<usize>,
     inbox: Receiver<NewConn>,
     /// Loop 0 only: listeners and signals.
     acceptor: Option<Acceptor>,
@@ -130,6 +134,7 @@ impl Loop {
             conns: Slab::new(),
             shared: p.shared,
             ready: VecDeque::new(),
+            parked: Vec::new(),
             inbox: p.inbox,
             acceptor: p.acceptor,
             single: p.single,
@@ -246,11 +251,15 @@ impl Loop {
                 }
             }
             self.collect_jobs();
+            self.unpark();
             if self.control.stop.load(Ordering::SeqCst) && stopping.is_none() {
                 stopping = Some(Instant::now() + SHUTDOWN_GRACE);
                 self.begin_shutdown();
             }
             self.service_ready();
+            // Output written this pass may have freed what parked ones wait
+            // for, with no event to follow.
+            self.unpark();
             // Requests the dispatcher encoded for upstreams leave now.
             for (_, u) in &mut self.shared.upstreams {
                 if u.wants_write() {
@@ -437,8 +446,26 @@ impl Loop {
                 continue;
             }
             if more && room {
-                self.mark_ready(key);
+                if self.shared.held >= self.cfg.limits.per_loop {
+                    if !self.parked.contains(&key) {
+                        self.parked.push(key);
+                    }
+                } else {
+                    self.mark_ready(key);
+                }
             }
+        }
+    }
+
+    /// Back on the ready list once the loop's memory is below its limit
+    /// again: only other connections' output draining or jobs finishing
+    /// free it, and each of those is an event that ran this wake-up.
+    fn unpark(&mut self) {
+        if self.parked.is_empty() || self.shared.held >= self.cfg.limits.per_loop {
+            return;
+        }
+        while let Some(key) = self.parked.pop() {
+            self.mark_ready(key);
         }
     }
 

@@ -383,6 +383,46 @@ fn a_full_budget_with_an_unread_socket_does_not_make_the_loop_spin() {
     );
 }
 
+/// The loop-wide limit (`--max-memory`): a client held back only because
+/// another one holds the loop's memory waits without spinning the loop,
+/// and is served as soon as the other's replies drain (no event of its own
+/// arrives then: the loop must resume it).
+#[test]
+fn a_loop_at_its_memory_limit_parks_other_clients_without_spinning() {
+    let s = Server::start(
+        Transport::Unix,
+        &[
+            "-t",
+            "1",
+            "--max-memory=1M",
+            "--max-connection-buffer=1M",
+            "memory",
+            "16M",
+        ],
+    );
+    let mut hog = Raw::negotiate(&s, HeaderMode::Simple);
+    let mut other = Raw::negotiate(&s, HeaderMode::Simple);
+    for cookie in 0..100u64 {
+        hog.request(Command::Read, CmdFlags::empty(), cookie, 0, 64 << 10);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    other.request(Command::Read, CmdFlags::empty(), 7, 4096, 4096);
+    std::thread::sleep(Duration::from_millis(300));
+    let before = cpu_ticks(s.pid());
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_ticks(s.pid()) - before;
+    assert!(
+        used < 20,
+        "{used} ticks of CPU in 1 s while a client waits for the loop's memory"
+    );
+    for _ in 0..100 {
+        hog.full_reply();
+    }
+    let reply = other.full_reply();
+    assert_eq!(reply[0].cookie, 7);
+    assert_eq!(reply[0].error, None);
+}
+
 /// Descriptors (issue 9): out of descriptors, clients wait in the listen
 /// backlog; once idle clients leave, those waiting are served with no
 /// further connection arriving. The listener is edge-triggered, so this
