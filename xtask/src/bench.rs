@@ -14,7 +14,7 @@
 mod chart;
 mod copy;
 mod env;
-mod fio;
+pub mod fio;
 mod opts;
 mod pki;
 mod plan;

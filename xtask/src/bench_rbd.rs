@@ -268,37 +268,26 @@ fn fio(c: &Cluster, engine: &[String], rw: &str, bs: &str) -> Result<Rate, Strin
         "--output-format=terse",
         "--terse-version=3",
     ]);
-    eprintln!("+ {}", show(&cmd));
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run fio: {e}"))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().find(|l| l.starts_with("3;")).ok_or_else(|| {
-        format!(
-            "fio gave no result ({}):\n{text}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })?;
-    let f: Vec<&str> = line.split(';').collect();
-    let num = |i: usize| {
-        f.get(i - 1)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    if num(5) != 0.0 {
-        return Err(format!("fio error {} ({rw} {bs}, {engine:?})", num(5)));
-    }
-    let (kib, iops) = if rw.contains("write") {
-        (num(48), num(49))
-    } else {
-        (num(7), num(8))
-    };
+    let writes = rw.contains("write");
+    let s = crate::bench::fio::run(cmd, writes, block_bytes(bs))
+        .map_err(|e| format!("{e} ({rw} {bs}, {engine:?})"))?;
     Ok(Rate {
-        iops,
-        bps: kib * 1024.0,
+        iops: s.iops(),
+        bps: s.bytes / s.secs,
     })
+}
+
+/// `4k` / `1M` as bytes.
+fn block_bytes(size: &str) -> u64 {
+    let n = size
+        .trim_end_matches(['k', 'K', 'M'])
+        .parse::<u64>()
+        .unwrap_or(0);
+    if size.ends_with('M') {
+        n << 20
+    } else {
+        n << 10
+    }
 }
 
 fn loadavg() -> String {
