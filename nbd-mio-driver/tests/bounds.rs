@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::raw::Raw;
+use common::raw::{Raw, rep};
 use common::{Server, Transport};
 use nbd_proto::{CmdFlags, Command, HeaderMode};
 
@@ -243,7 +243,7 @@ fn idle_negotiated_connections_cost_little() {
     let s = Server::start(Transport::Unix, &["-t", "1", "memory", "16M"]);
     std::thread::sleep(Duration::from_millis(300));
     let base = rss_kib(s.pid());
-    let n = 2000;
+    let n = 3000;
     let conns: Vec<Raw> = (0..n)
         .map(|_| Raw::negotiate(&s, HeaderMode::Structured))
         .collect();
@@ -252,6 +252,36 @@ fn idle_negotiated_connections_cost_little() {
     let per = (rss_kib(s.pid()).saturating_sub(base) * 1024) / n;
     eprintln!("{per} bytes per idle negotiated connection");
     assert!(per <= 16 * 1024, "{per} bytes per idle connection");
+    assert_eq!(conns.len() as u64, n);
+}
+
+/// Connections still negotiating (issue 9: at most 16 KiB each): each
+/// has been greeted, sent its flags and had a LIST answered, then stays
+/// mid-negotiation.
+#[test]
+fn connections_mid_negotiation_cost_little() {
+    let s = Server::start(Transport::Unix, &["-t", "1", "memory", "16M"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let base = rss_kib(s.pid());
+    let n: u64 = 2000;
+    let conns: Vec<Raw> = (0..n)
+        .map(|_| {
+            let mut c = Raw::connect(&s);
+            c.start();
+            c.option(3, &[]);
+            loop {
+                let r = c.opt_reply();
+                if r.reply == rep::ACK {
+                    break;
+                }
+            }
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(2500));
+    let per = (rss_kib(s.pid()).saturating_sub(base) * 1024) / n;
+    eprintln!("{per} bytes per connection mid-negotiation");
+    assert!(per <= 16 * 1024, "{per} bytes per negotiating connection");
     assert_eq!(conns.len() as u64, n);
 }
 
