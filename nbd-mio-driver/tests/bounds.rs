@@ -189,6 +189,35 @@ fn a_client_that_never_reads_holds_a_bounded_queue() {
     assert_eq!(w.read(0, 16), vec![0x5a; 16]);
 }
 
+/// The same through the `nbd` proxy: upstream replies complete like pool
+/// jobs and count against the client's budget, so a client that never
+/// reads does not make the proxy buffer everything the upstream sends.
+#[test]
+fn a_client_that_never_reads_through_the_proxy_is_bounded() {
+    let up = Server::start(Transport::Unix, &["-t", "1", "memory", "64M"]);
+    let uri = format!("uri={}", up.uri());
+    let s = Server::start(
+        Transport::Unix,
+        &["-t", "1", "--max-connection-buffer=16M", "nbd", &uri],
+    );
+    let mut w = Raw::negotiate(&s, HeaderMode::Simple);
+    w.write(0, &vec![0x5a; 1 << 20]);
+    let base = rss_kib(s.pid());
+    let mut c = Raw::negotiate(&s, HeaderMode::Structured);
+    for cookie in 0..256u64 {
+        c.request(Command::Read, CmdFlags::empty(), cookie, 0, 1 << 20);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let grown = rss_kib(s.pid()).saturating_sub(base);
+    assert!(
+        grown < 48 * MIB,
+        "the proxy grew by {} MiB with a 16 MiB budget (256 MiB asked)",
+        grown / MIB
+    );
+    // Another client is still served meanwhile.
+    assert_eq!(w.read(0, 16), vec![0x5a; 16]);
+}
+
 /// Handshake amplification: NBD_OPT_LIST sent thousands of times without
 /// reading the replies. Option parsing stops while the output is above
 /// its high-water mark, so the server's memory stays flat; other clients
