@@ -467,6 +467,35 @@ fn tls_client_that_does_not_read_is_bounded() {
     drop(c);
 }
 
+/// The same over TLS-PSK (OpenSSL's session, not rustls's), with libnbd
+/// as the client: 256 READs of 1 MiB queued, no reply read.
+#[test]
+fn psk_client_that_does_not_read_is_bounded() {
+    let pki = Pki::new();
+    let server = start(&pki, Transport::Unix, "require", true, &[]);
+    let pid = tls::server_pid(&server);
+    let before = tls::rss_kib(pid);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/tls_unread.py");
+    let mut child = common::python_nbd()
+        .arg(script)
+        .args([&tls_uri(&server, &pki.psk_client()), "256", "4"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start tls_unread.py");
+    let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).expect("read SENT");
+    assert!(line.starts_with("SENT"), "script said {line:?}");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let after = tls::rss_kib(pid);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        after < before + 64 * 1024,
+        "server RSS grew from {before} KiB to {after} KiB for a PSK client that does not read ({line})"
+    );
+}
+
 /// A compact request (28 bytes) plus payload.
 fn request(kind: u16, cookie: u64, offset: u64, len: u32, payload: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(28 + payload.len());
