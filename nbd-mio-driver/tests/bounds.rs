@@ -163,6 +163,27 @@ fn max_connection_buffer_flag_is_applied() {
     }
 }
 
+/// A client that sends 256 READs of 1 MiB to `s` (started with a 16 MiB
+/// connection budget) and never reads: the server grows by less than
+/// `bound_mib` within `settle`, and another client is served meanwhile.
+fn assert_unread_reads_are_bounded(s: &Server, settle: Duration, bound_mib: u64) {
+    let mut w = Raw::negotiate(s, HeaderMode::Simple);
+    w.write(0, &vec![0x5a; 1 << 20]);
+    let base = rss_kib(s.pid());
+    let mut c = Raw::negotiate(s, HeaderMode::Structured);
+    for cookie in 0..256u64 {
+        c.request(Command::Read, CmdFlags::empty(), cookie, 0, 1 << 20);
+    }
+    std::thread::sleep(settle);
+    let grown = rss_kib(s.pid()).saturating_sub(base);
+    assert!(
+        grown < bound_mib * MIB,
+        "grew by {} MiB with a 16 MiB budget (256 MiB asked)",
+        grown / MIB
+    );
+    assert_eq!(w.read(0, 16), vec![0x5a; 16]);
+}
+
 /// The same through an inline (memory) export: 1 MiB READs are encoded
 /// into the output queue, which stops growing at the budget.
 #[test]
@@ -171,22 +192,7 @@ fn a_client_that_never_reads_holds_a_bounded_queue() {
         Transport::Unix,
         &["-t", "1", "--max-connection-buffer=16M", "memory", "64M"],
     );
-    let mut w = Raw::negotiate(&s, HeaderMode::Simple);
-    w.write(0, &vec![0x5a; 1 << 20]);
-    let base = rss_kib(s.pid());
-    let mut c = Raw::negotiate(&s, HeaderMode::Structured);
-    for cookie in 0..256u64 {
-        c.request(Command::Read, CmdFlags::empty(), cookie, 0, 1 << 20);
-    }
-    std::thread::sleep(Duration::from_secs(1));
-    let grown = rss_kib(s.pid()).saturating_sub(base);
-    assert!(
-        grown < 40 * MIB,
-        "grew by {} MiB with a 16 MiB budget",
-        grown / MIB
-    );
-    // Another client is still served meanwhile.
-    assert_eq!(w.read(0, 16), vec![0x5a; 16]);
+    assert_unread_reads_are_bounded(&s, Duration::from_secs(1), 40);
 }
 
 /// The same through the `nbd` proxy: upstream replies complete like pool
@@ -200,22 +206,7 @@ fn a_client_that_never_reads_through_the_proxy_is_bounded() {
         Transport::Unix,
         &["-t", "1", "--max-connection-buffer=16M", "nbd", &uri],
     );
-    let mut w = Raw::negotiate(&s, HeaderMode::Simple);
-    w.write(0, &vec![0x5a; 1 << 20]);
-    let base = rss_kib(s.pid());
-    let mut c = Raw::negotiate(&s, HeaderMode::Structured);
-    for cookie in 0..256u64 {
-        c.request(Command::Read, CmdFlags::empty(), cookie, 0, 1 << 20);
-    }
-    std::thread::sleep(Duration::from_secs(2));
-    let grown = rss_kib(s.pid()).saturating_sub(base);
-    assert!(
-        grown < 48 * MIB,
-        "the proxy grew by {} MiB with a 16 MiB budget (256 MiB asked)",
-        grown / MIB
-    );
-    // Another client is still served meanwhile.
-    assert_eq!(w.read(0, 16), vec![0x5a; 16]);
+    assert_unread_reads_are_bounded(&s, Duration::from_secs(2), 48);
 }
 
 /// Handshake amplification: NBD_OPT_LIST sent thousands of times without
