@@ -333,16 +333,6 @@ fn connect_close_cycles_leak_nothing() {
     );
 }
 
-/// CPU time (user + system) process `pid` has used, in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
-    // Fields after the parenthesised command name: state is field 3, utime
-    // and stime are fields 14 and 15.
-    let rest = &s[s.rfind(')').expect("comm") + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
-}
-
 /// Back-pressure waits without spinning (found by the whole-server fuzz
 /// target: its connection stayed "ready" forever). A client with more
 /// requests buffered than the pool may hold (64 per connection) on a slow
@@ -370,9 +360,9 @@ fn a_full_pool_does_not_make_the_loop_spin() {
     }
     // Let every request reach the server (64 queued, 16 held back).
     std::thread::sleep(Duration::from_millis(300));
-    let before = cpu_ticks(s.pid());
+    let before = s.cpu_ticks();
     std::thread::sleep(Duration::from_secs(1));
-    let used = cpu_ticks(s.pid()) - before;
+    let used = s.cpu_ticks() - before;
     // 100 ticks a second on Linux: a spinning loop uses about 100.
     assert!(
         used < 20,
@@ -424,9 +414,9 @@ fn a_full_budget_with_an_unread_socket_does_not_make_the_loop_spin() {
         c.request(Command::Read, CmdFlags::empty(), cookie, 0, 64 << 10);
     }
     std::thread::sleep(Duration::from_millis(300));
-    let before = cpu_ticks(s.pid());
+    let before = s.cpu_ticks();
     std::thread::sleep(Duration::from_secs(1));
-    let used = cpu_ticks(s.pid()) - before;
+    let used = s.cpu_ticks() - before;
     assert!(
         used < 20,
         "{used} ticks of CPU in 1 s while the client does not read"
@@ -458,9 +448,9 @@ fn a_loop_at_its_memory_limit_parks_other_clients_without_spinning() {
     std::thread::sleep(Duration::from_millis(300));
     other.request(Command::Read, CmdFlags::empty(), 7, 4096, 4096);
     std::thread::sleep(Duration::from_millis(300));
-    let before = cpu_ticks(s.pid());
+    let before = s.cpu_ticks();
     std::thread::sleep(Duration::from_secs(1));
-    let used = cpu_ticks(s.pid()) - before;
+    let used = s.cpu_ticks() - before;
     assert!(
         used < 20,
         "{used} ticks of CPU in 1 s while a client waits for the loop's memory"

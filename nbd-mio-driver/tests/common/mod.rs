@@ -290,6 +290,19 @@ impl Server {
         self.child.id()
     }
 
+    /// CPU time (user + system, all threads) the server has used, in
+    /// clock ticks (100 a second on Linux).
+    #[allow(dead_code)]
+    pub fn cpu_ticks(&self) -> u64 {
+        let s =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).expect("/proc/PID/stat");
+        // Fields after the parenthesised command name: state is field 3,
+        // utime and stime are fields 14 and 15.
+        let rest = &s[s.rfind(')').expect("comm") + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+    }
+
     /// Peak resident memory of the server so far, in KiB (VmHWM).
     #[allow(dead_code)]
     pub fn peak_rss_kib(&self) -> u64 {
