@@ -38,6 +38,7 @@ pub mod filters;
 mod full;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+pub mod lent;
 pub mod lifecycle;
 mod make;
 mod memory;
@@ -61,6 +62,7 @@ pub use catalog::{PLUGINS, Param, Plugin, plugin, plugin_help};
 pub use export::{Export, ExportPolicy, ExportSet, FixedSize};
 pub use file::{DirOptions, FileBackend, LazyFile, dir_exports, open_or_read_only};
 pub use full::{FullBackend, ZeroBackend};
+pub use lent::Piece;
 pub use memory::{MemoryBackend, PAGE_SIZE};
 pub use null::NullBackend;
 pub use pattern::PatternBackend;
@@ -279,6 +281,16 @@ pub trait Backend: Send + Sync {
     fn try_read_cached(&self, offset: u64, buf: &mut [u8]) -> bool {
         let _ = (offset, buf);
         false
+    }
+    /// Zero-copy READ: append `[offset, offset + len)` to `out` as pieces
+    /// of the backend's own memory, in order, which stay valid and
+    /// unchanged however long the caller holds them (see [`lent`]).
+    /// `None`: this backend cannot lend (use [`Backend::read_at`]); the
+    /// default. Reserve [`lent::pieces_for`] in `out` first, or the push
+    /// may allocate.
+    fn read_lent(&self, offset: u64, len: usize, out: &mut Vec<Piece>) -> Option<io::Result<()>> {
+        let _ = (offset, len, out);
+        None
     }
     /// Write `data` at `offset`; with `fua`, durably.
     fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> io::Result<()>;

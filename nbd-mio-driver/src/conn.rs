@@ -653,6 +653,7 @@ impl Conn {
             self.wbuf.consume(n);
         }
         let mut session = tls_cfg.new_session()?;
+        self.wbuf.copy_only();
         // Bytes already read past the option are the ClientHello.
         let early = std::mem::take(&mut self.rbuf);
         self.rbuf = Buf::with_capacity(BUF_INITIAL);

@@ -602,6 +602,10 @@ fn read_piece(
     offset: u64,
     len: usize,
 ) -> Result<(), (io::Error, Option<Pending>)> {
+    let chunk_of = match lend(conn, out, backend, chunk_of, offset, len) {
+        Lend::Sent(r) => return r,
+        Lend::Copy(c) => c,
+    };
     let prefix = conn.read_prefix_len();
     let spare = out.spare(prefix + len);
     let (head, data) = spare.split_at_mut(prefix);
@@ -626,6 +630,70 @@ fn read_piece(
         }
     }
     Ok(())
+}
+
+/// Smallest READ (or data chunk) answered with lent pages. Below it the
+/// copy is a few µs at most, while a lent page costs a reference taken and
+/// dropped, and a WRITE that reaches the page before the reply is sent
+/// copies it (an allocation): small random I/O, where that race is likely
+/// and the copy cheap, keeps copying (and allocating nothing).
+const LEND_MIN: usize = 64 * 1024;
+
+/// What [`lend`] did.
+enum Lend<'a> {
+    /// The reply (or chunk) is queued, or failed with this error.
+    Sent(Result<(), (io::Error, Option<Pending>)>),
+    /// The backend cannot lend: copy, with the token given back.
+    Copy(Result<&'a Pending, Pending>),
+}
+
+/// Answer a READ (or one data chunk of it) with the backend's own pages,
+/// if it lends them: one copy of the data (by `writev`, into the socket)
+/// instead of two.
+fn lend<'a>(
+    conn: &mut Connection,
+    out: &mut Buf,
+    backend: &dyn Backend,
+    chunk_of: Result<&'a Pending, Pending>,
+    offset: u64,
+    len: usize,
+) -> Lend<'a> {
+    if len < LEND_MIN || !out.lends() {
+        return Lend::Copy(chunk_of);
+    }
+    let mut pieces = out.lent_list(nbd_backends::lent::pieces_for(offset, len));
+    match backend.read_lent(offset, len, &mut pieces) {
+        None => {
+            out.recycle_lent(pieces);
+            Lend::Copy(chunk_of)
+        }
+        Some(Err(e)) => {
+            out.recycle_lent(pieces);
+            Lend::Sent(Err((e, chunk_of.err())))
+        }
+        Some(Ok(())) => {
+            let prefix = conn.read_prefix_len();
+            let head = &mut out.spare(prefix)[..prefix];
+            // The prefix slot is exactly the prefix: it cannot be too small.
+            let n = match chunk_of {
+                Ok(p) => conn.read_chunk(p, offset, len, head).unwrap_or(0),
+                Err(p) => {
+                    conn.reply_read(p, head)
+                        .unwrap_or_else(|NeedRoom { required, .. }| {
+                            debug_assert!(false, "read prefix needs {required}");
+                            0
+                        })
+                }
+            };
+            out.commit(n);
+            if n > 0 {
+                out.push_lent(pieces);
+            } else {
+                out.recycle_lent(pieces);
+            }
+            Lend::Sent(Ok(()))
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

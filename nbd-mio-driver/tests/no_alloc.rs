@@ -224,6 +224,51 @@ fn workload(
     c.expect_closed();
 }
 
+/// Zero-copy READs (memory pages lent to the reply, 64 KiB and up): big
+/// READs of the data area pipelined with WRITEs elsewhere, so no write
+/// races a lent page (that race copies the page, one allocation, by
+/// design: see `nbd_backends::lent`).
+fn lent_workload(path: &std::path::Path, mode: HeaderMode, batches: usize) {
+    const WRITE_AREA: u64 = 3 << 20;
+    let mut c = Raw::connect_unix(path);
+    c.start();
+    c.negotiate_after_flags("", mode);
+    let fill: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8 | 1).collect();
+    for at in (0..DATA_END).chain(WRITE_AREA..SIZE).step_by(fill.len()) {
+        c.write(at, &fill);
+    }
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    for _ in 0..100 + batches {
+        c.cork();
+        for i in 0..4 {
+            let len = (64 << 10) + rng.below((1 << 20) - (64 << 10) + 1);
+            c.request(
+                Command::Read,
+                CmdFlags::empty(),
+                i,
+                rng.below(DATA_END - len + 1),
+                len,
+            );
+            let wlen = 4096 + rng.below(60 << 10);
+            let at = WRITE_AREA + rng.below(SIZE - WRITE_AREA - wlen);
+            c.request_with(
+                Command::Write,
+                CmdFlags::empty(),
+                4 + i,
+                at,
+                wlen,
+                &fill[..wlen as usize],
+            );
+        }
+        c.uncork();
+        for _ in 0..8 {
+            c.full_reply();
+        }
+    }
+    c.request(Command::Disc, CmdFlags::empty(), 0, 0, 0);
+    c.expect_closed();
+}
+
 /// Which backend the measured server serves.
 #[derive(Clone, Copy, Debug)]
 enum Storage {
@@ -314,5 +359,19 @@ fn steady_state_requests_allocate_nothing() {
     }
     for mode in [HeaderMode::Structured, HeaderMode::Extended] {
         check_pool(mode);
+    }
+    for mode in [HeaderMode::Simple, HeaderMode::Structured] {
+        let a = measured_server(Storage::Memory, mode, |p, m| lent_workload(p, m, 0));
+        let b = measured_server(Storage::Memory, mode, |p, m| lent_workload(p, m, 1000));
+        eprintln!(
+            "lent READs {mode:?}: server-thread allocations: A {} B {}",
+            a.count_total, b.count_total
+        );
+        assert_eq!(
+            b.count_total,
+            a.count_total,
+            "lent READs {mode:?}: 8,000 steady-state requests allocated {} times",
+            b.count_total as i64 - a.count_total as i64
+        );
     }
 }

@@ -7,20 +7,27 @@
 //! other. The `present` bits are changed only under the page's write lock,
 //! so they always agree with the slots once the lock is released; readers
 //! of holes and `extents` use them without taking any page lock.
+//!
+//! Pages are reference-counted so that a READ reply can hold one until it
+//! is sent (zero-copy READs, [`crate::lent`]). A write to a page that a
+//! reply still holds copies it first (`Arc::make_mut`): the reply keeps
+//! the bytes the READ saw, and the copy (one 4 KiB allocation) happens only
+//! when a write races a reply to the same page.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{PoisonError, RwLock, RwLockWriteGuard};
+use std::sync::{Arc, PoisonError, RwLock, RwLockWriteGuard};
 
+use crate::lent::Piece;
 use crate::util::is_zero;
 
-/// Bytes per page of the sparse store.
-pub const PAGE_SIZE: usize = 4096;
+/// Bytes per page of the sparse store: the lent page size.
+pub const PAGE_SIZE: usize = crate::lent::PAGE_SIZE;
 pub(super) const PAGE: u64 = PAGE_SIZE as u64;
 /// log2 of the pages in a leaf: 64, one bit each of `present`.
 pub(super) const LEAF_BITS: u32 = 6;
 const LEAF_PAGES: usize = 1 << LEAF_BITS;
 
-type Page = Box<[u8; PAGE_SIZE]>;
+type Page = Arc<crate::lent::Page>;
 type Slot = RwLock<Option<Page>>;
 
 pub(super) struct Leaf {
@@ -75,17 +82,30 @@ impl Leaf {
         out.fill(0);
     }
 
+    /// Lend bytes `from..from + len` of page `i` (zeroes for a hole).
+    pub(super) fn lend(&self, i: usize, from: usize, len: usize) -> Piece {
+        if self.present() & (1 << i) != 0 {
+            let slot = self.pages[i].read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(page) = &*slot {
+                return Piece::of(page, from..from + len);
+            }
+        }
+        Piece::zero(len)
+    }
+
     /// Write `data` at byte `from` of page `i`. Allocates the page only for
     /// non-zero data, and frees it when the write leaves it all zero.
     pub(super) fn write(&self, i: usize, from: usize, data: &[u8]) {
         let mut slot = write(&self.pages[i]);
         match &mut *slot {
             Some(page) => {
-                page[from..from + data.len()].copy_from_slice(data);
+                // Copies the page only while a reply holds it.
+                let bytes = Arc::make_mut(page);
+                bytes[from..from + data.len()].copy_from_slice(data);
                 // Only zero data can clear the page's last non-zero byte:
                 // real data stops the scan at its first non-zero word, so
                 // the page itself is scanned only after a zero write.
-                if is_zero(data) && is_zero(&page[..]) {
+                if is_zero(data) && is_zero(&bytes[..]) {
                     self.clear(i, slot);
                 }
             }
@@ -93,8 +113,8 @@ impl Leaf {
             None => {
                 // The only allocation on the write path: the first non-zero
                 // write to a page.
-                let mut page: Page = Box::new([0; PAGE_SIZE]);
-                page[from..from + data.len()].copy_from_slice(data);
+                let mut page: Page = Arc::new([0; PAGE_SIZE]);
+                Arc::make_mut(&mut page)[from..from + data.len()].copy_from_slice(data);
                 *slot = Some(page);
                 self.present.0.fetch_or(1 << i, Ordering::Release);
             }
@@ -108,8 +128,9 @@ impl Leaf {
         }
         let mut slot = write(&self.pages[i]);
         if let Some(page) = &mut *slot {
-            page[from..to].fill(0);
-            if is_zero(&page[..]) {
+            let bytes = Arc::make_mut(page);
+            bytes[from..to].fill(0);
+            if is_zero(&bytes[..]) {
                 self.clear(i, slot);
             }
         }

@@ -54,7 +54,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use crate::util::{check_read, check_write, is_zero, len64, out_of_range, push_extent};
-use crate::{Backend, Caps, Execution, Extent, ExtentFlags, ZeroFlags, size::MAX_SIZE};
+use crate::{Backend, Caps, Execution, Extent, ExtentFlags, Piece, ZeroFlags, size::MAX_SIZE};
 use gate::Gate;
 pub use leaf::PAGE_SIZE;
 use leaf::{LEAF_BITS, Leaf, PAGE, mask};
@@ -229,6 +229,22 @@ impl Backend for MemoryBackend {
             });
         });
         Ok(())
+    }
+
+    fn read_lent(&self, offset: u64, len: usize, out: &mut Vec<Piece>) -> Option<io::Result<()>> {
+        if let Err(e) = check_read(offset, len as u64, self.size()) {
+            return Some(Err(e));
+        }
+        by_leaf(offset, len, |index, at, range| {
+            let Some(leaf) = self.table.get(index) else {
+                by_page(at, range.len(), |_, _, r| out.push(Piece::zero(r.len())));
+                return;
+            };
+            by_page(at, range.len(), |page, from, r| {
+                out.push(leaf.lend(page_in_leaf(page), from, r.len()));
+            });
+        });
+        Some(Ok(()))
     }
 
     fn write_at(&self, offset: u64, data: &[u8], _fua: bool) -> io::Result<()> {

@@ -130,3 +130,37 @@ fn extents_trim_and_shrink_of_a_huge_export_skip_untouched_space() {
     m.read_at(MAX_SIZE - 1, &mut b).unwrap();
     assert_eq!(b, [0]);
 }
+
+/// Zero-copy READs (`read_lent`): the pieces hold the bytes `read_at`
+/// returns, holes lend zeroes, and a write or trim after the READ does not
+/// change what the reply holds (the page is copied first), while later
+/// READs see the write.
+#[test]
+fn lent_pieces_keep_the_bytes_the_read_saw() {
+    let m = MemoryBackend::new(1 << 20).unwrap();
+    let data: Vec<u8> = (0..3 * PAGE_SIZE).map(|i| (i % 251) as u8 + 1).collect();
+    m.write_at(PAGE, &data, false).unwrap();
+    let (offset, len) = (PAGE - 100, 3 * PAGE_SIZE + 200);
+    let mut pieces = Vec::new();
+    m.read_lent(offset, len, &mut pieces).unwrap().unwrap();
+    assert_eq!(pieces.len(), crate::lent::pieces_for(offset, len));
+    let lent: Vec<u8> = pieces.iter().flat_map(|p| p.bytes().to_vec()).collect();
+    let mut copied = vec![0; len];
+    m.read_at(offset, &mut copied).unwrap();
+    assert_eq!(lent, copied);
+    assert!(
+        lent[..100].iter().all(|&b| b == 0),
+        "the hole before lends zeroes"
+    );
+    // Overwrite, trim and zero what the pieces hold.
+    m.write_at(PAGE, &vec![0xee; PAGE_SIZE], false).unwrap();
+    m.trim(2 * PAGE, PAGE, false).unwrap();
+    m.write_zeroes(3 * PAGE + 10, 20, crate::ZeroFlags::empty())
+        .unwrap();
+    let still: Vec<u8> = pieces.iter().flat_map(|p| p.bytes().to_vec()).collect();
+    assert_eq!(still, copied, "a lent page changed under its reply");
+    let mut now = vec![0; PAGE_SIZE];
+    m.read_at(PAGE, &mut now).unwrap();
+    assert_eq!(now, vec![0xee; PAGE_SIZE]);
+    assert!(m.read_lent(1 << 20, 1, &mut pieces).unwrap().is_err());
+}

@@ -11,11 +11,20 @@
 //! state), and a finished pool READ's buffer joins the queue as it is
 //! ([`OutQueue::push_vec`]): no copy of its data at all.
 //!
+//! A READ reply from a backend that lends its pages (the memory backend)
+//! queues the pages themselves ([`OutQueue::push_lent`]): `writev` copies
+//! them straight into the socket, the only copy of those bytes.
+//!
 //! Memory: recycled chunks are kept up to [`FREE_KEEP`] bytes; a
 //! connection that goes idle gives them all back ([`OutQueue::release`]).
 
+mod seg;
+
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
+
+use nbd_backends::Piece;
+use seg::Seg;
 
 /// The first chunk's size: negotiation replies are small, and an idle
 /// client should cost little.
@@ -25,9 +34,13 @@ const FIRST_CHUNK: usize = 1024;
 const CHUNK: usize = 64 * 1024;
 /// Recycled chunk bytes kept per connection for the next burst.
 pub const FREE_KEEP: usize = 8 * 1024 * 1024;
-/// Segments handed to one `writev` (Linux allows 1024; a few dozen already
-/// cover several MiB).
-const IOV_MAX: usize = 64;
+/// Slices handed to one `writev` (Linux allows 1024). A lent reply is a
+/// slice per 4 KiB page, so 128 cover 512 KiB, more than a Unix socket
+/// takes per call (about 200 KiB); the array is initialised per call, so
+/// not more.
+const IOV_MAX: usize = 128;
+/// Recycled lists of lent pieces kept (one per lent reply in flight).
+const FREE_LENT: usize = 8;
 
 /// The size a new chunk of at least `min` bytes gets: a power of two up
 /// to [`CHUNK`], a multiple of it above. Chunks of exact sizes (every READ
@@ -43,18 +56,16 @@ fn size_class(min: usize) -> usize {
     }
 }
 
-struct Seg {
-    data: Vec<u8>,
-    start: usize,
-    end: usize,
-}
-
 /// A queue of output segments. See the module documentation.
 #[derive(Default)]
 pub struct OutQueue {
     segs: VecDeque<Seg>,
     free: Vec<Vec<u8>>,
     free_bytes: usize,
+    /// Emptied lists for lent pieces, kept for their capacity.
+    free_lent: Vec<Vec<Piece>>,
+    /// Replies may not lend pages (under TLS, see [`OutQueue::copy_only`]).
+    copy_only: bool,
     len: usize,
     /// Bytes ever queued (for limits on what one phase may produce).
     total: u64,
@@ -80,16 +91,21 @@ impl OutQueue {
 
     /// Bytes of memory held (queued chunks and recycled ones).
     pub fn capacity(&self) -> usize {
-        self.free_bytes + self.segs.iter().map(|s| s.data.len()).sum::<usize>()
+        let seg = |s: &Seg| match s {
+            Seg::Bytes { data, .. } => data.len(),
+            // Lent pages are the backend's, held until sent.
+            Seg::Lent { left, .. } => *left,
+        };
+        self.free_bytes + self.segs.iter().map(seg).sum::<usize>()
     }
 
     /// A writable slice of at least `min` bytes at the tail; fill it, then
     /// [`OutQueue::commit`].
     pub fn spare(&mut self, min: usize) -> &mut [u8] {
-        let fits = self
-            .segs
-            .back()
-            .is_some_and(|s| s.data.len() - s.end >= min);
+        let fits = matches!(
+            self.segs.back(),
+            Some(Seg::Bytes { data, end, .. }) if data.len() - end >= min
+        );
         if !fits {
             // Chunks grow only while output piles up; a drained queue
             // starts small again (and reuses what it has).
@@ -101,23 +117,23 @@ impl OutQueue {
                 w
             };
             let data = self.take_chunk(min.max(want));
-            self.segs.push_back(Seg {
+            self.segs.push_back(Seg::Bytes {
                 data,
                 start: 0,
                 end: 0,
             });
         }
         match self.segs.back_mut() {
-            Some(s) => &mut s.data[s.end..],
-            None => &mut [],
+            Some(Seg::Bytes { data, end, .. }) => &mut data[*end..],
+            _ => &mut [],
         }
     }
 
     /// Mark `n` bytes of the last [`OutQueue::spare`] slice as queued.
     pub fn commit(&mut self, n: usize) {
-        if let Some(s) = self.segs.back_mut() {
-            let n = n.min(s.data.len() - s.end);
-            s.end += n;
+        if let Some(Seg::Bytes { data, end, .. }) = self.segs.back_mut() {
+            let n = n.min(data.len() - *end);
+            *end += n;
             self.len += n;
             self.total += n as u64;
         }
@@ -135,11 +151,12 @@ impl OutQueue {
             if left == 0 {
                 break;
             }
-            let take = left.min(s.end - s.start);
-            parts.push(&s.data[s.end - take..s.end]);
+            let bytes = s.to_vec();
+            let take = left.min(bytes.len());
+            parts.push(bytes[bytes.len() - take..].to_vec());
             left -= take;
         }
-        Some(parts.into_iter().rev().flatten().copied().collect())
+        Some(parts.into_iter().rev().flatten().collect())
     }
 
     /// Append bytes.
@@ -168,7 +185,46 @@ impl OutQueue {
         let data = std::mem::replace(v, spare);
         self.len += end - start;
         self.total += (end - start) as u64;
-        self.segs.push_back(Seg { data, start, end });
+        self.segs.push_back(Seg::Bytes { data, start, end });
+    }
+
+    /// False once [`OutQueue::copy_only`] was called.
+    pub fn lends(&self) -> bool {
+        !self.copy_only
+    }
+
+    /// Replies copy their data from now on. For a TLS session, which takes
+    /// plaintext a slice at a time and encrypts (copies) it anyway: lent
+    /// 4 KiB pages would become 4 KiB records.
+    pub fn copy_only(&mut self) {
+        self.copy_only = true;
+    }
+
+    /// An empty list with room for `n` lent pieces, recycled when one is.
+    pub fn lent_list(&mut self, n: usize) -> Vec<Piece> {
+        let mut v = self.free_lent.pop().unwrap_or_default();
+        v.reserve(n);
+        v
+    }
+
+    /// Take back a list that was not queued (emptied, kept for reuse).
+    pub fn recycle_lent(&mut self, mut v: Vec<Piece>) {
+        v.clear();
+        if self.free_lent.len() < FREE_LENT && v.capacity() > 0 {
+            self.free_lent.push(v);
+        }
+    }
+
+    /// Queue the bytes of `pieces`, in order, without copying them.
+    pub fn push_lent(&mut self, pieces: Vec<Piece>) {
+        let left: usize = pieces.iter().map(Piece::len).sum();
+        self.len += left;
+        self.total += left as u64;
+        self.segs.push_back(Seg::Lent {
+            pieces,
+            next: 0,
+            left,
+        });
     }
 
     /// A recycled chunk of at least `min` bytes, or a new one.
@@ -222,8 +278,8 @@ impl OutQueue {
     pub fn front(&self) -> &[u8] {
         self.segs
             .iter()
-            .find(|s| s.end > s.start)
-            .map_or(&[], |s| &s.data[s.start..s.end])
+            .find(|s| s.unsent() > 0)
+            .map_or(&[], Seg::first)
     }
 
     /// Drop `n` sent bytes from the head, recycling emptied segments.
@@ -234,27 +290,26 @@ impl OutQueue {
             let Some(s) = self.segs.front_mut() else {
                 return;
             };
-            let k = n.min(s.end - s.start);
-            s.start += k;
-            n -= k;
-            if s.start == s.end {
+            n -= s.consume(n);
+            if s.unsent() == 0 {
                 self.pop_front();
             }
         }
         // An empty tail chunk stays for the next reply; a fully sent queue
         // keeps nothing but the free list.
-        while self
-            .segs
-            .front()
-            .is_some_and(|s| s.start == s.end && s.end > 0)
-        {
+        while self.segs.front().is_some_and(|s| match s {
+            Seg::Bytes { start, end, .. } => start == end && *end > 0,
+            Seg::Lent { left, .. } => *left == 0,
+        }) {
             self.pop_front();
         }
     }
 
     fn pop_front(&mut self) {
-        if let Some(s) = self.segs.pop_front() {
-            self.recycle(s.data);
+        match self.segs.pop_front() {
+            Some(Seg::Bytes { data, .. }) => self.recycle(data),
+            Some(Seg::Lent { pieces, .. }) => self.recycle_lent(pieces),
+            None => {}
         }
     }
 
@@ -267,12 +322,11 @@ impl OutQueue {
         while self.len > 0 {
             let mut iov = [IoSlice::new(&[]); IOV_MAX];
             let mut n_iov = 0;
-            for (slot, s) in iov
-                .iter_mut()
-                .zip(self.segs.iter().filter(|s| s.end > s.start))
-            {
-                *slot = IoSlice::new(&s.data[s.start..s.end]);
-                n_iov += 1;
+            for s in &self.segs {
+                if n_iov == IOV_MAX {
+                    break;
+                }
+                n_iov += s.slices(&mut iov[n_iov..]);
             }
             match w.write_vectored(&iov[..n_iov]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -293,104 +347,10 @@ impl OutQueue {
         }
         self.free.clear();
         self.free_bytes = 0;
+        self.free_lent = Vec::new();
         self.chunk = FIRST_CHUNK;
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::OutQueue;
-
-    #[test]
-    fn small_replies_share_a_chunk_and_leave_in_one_write() {
-        let mut q = OutQueue::default();
-        q.extend(b"abc");
-        q.extend(b"defg");
-        let mut out = Vec::new();
-        q.write_to(&mut out).unwrap();
-        assert_eq!(out, b"abcdefg");
-        assert!(q.is_empty());
-    }
-
-    #[test]
-    fn a_pushed_vec_is_sent_in_place_and_storage_comes_back() {
-        let mut q = OutQueue::default();
-        q.extend(b"head");
-        let mut v = b"xxDATAyy".to_vec();
-        q.push_vec(&mut v, 2, 6);
-        q.extend(b"tail");
-        assert_eq!(q.len(), 12);
-        let mut out = Vec::new();
-        q.write_to(&mut out).unwrap();
-        assert_eq!(out, b"headDATAtail");
-        // The pushed buffer was recycled: the next push hands it back.
-        let mut w = Vec::new();
-        q.push_vec(&mut w, 0, 0);
-        assert!(!w.is_empty(), "a recycled chunk, not a fresh Vec");
-    }
-
-    #[test]
-    fn partial_writes_resume_where_they_stopped() {
-        struct Trickle(Vec<u8>);
-        impl std::io::Write for Trickle {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                let n = b.len().min(3);
-                self.0.extend_from_slice(&b[..n]);
-                Ok(n)
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let mut q = OutQueue::default();
-        for part in [&b"0123456789"[..], b"abcdef"] {
-            q.extend(part);
-        }
-        let mut big = vec![7u8; 100_000];
-        q.push_vec(&mut big, 0, 100_000);
-        let mut t = Trickle(Vec::new());
-        q.write_to(&mut t).unwrap();
-        assert_eq!(&t.0[..16], b"0123456789abcdef");
-        assert_eq!(t.0.len(), 16 + 100_000);
-    }
-
-    #[test]
-    fn chunks_come_in_few_sizes() {
-        use super::{CHUNK, FIRST_CHUNK, size_class};
-        assert_eq!(size_class(1), FIRST_CHUNK);
-        assert_eq!(size_class(4097), 8192);
-        assert_eq!(size_class(CHUNK), CHUNK);
-        assert_eq!(size_class(CHUNK + 1), 2 * CHUNK);
-        assert_eq!(size_class((1 << 20) + 32), (1 << 20) + CHUNK);
-    }
-
-    #[test]
-    fn front_skips_a_reserved_but_empty_segment() {
-        let mut q = OutQueue::default();
-        q.spare(10);
-        q.commit(0);
-        let mut v = b"data".to_vec();
-        q.push_vec(&mut v, 0, 4);
-        assert_eq!(q.front(), b"data");
-        q.consume(4);
-        assert!(q.is_empty() && q.front().is_empty());
-    }
-
-    #[test]
-    fn large_reservations_get_their_own_chunk_and_are_recycled() {
-        let mut q = OutQueue::default();
-        let s = q.spare(1 << 20);
-        assert!(s.len() >= 1 << 20);
-        q.commit(1 << 20);
-        let mut out = Vec::new();
-        q.write_to(&mut out).unwrap();
-        let held = q.capacity();
-        assert!(held >= 1 << 20, "the chunk is kept for the next reply");
-        q.spare(1 << 20);
-        assert_eq!(q.capacity(), held, "reused, not reallocated");
-        q.commit(0);
-        q.consume(0);
-        q.release();
-        assert_eq!(q.capacity(), 0, "idle: nothing kept");
-    }
-}
+mod tests;
