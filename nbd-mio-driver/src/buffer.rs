@@ -85,6 +85,10 @@ impl Buf {
             }
             if self.data.len() - self.end < min {
                 let want = (self.end + min).max((self.data.len() * 2).min(cap));
+                // Exactly `want`: `resize` alone may double the capacity
+                // past it (Vec's amortised growth), and a 1 MiB WRITE's
+                // frame would then hold 2 MiB.
+                self.data.reserve_exact(want - self.data.len());
                 self.data.resize(want, 0);
             }
         }
