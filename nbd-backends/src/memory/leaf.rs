@@ -72,14 +72,16 @@ impl Leaf {
     /// Copy bytes `from..from + out.len()` of page `i` into `out`; a page
     /// that is not allocated reads as zeroes.
     pub(super) fn read(&self, i: usize, from: usize, out: &mut [u8]) {
-        if self.present() & (1 << i) != 0 {
-            let slot = self.pages[i].read().unwrap_or_else(PoisonError::into_inner);
-            if let Some(page) = &*slot {
-                out.copy_from_slice(&page[from..from + out.len()]);
-                return;
-            }
+        // The slot, not the `present` word: a random 4 KiB READ over a
+        // large export misses the cache on whatever it touches first, and
+        // for data the slot must be touched anyway (perf: 72 % of
+        // `read_at`'s own samples sat on the `present` load at fio 4k
+        // QD32 over 1 GiB).
+        let slot = self.pages[i].read().unwrap_or_else(PoisonError::into_inner);
+        match &*slot {
+            Some(page) => out.copy_from_slice(&page[from..from + out.len()]),
+            None => out.fill(0),
         }
-        out.fill(0);
     }
 
     /// Lend bytes `from..from + len` of page `i` (zeroes for a hole).
