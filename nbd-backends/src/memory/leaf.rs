@@ -5,8 +5,9 @@
 //! concurrent reader (it sees the old or the new page, never a mix), and
 //! what keeps requests on different pages apart: they never wait for each
 //! other. The `present` bits are changed only under the page's write lock,
-//! so they always agree with the slots once the lock is released; readers
-//! of holes and `extents` use them without taking any page lock.
+//! so they always agree with the slots once the lock is released:
+//! `extents`, frees and zeroing use them without taking any page lock
+//! (reads take the slot's, which they need for data anyway).
 //!
 //! Pages are reference-counted so that a READ reply can hold one until it
 //! is sent (zero-copy READs, [`crate::lent`]). A write to a page that a
