@@ -15,6 +15,14 @@ pub struct RunStats {
     pub crash: Option<String>,
 }
 
+/// True for libFuzzer's slow-unit reports (see [`scan_line`]).
+fn is_slow_unit(path: &str) -> bool {
+    std::path::Path::new(path)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("slow-unit-"))
+}
+
 /// Fold one line of libFuzzer's stderr into `s`.
 pub fn scan_line(s: &mut RunStats, line: &str) {
     if let Some(v) = stat(line, "stat::number_of_executed_units:") {
@@ -24,7 +32,14 @@ pub fn scan_line(s: &mut RunStats, line: &str) {
     } else if let Some(v) = stat(line, "stat::peak_rss_mb:") {
         s.peak_rss_mb = v;
     } else if let Some(path) = line.split("Test unit written to ").nth(1) {
-        s.crash = Some(path.trim().to_owned());
+        // libFuzzer also writes the slowest unit so far (`slow-unit-*`,
+        // over -report_slow_units seconds of wall time, which a stopped or
+        // starved process reaches too): a report, not a failure. Hangs
+        // are `timeout-*` units (`-timeout`).
+        let path = path.trim();
+        if !is_slow_unit(path) {
+            s.crash = Some(path.to_owned());
+        }
     } else if line.starts_with('#') && line.contains(" cov: ") {
         let words: Vec<&str> = line.split_whitespace().collect();
         let after = |key: &str| {
@@ -79,5 +94,11 @@ mod tests {
             "artifact_prefix='a/'; Test unit written to a/crash-f0 ",
         );
         assert_eq!(s.crash.as_deref(), Some("a/crash-f0"));
+        let mut slow = RunStats::default();
+        scan_line(
+            &mut slow,
+            "artifact_prefix='a/'; Test unit written to a/slow-unit-0af3",
+        );
+        assert_eq!(slow.crash, None, "a slow unit is no crash");
     }
 }
