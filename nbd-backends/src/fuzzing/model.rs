@@ -232,7 +232,19 @@ impl Model {
         if got == want {
             return;
         }
-        if let Some(i) = (0..got.len()).find(|&i| known[i] && want[i] != got[i]) {
+        // Where they differ (unspecified bytes after a trim), 64-byte
+        // chunks that match are still one memcmp each; only the others
+        // are looked at byte by byte (a third of the fuzzer's time before).
+        let differs = |i: usize| known[i] && want[i] != got[i];
+        let chunk = |c: usize| {
+            let r = c * 64..(c * 64 + 64).min(got.len());
+            if got[r.clone()] == want[r.clone()] {
+                None
+            } else {
+                r.into_iter().find(|&i| differs(i))
+            }
+        };
+        if let Some(i) = (0..got.len().div_ceil(64)).find_map(chunk) {
             panic!(
                 "{:?}: byte {} reads {:#x}, model has {:#x}",
                 self.stack,
@@ -241,6 +253,17 @@ impl Model {
                 want[i]
             );
         }
+    }
+
+    /// Every known byte of `r` is zero. Chunks of zeros are one memcmp
+    /// each: a byte loop over whole ZERO extents was a third of the
+    /// fuzzer's time (each comparison is instrumented).
+    pub fn reads_zero(&self, r: std::ops::Range<usize>) -> bool {
+        const ZEROS: [u8; 64] = [0; 64];
+        let (data, known) = (&self.data[r.clone()], &self.known[r]);
+        data.chunks(64)
+            .zip(known.chunks(64))
+            .all(|(d, k)| d == &ZEROS[..d.len()] || d.iter().zip(k).all(|(&b, &k)| b == 0 || !k))
     }
 
     /// The whole export reads as the model.

@@ -118,20 +118,36 @@ impl Checker {
             return None;
         }
         let mut buf = std::mem::take(&mut self.buf);
-        buf.extend_from_slice(bytes);
+        let rest = if buf.is_empty() {
+            // Nothing half-received: parse the new bytes where they are
+            // and keep only an incomplete tail.
+            let pos = self.parse_all(bytes, expect);
+            buf.extend_from_slice(&bytes[pos..]);
+            buf
+        } else {
+            buf.extend_from_slice(bytes);
+            let pos = self.parse_all(&buf, expect);
+            buf.drain(..pos);
+            buf
+        };
+        if std::mem::take(&mut self.tls_starts) {
+            return Some(rest);
+        }
+        self.buf = rest;
+        None
+    }
+
+    /// Parse the whole messages at the front of `b`; how many bytes they
+    /// took.
+    fn parse_all(&mut self, b: &[u8], expect: &mut VecDeque<Expect>) -> usize {
         let mut pos = 0;
         while !self.tls_starts
-            && let Some(n) = self.parse(&buf[pos..], expect)
+            && let Some(n) = self.parse(&b[pos..], expect)
         {
             pos += n;
             self.at += n as u64;
         }
-        buf.drain(..pos);
-        if std::mem::take(&mut self.tls_starts) {
-            return Some(buf);
-        }
-        self.buf = buf;
-        None
+        pos
     }
 
     /// TLS failed: nothing more can be read, so nothing more is checked.
