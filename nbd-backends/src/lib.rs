@@ -26,6 +26,7 @@
 #![cfg_attr(feature = "rbd", deny(unsafe_code))]
 
 use std::io;
+use std::sync::Arc;
 
 pub mod aio;
 mod catalog;
@@ -62,7 +63,7 @@ pub use catalog::{PLUGINS, Param, Plugin, plugin, plugin_help};
 pub use export::{Export, ExportPolicy, ExportSet, FixedSize};
 pub use file::{DirOptions, FileBackend, LazyFile, dir_exports, open_or_read_only};
 pub use full::{FullBackend, ZeroBackend};
-pub use lent::Piece;
+pub use lent::{Page, Piece};
 pub use memory::{MemoryBackend, PAGE_SIZE};
 pub use null::NullBackend;
 pub use pattern::PatternBackend;
@@ -291,6 +292,27 @@ pub trait Backend: Send + Sync {
     fn read_lent(&self, offset: u64, len: usize, out: &mut Vec<Piece>) -> Option<io::Result<()>> {
         let _ = (offset, len, out);
         None
+    }
+    /// True when [`Backend::write_pages`] stores pages without copying
+    /// them (the default: false, and it is never called).
+    fn takes_pages(&self) -> bool {
+        false
+    }
+    /// Zero-copy WRITE: store `pages` (each `Some`, [`lent::PAGE_SIZE`]
+    /// bytes) at `offset`, a multiple of the page size, by taking them
+    /// into the backend's own storage. A slot left `Some` holds a page
+    /// the backend gave back (the one it replaced, or the caller's own if
+    /// not kept), which the caller may reuse once nobody else holds it.
+    /// Only called when [`Backend::takes_pages`] says so; the default is
+    /// `Unsupported`.
+    fn write_pages(
+        &self,
+        offset: u64,
+        pages: &mut [Option<Arc<Page>>],
+        fua: bool,
+    ) -> io::Result<()> {
+        let _ = (offset, pages, fua);
+        Err(io::ErrorKind::Unsupported.into())
     }
     /// Write `data` at `offset`; with `fua`, durably.
     fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> io::Result<()>;

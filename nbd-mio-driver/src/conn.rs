@@ -16,6 +16,7 @@ use nbd_proto::{OptReplyType, TransmissionFlags};
 
 use crate::buffer::{Buf, ReadEnd};
 use crate::dispatch::{self, Exec, Executed, Shared, Target, put};
+use crate::inflow::Inflow;
 use crate::listen::Stream;
 use crate::outq::OutQueue;
 use crate::tls::{TlsServerConfig, TlsSession};
@@ -76,6 +77,9 @@ pub struct Limits {
     /// Most reply bytes one negotiation may produce before it is closed (a
     /// client asking for LIST again and again).
     pub handshake_output: usize,
+    /// Page-aligned WRITEs from this many bytes are received straight
+    /// into pages, on backends that take them (inflow.rs).
+    pub stream_writes_from: u64,
 }
 
 impl Default for Limits {
@@ -84,6 +88,7 @@ impl Default for Limits {
             connection: DEFAULT_CONNECTION_BUDGET,
             per_loop: usize::MAX,
             handshake_output: HANDSHAKE_OUTPUT_MAX,
+            stream_writes_from: crate::inflow::STREAM_MIN,
         }
     }
 }
@@ -148,6 +153,8 @@ pub struct Conn {
     pub deadline: Option<Instant>,
     /// Input or output since the last housekeeping pass.
     active: bool,
+    /// A zero-copy WRITE being received (inflow.rs).
+    inflow: Inflow,
 }
 
 /// The wire description of export `e` as served through `b` (the shared
@@ -220,6 +227,7 @@ impl Conn {
             shutting_down: false,
             deadline: if cfg.proto.oldstyle { None } else { deadline },
             active: true,
+            inflow: Inflow::default(),
         }
     }
 
@@ -318,6 +326,11 @@ impl Conn {
         let limit = self.read_limit();
         self.drained = false;
         match &mut self.tls {
+            // Payload bytes go to the pages once the buffer holds no more
+            // of them.
+            None if self.inflow.wants_payload() && self.rbuf.is_empty() => {
+                self.read_payload(!closing_hint)?;
+            }
             None => match self
                 .rbuf
                 .read_from(&mut self.stream, limit, !closing_hint)?
@@ -357,6 +370,63 @@ impl Conn {
             }
         }
         Ok(())
+    }
+
+    /// Read a streamed WRITE's payload straight into its pages, until it is
+    /// complete (then the socket is read again after it is stored) or the
+    /// socket is drained.
+    fn read_payload(&mut self, short_is_drained: bool) -> io::Result<()> {
+        while self.inflow.wants_payload() {
+            match self.inflow.read_from(&mut self.stream) {
+                Ok((0, _)) => {
+                    self.eof = true;
+                    self.drained = true;
+                    return Ok(());
+                }
+                Ok((n, asked)) => {
+                    self.proto.payload_received(n);
+                    // A short read took all the socket had (buffer.rs
+                    // `read_from`: no second call just to see EAGAIN).
+                    if short_is_drained && n < asked {
+                        self.drained = true;
+                        return Ok(());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.drained = true;
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// True when the WRITE whose header may start the input should be
+    /// received into pages: plaintext, an inline backend that takes
+    /// pages, and a payload not already buffered whole.
+    fn should_stream(&self) -> bool {
+        self.tls.is_none()
+            && !self.inflow.is_active()
+            && matches!(&self.export, Some((b, Exec::Inline)) if b.takes_pages())
+            && self.rbuf.len() < self.proto.needed(self.rbuf.filled())
+    }
+
+    /// The streamed WRITE's payload is complete: store it and reply.
+    fn store_inflow(&mut self, shared: &mut Shared) {
+        let Some((backend, _)) = &self.export else {
+            return;
+        };
+        let Some((w, r)) = self.inflow.finish(&**backend, &mut shared.pages) else {
+            return;
+        };
+        crate::trace::request(&self.peer, &w.reply);
+        #[cfg(feature = "fuzzing")]
+        let tapped = crate::fuzzing::tap::Request::new(&w.reply);
+        dispatch::reply_result(&mut self.proto, &mut self.wbuf, w.reply, &r);
+        #[cfg(feature = "fuzzing")]
+        tapped.executed(&Executed::Done);
     }
 
     /// How much input to buffer: a whole option or request frame (a WRITE
@@ -489,6 +559,21 @@ impl Conn {
                 self.continue_list(cfg);
                 continue;
             }
+            if self.inflow.is_complete() {
+                self.store_inflow(shared);
+                continue;
+            }
+            if self.should_stream()
+                && let Some((header, w)) = self.proto.begin_write_stream(
+                    self.rbuf.filled(),
+                    cfg.limits.stream_writes_from,
+                    nbd_backends::lent::PAGE_SIZE as u64,
+                )
+            {
+                self.rbuf.consume(header);
+                self.inflow.start(w, &mut shared.pages);
+                continue;
+            }
             let negotiating = !self.negotiated();
             let (consumed, next) = self.proto.handle_input(self.rbuf.filled())?;
             if negotiating {
@@ -502,6 +587,10 @@ impl Conn {
                     true
                 }
                 Input::Continue | Input::Disconnect => false,
+                Input::WriteData(data) => {
+                    self.inflow.absorb(data);
+                    false
+                }
                 Input::Export(q) => {
                     let who = (self.id, self.peer_kind);
                     let chosen = answer_export(&mut self.proto, &mut self.wbuf, cfg, q, who);

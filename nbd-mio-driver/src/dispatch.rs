@@ -59,6 +59,8 @@ pub struct Shared {
     pub held: usize,
     /// [aio hook] This loop's queues on asynchronous backends (rbd).
     pub aio: crate::aio::Aio,
+    /// Spare pages for zero-copy WRITEs (inflow.rs).
+    pub pages: crate::inflow::PagePool,
 }
 
 impl Shared {
@@ -75,6 +77,7 @@ impl Shared {
             registry,
             held: 0,
             aio: crate::aio::Aio::default(), // [aio hook]
+            pages: crate::inflow::PagePool::default(),
         }
     }
 

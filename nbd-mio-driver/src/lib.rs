@@ -24,6 +24,7 @@ pub(crate) mod event_loop;
 pub mod exports;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+pub mod inflow;
 pub mod info;
 pub mod listen;
 pub mod logging;

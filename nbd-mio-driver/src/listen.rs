@@ -246,6 +246,17 @@ impl Read for Stream {
         }
         (&*self).read(buf)
     }
+
+    // readv: a streamed WRITE's payload goes into many pages at once
+    // (inflow.rs); the default would fill only the first.
+    fn read_vectored(&mut self, bufs: &mut [std::io::IoSliceMut<'_>]) -> io::Result<usize> {
+        match self {
+            Self::Tcp(s) => s.read_vectored(bufs),
+            Self::Unix(s) => s.read_vectored(bufs),
+            #[cfg(feature = "fuzzing")]
+            Self::Pipe(p) => p.read_vectored(bufs),
+        }
+    }
 }
 
 impl Read for &Stream {

@@ -46,16 +46,55 @@ fn serve(conn: &mut Connection, input: &[u8], ctl: u8) {
     let mut pos = 0usize;
     let mut end = 0usize;
     let step = usize::from(ctl % 64) + 1;
+    // Bit 6: WRITEs are streamed (begin_write_stream); bit 7: part of each
+    // payload is "read elsewhere" (payload_received) rather than handed out.
+    let (stream, direct) = (ctl & 0x40 != 0, ctl & 0x80 != 0);
+    let align = if ctl & 1 != 0 { 512 } else { 1 };
+    let mut streamed: Option<Pending> = None;
     loop {
         while conn.poll_transmit(&mut out).is_ok_and(|n| n > 0) {}
         let window = &input[pos..end];
         let before = conn.in_flight();
+        if stream
+            && streamed.is_none()
+            && let Some((h, w)) = conn.begin_write_stream(window, 1, align)
+        {
+            assert!(h <= window.len(), "stream header beyond the input");
+            assert_eq!(conn.payload_left(), w.len);
+            assert!(w.offset % align == 0 && w.len % align == 0);
+            assert_eq!(conn.in_flight(), before + 1);
+            pos += h;
+            streamed = Some(w.reply);
+            continue;
+        }
+        if direct && streamed.is_some() && !window.is_empty() {
+            let k = (window.len() / 2).max(1);
+            let k = k.min(usize::try_from(conn.payload_left()).unwrap_or(usize::MAX));
+            let left = conn.payload_left();
+            assert_eq!(conn.payload_received(k), left - k as u64);
+            pos += k;
+        }
+        if conn.payload_left() == 0
+            && let Some(p) = streamed.take()
+        {
+            assert!(
+                conn.reply_ok(p, &mut out[..crate::server::OK_REPLY_MAX])
+                    .is_ok()
+            );
+            assert_eq!(conn.in_flight() + 1, before);
+            continue;
+        }
+        let window = &input[pos..end];
         let Ok((n, next)) = conn.handle_input(window) else {
             return;
         };
         assert!(n <= window.len(), "consumed more than given");
         pos += n;
         match next {
+            Input::WriteData(d) => {
+                assert!(streamed.is_some(), "payload without a streamed WRITE");
+                assert_eq!(d.len(), n, "payload bytes are the bytes consumed");
+            }
             Input::Export(q) => {
                 let ans = lookup(conn.asked_name().len());
                 assert!(

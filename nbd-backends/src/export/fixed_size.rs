@@ -61,6 +61,17 @@ impl Backend for FixedSize {
     fn read_lent(&self, offset: u64, len: usize, out: &mut Vec<Piece>) -> Option<io::Result<()>> {
         self.inner.read_lent(offset, len, out)
     }
+    fn takes_pages(&self) -> bool {
+        self.inner.takes_pages()
+    }
+    fn write_pages(
+        &self,
+        offset: u64,
+        pages: &mut [Option<std::sync::Arc<crate::Page>>],
+        fua: bool,
+    ) -> io::Result<()> {
+        self.inner.write_pages(offset, pages, fua)
+    }
     fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> io::Result<()> {
         self.inner.write_at(offset, data, fua)
     }
@@ -160,5 +171,11 @@ mod tests {
         let mut pieces = Vec::new();
         assert!(m.read_lent(0, 8192, &mut pieces).is_some_and(|r| r.is_ok()));
         assert_eq!(pieces.len(), 2);
+        assert!(m.takes_pages(), "zero-copy WRITEs are lost");
+        let mut pages = [Some(Arc::new([9u8; crate::lent::PAGE_SIZE]))];
+        m.write_pages(4096, &mut pages, false).unwrap();
+        let mut b = [0u8; 1];
+        m.read_at(4096, &mut b).unwrap();
+        assert_eq!(b, [9]);
     }
 }

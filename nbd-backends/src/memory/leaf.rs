@@ -124,6 +124,24 @@ impl Leaf {
         }
     }
 
+    /// Store `page` (taken from the caller's slot) as page `i`; the slot
+    /// gets the page it replaced, if any. A `zero` page is not stored: the
+    /// page becomes a hole and the caller keeps its page.
+    pub(super) fn install(&self, i: usize, page: &mut Option<Page>, zero: bool) {
+        let mut slot = write(&self.pages[i]);
+        if zero {
+            if slot.is_some() {
+                self.clear(i, slot);
+            }
+            return;
+        }
+        let was_hole = slot.is_none();
+        std::mem::swap(&mut *slot, page);
+        if was_hole {
+            self.present.0.fetch_or(1 << i, Ordering::Release);
+        }
+    }
+
     /// Zero bytes `from..to` of page `i`, freeing it if it is then all zero.
     pub(super) fn zero(&self, i: usize, from: usize, to: usize) {
         if self.present() & (1 << i) == 0 {

@@ -51,10 +51,12 @@ mod tests;
 use std::io;
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::util::{check_read, check_write, is_zero, len64, out_of_range, push_extent};
-use crate::{Backend, Caps, Execution, Extent, ExtentFlags, Piece, ZeroFlags, size::MAX_SIZE};
+use crate::{
+    Backend, Caps, Execution, Extent, ExtentFlags, Page, Piece, ZeroFlags, size::MAX_SIZE,
+};
 use gate::Gate;
 pub use leaf::PAGE_SIZE;
 use leaf::{LEAF_BITS, Leaf, PAGE, mask};
@@ -262,6 +264,39 @@ impl Backend for MemoryBackend {
                 leaf.write(page_in_leaf(page), from, &part[r]);
             });
         });
+        Ok(())
+    }
+
+    fn takes_pages(&self) -> bool {
+        true
+    }
+
+    /// Each page replaces the one stored there (which goes back to the
+    /// caller): no byte is copied. An all-zero page is not kept, as
+    /// `write_at` keeps none: the slot becomes a hole.
+    fn write_pages(
+        &self,
+        offset: u64,
+        pages: &mut [Option<Arc<Page>>],
+        _fua: bool,
+    ) -> io::Result<()> {
+        let _gate = self.gate.enter();
+        let len = pages.len() as u64 * PAGE;
+        if !offset.is_multiple_of(PAGE) || pages.iter().any(Option::is_none) {
+            return Err(io::ErrorKind::InvalidInput.into());
+        }
+        check_write(offset, len, self.size())?;
+        for (k, slot) in pages.iter_mut().enumerate() {
+            let page = offset / PAGE + k as u64;
+            let index = page >> LEAF_BITS;
+            let zero = slot.as_deref().is_some_and(|p| is_zero(&p[..]));
+            let leaf: &Leaf = match self.table.get(index) {
+                Some(leaf) => leaf,
+                None if zero => continue,
+                None => self.table.get_or_create(index),
+            };
+            leaf.install(page_in_leaf(page), slot, zero);
+        }
         Ok(())
     }
 

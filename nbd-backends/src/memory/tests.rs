@@ -164,3 +164,53 @@ fn lent_pieces_keep_the_bytes_the_read_saw() {
     assert_eq!(now, vec![0xee; PAGE_SIZE]);
     assert!(m.read_lent(1 << 20, 1, &mut pieces).unwrap().is_err());
 }
+
+fn page_of(byte: u8) -> Option<Arc<Page>> {
+    Some(Arc::new([byte; PAGE_SIZE]))
+}
+
+/// Zero-copy WRITEs: pages are taken, the ones they replace come back,
+/// zero pages make holes, and a lent READ keeps what it saw.
+#[test]
+fn write_pages_swaps_pages_in() {
+    let m = MemoryBackend::new(8 * PAGE).unwrap();
+    assert!(m.takes_pages());
+    m.write_at(PAGE, &[1; PAGE_SIZE], false).unwrap();
+    let mut lent = Vec::new();
+    m.read_lent(PAGE, PAGE_SIZE, &mut lent).unwrap().unwrap();
+
+    let mut pages = [page_of(2), page_of(3), page_of(0)];
+    m.write_pages(0, &mut pages, false).unwrap();
+    // Page 0 was a hole: nothing comes back. Page 1 held 1s: they come
+    // back. Page 2's zeros were not kept: the caller has its page again.
+    assert!(pages[0].is_none());
+    assert_eq!(pages[1].as_deref().map(|p| p[0]), Some(1));
+    assert_eq!(pages[2].as_deref().map(|p| p[0]), Some(0));
+    let mut buf = vec![0xaa; 3 * PAGE_SIZE];
+    m.read_at(0, &mut buf).unwrap();
+    assert!(buf[..PAGE_SIZE].iter().all(|&b| b == 2));
+    assert!(buf[PAGE_SIZE..2 * PAGE_SIZE].iter().all(|&b| b == 3));
+    assert!(buf[2 * PAGE_SIZE..].iter().all(|&b| b == 0));
+    assert_eq!(m.allocated_bytes(), 2 * PAGE);
+    // The READ lent before the write still has its bytes.
+    assert!(lent.iter().all(|p| p.bytes().iter().all(|&b| b == 1)));
+
+    // A zero page over data frees it.
+    let mut zero = [page_of(0)];
+    m.write_pages(PAGE, &mut zero, false).unwrap();
+    assert_eq!(m.allocated_bytes(), PAGE);
+}
+
+#[test]
+fn write_pages_checks_its_range() {
+    let m = MemoryBackend::new(2 * PAGE).unwrap();
+    let mut pages = [page_of(1)];
+    let e = m.write_pages(1, &mut pages, false).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+    assert!(m.write_pages(2 * PAGE, &mut pages, false).is_err());
+    assert!(
+        pages[0].is_some(),
+        "a refused write keeps the caller's page"
+    );
+    assert_eq!(m.allocated_bytes(), 0);
+}

@@ -5,7 +5,7 @@ use super::answer::EXPORT_ANSWER_MAX;
 use super::export::{ExportInfo, Negotiated};
 use super::handshake::{Asked, Handshake, HandshakeConfig};
 use super::question::{ExportQuestion, ListQuestion, MetaQuestion, NeedRoom, StartTls};
-use super::request::{Op, Pending};
+use super::request::{Op, Pending, StreamedWrite};
 use super::transmission::{Incoming, Transmission, TransmissionConfig};
 use crate::error::{BufferTooSmall, ProtocolError};
 use crate::types::{ErrorCode, OptReplyType};
@@ -76,6 +76,11 @@ pub enum Input<'a> {
     Disconnect,
     /// The connection is finished: write out what is queued, then close.
     Closed,
+    /// Bytes of the payload of the WRITE that
+    /// [`Connection::begin_write_stream`] accepted, in order: store them
+    /// (they borrow the input), consume them, and reply once the whole
+    /// payload is stored. Only after `begin_write_stream`.
+    WriteData(&'a [u8]),
 }
 
 // The handshake holds a 4 KiB name buffer that transmission does not need;
@@ -295,6 +300,7 @@ impl Connection {
                         message,
                     },
                     Some(Incoming::Disconnect) => Input::Disconnect,
+                    Some(Incoming::Payload(data)) => Input::WriteData(data),
                     None if t.is_disconnecting() && t.in_flight == 0 => Input::Closed,
                     None if t.is_disconnecting() => Input::Blocked,
                     None if n > 0 => Input::Continue,
@@ -302,6 +308,56 @@ impl Connection {
                 };
                 Ok((n, next))
             }
+        }
+    }
+
+    /// Receive a large WRITE's payload straight into the caller's storage
+    /// instead of the input buffer (one copy less: a server can read the
+    /// socket into the pages the data will live in).
+    ///
+    /// If `input` starts with a valid WRITE header (its payload may be
+    /// absent or partial) of at least `min_len` bytes whose offset and
+    /// length are multiples of `align`, the request is accepted now:
+    /// returns the header's length (consume it) and the [`StreamedWrite`].
+    /// The next `len` bytes of the stream are then its payload: buffered
+    /// ones come back from [`Connection::handle_input`] as
+    /// [`Input::WriteData`]; ones the caller reads into its storage itself
+    /// it reports with [`Connection::payload_received`]. After the last,
+    /// requests are parsed again.
+    ///
+    /// Anything else returns `None` and changes nothing: another command,
+    /// a WRITE the spec says to refuse (read-only, out of bounds, bad
+    /// flags: [`Connection::handle_input`] rejects it as usual), a shutdown,
+    /// the handshake phase, or a payload still being received.
+    pub fn begin_write_stream(
+        &mut self,
+        input: &[u8],
+        min_len: u64,
+        align: u64,
+    ) -> Option<(usize, StreamedWrite)> {
+        match &mut self.phase {
+            Phase::Transmission(t) => t.begin_stream(input, min_len, align),
+            Phase::Handshake(_) => None,
+        }
+    }
+
+    /// Payload bytes of the streamed WRITE still to come; 0 when none is
+    /// being received.
+    #[must_use]
+    pub fn payload_left(&self) -> u64 {
+        match &self.phase {
+            Phase::Transmission(t) => t.payload_left(),
+            Phase::Handshake(_) => 0,
+        }
+    }
+
+    /// The caller read `n` more bytes of the streamed WRITE's payload into
+    /// its own storage (never more than [`Connection::payload_left`]).
+    /// Returns the bytes still to come.
+    pub fn payload_received(&mut self, n: usize) -> u64 {
+        match &mut self.phase {
+            Phase::Transmission(t) => t.payload_received(n),
+            Phase::Handshake(_) => 0,
         }
     }
 

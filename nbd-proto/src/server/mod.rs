@@ -52,5 +52,5 @@ pub use export::{BlockSizes, ExportInfo, Negotiated, TlsMode};
 pub use handshake::{BASE_ALLOCATION, HandshakeConfig, QEMU_ALLOCATION_DEPTH};
 pub use question::{ExportOption, ExportQuestion, ListQuestion, MetaQuestion, NeedRoom, StartTls};
 pub use replies::{OK_REPLY_MAX, READ_PREFIX_MAX, error_reply_len};
-pub use request::{Op, Pending};
+pub use request::{Op, Pending, StreamedWrite};
 pub use transmission::TransmissionConfig;

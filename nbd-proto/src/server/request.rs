@@ -235,3 +235,23 @@ impl Pending {
         self.len == 0
     }
 }
+
+/// A WRITE accepted on its header alone, whose payload the caller receives
+/// straight into its own storage ([`Connection::begin_write_stream`](super::Connection::begin_write_stream)).
+/// The next `len` bytes of the stream are the payload: what is already
+/// buffered comes back from `handle_input` as [`Input::WriteData`](super::Input::WriteData),
+/// bytes read elsewhere are reported with
+/// [`Connection::payload_received`](super::Connection::payload_received).
+/// Reply through `reply` once all of it is stored.
+#[must_use = "every request needs exactly one final reply"]
+#[derive(Debug, PartialEq, Eq)]
+pub struct StreamedWrite {
+    /// Offset in the export.
+    pub offset: u64,
+    /// Payload bytes to come.
+    pub len: u64,
+    /// `NBD_CMD_FLAG_FUA`: durable before the reply.
+    pub fua: bool,
+    /// The token the reply consumes.
+    pub reply: Pending,
+}

@@ -10,7 +10,7 @@
 //! [proto.md "Transmission phase"]: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#transmission-phase
 
 use super::export::Negotiated;
-use super::request::{Op, Pending};
+use super::request::{Op, Pending, StreamedWrite};
 use crate::error::ProtocolError;
 use crate::flags::{CmdFlags, TransmissionFlags};
 use crate::types::{Command, ErrorCode, HeaderMode};
@@ -58,12 +58,16 @@ pub(crate) enum Incoming<'a> {
     Reject(Pending, ErrorCode, &'static str),
     /// `NBD_CMD_DISC`: finish in-flight requests, then close. No reply.
     Disconnect,
+    /// Bytes of a streamed WRITE's payload.
+    Payload(&'a [u8]),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Running,
     Draining(u64),
+    /// A streamed WRITE's payload bytes still to come.
+    Payload(u64),
     Disconnected,
 }
 
@@ -128,6 +132,11 @@ impl Transmission {
     /// maximum payload plus a header (the attack: a 128 MiB WRITE header on
     /// many connections).
     pub(crate) fn needed(&self, input: &[u8]) -> usize {
+        if let State::Payload(_) = self.state {
+            // Payload bytes are handed out as they come: nothing is needed
+            // whole.
+            return 0;
+        }
         let mode = self.neg.mode;
         let header = mode.request_header_len();
         match RequestHeader::decode(input, mode) {
@@ -164,6 +173,12 @@ impl Transmission {
                     State::Draining(rest)
                 };
                 return Ok((n as usize, None));
+            }
+            State::Payload(left) => {
+                let n = left.min(input.len() as u64) as usize;
+                self.payload_received(n);
+                let data = input.get(..n).unwrap_or_default();
+                return Ok((n, (n > 0).then_some(Incoming::Payload(data))));
             }
             State::Disconnected => {
                 return if input.is_empty() {
@@ -234,6 +249,71 @@ impl Transmission {
                 ))
             }
         }
+    }
+
+    /// Accept the WRITE whose header starts `input` without its payload,
+    /// if it is valid, at least `min_len` bytes long and its offset and
+    /// length are multiples of `align`. Everything else (another command,
+    /// an invalid WRITE, a shutdown) is left to `handle_request`, which
+    /// answers it as usual. Returns the header's length.
+    pub(crate) fn begin_stream(
+        &mut self,
+        input: &[u8],
+        min_len: u64,
+        align: u64,
+    ) -> Option<(usize, StreamedWrite)> {
+        if self.state != State::Running || self.shutting_down {
+            return None;
+        }
+        let mode = self.neg.mode;
+        let (h, hlen) = RequestHeader::decode(input, mode).ok()??;
+        let align = align.max(1);
+        let fits = h.len >= min_len.max(1)
+            && h.offset.is_multiple_of(align)
+            && h.len.is_multiple_of(align)
+            && h.payload_len(mode) == h.len;
+        if h.command != Command::Write || !fits || self.validate(&h, &[]).is_err() {
+            return None;
+        }
+        self.in_flight += 1;
+        self.state = State::Payload(h.len);
+        let req = Request {
+            header: h,
+            data: &[],
+        };
+        let write = StreamedWrite {
+            offset: h.offset,
+            len: h.len,
+            fua: h.flags.contains(CmdFlags::FUA),
+            reply: Pending::new(&req),
+        };
+        Some((hlen, write))
+    }
+
+    /// Payload bytes of a streamed WRITE still to come (0 when none is
+    /// being received).
+    pub(crate) fn payload_left(&self) -> u64 {
+        match self.state {
+            State::Payload(left) => left,
+            _ => 0,
+        }
+    }
+
+    /// `n` more payload bytes of the streamed WRITE arrived (at most
+    /// [`Transmission::payload_left`]; more is the caller's bug and is
+    /// clamped). Returns what is left.
+    pub(crate) fn payload_received(&mut self, n: usize) -> u64 {
+        let left = self.payload_left();
+        debug_assert!(n as u64 <= left, "{n} payload bytes reported, {left} left");
+        let rest = left.saturating_sub(n as u64);
+        if let State::Payload(_) = self.state {
+            self.state = if rest == 0 {
+                State::Running
+            } else {
+                State::Payload(rest)
+            };
+        }
+        rest
     }
 
     fn flag_allowed(&self, flag: TransmissionFlags) -> Check {
