@@ -318,6 +318,13 @@ impl Conn {
         self.active = false;
     }
 
+    /// The socket has input, to be read after the pending pass processes
+    /// what is buffered (see `should_read_again`).
+    pub fn defer_read(&mut self) {
+        self.active = true;
+        self.drained = false;
+    }
+
     /// Read what the socket has (through TLS if active). `closing_hint`:
     /// the readiness event said the peer closed its side (read to EOF
     /// then, not just until a short read).

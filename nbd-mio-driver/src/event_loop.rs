@@ -325,7 +325,14 @@ impl Loop {
                     if !self.busy_poll.is_zero() && !ev.is_read_closed() {
                         self.last_input = Some(Instant::now());
                     }
-                    if let Err(e) = s.conn.on_readable(ev.is_read_closed()) {
+                    if s.ready {
+                        // Input it already holds waits to be processed, and
+                        // the pass that processes it reads the socket after
+                        // (`should_read_again`). Reading now, before that,
+                        // took a whole large WRITE into the input buffer
+                        // (growing it) instead of into pages.
+                        s.conn.defer_read();
+                    } else if let Err(e) = s.conn.on_readable(ev.is_read_closed()) {
                         log::info!("{}: {e}", s.conn.peer);
                         self.close(key);
                         return;

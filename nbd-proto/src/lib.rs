@@ -68,6 +68,16 @@
 //!      write out what is queued and close.
 //! 3. An `Err(ProtocolError)` also means: write out what is queued, then close.
 //!
+//! Large WRITEs without the input buffer: before `handle_input`, a server
+//! may call [`server::Connection::begin_write_stream`], which accepts a
+//! valid WRITE on its header alone ([`server::StreamedWrite`]). Its payload
+//! then comes back from `handle_input` as [`server::Input::WriteData`]
+//! (bytes already buffered), or the server reads it straight into its own
+//! storage and reports it with [`server::Connection::payload_received`];
+//! once [`server::Connection::payload_left`] is 0 it replies and requests
+//! are parsed again. Invalid WRITEs are never streamed: `handle_input`
+//! rejects them as usual.
+//!
 //! The whole negotiation, in memory:
 //!
 //! ```
