@@ -253,6 +253,12 @@ impl Backend for FileBackend {
         check_read(offset, len64(buf), self.size).is_ok() && self.io.read_cached(offset, buf)
     }
 
+    fn try_write_cached(&self, offset: u64, data: &[u8]) -> bool {
+        !self.readonly
+            && check_write(offset, len64(data), self.size).is_ok()
+            && self.io.write_cached(offset, data)
+    }
+
     fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> io::Result<()> {
         if self.readonly {
             return Err(read_only());

@@ -283,6 +283,16 @@ pub trait Backend: Send + Sync {
         let _ = (offset, buf);
         false
     }
+    /// Write `data` at `offset` only if that cannot wait for a disk (the
+    /// file lives in memory): `true` when all of it is stored, `false` to
+    /// go the slow way ([`Backend::write_at`] on a worker), which may then
+    /// store some of the same bytes again. The write counterpart of
+    /// [`Backend::try_read_cached`], never asked for FUA writes (they wait
+    /// for a flush by definition). The default never tries.
+    fn try_write_cached(&self, offset: u64, data: &[u8]) -> bool {
+        let _ = (offset, data);
+        false
+    }
     /// Zero-copy READ: append `[offset, offset + len)` to `out` as pieces
     /// of the backend's own memory, in order, which stay valid and
     /// unchanged however long the caller holds them (see [`lent`]).

@@ -1,6 +1,7 @@
-//! `Backend::try_read_cached` on the file backend: reads that cannot block
-//! are answered (memory filesystems always, others from the page cache
-//! through `preadv2(RWF_NOWAIT)`), everything else is left to `read_at`.
+//! `Backend::try_read_cached` and `try_write_cached` on the file backend:
+//! reads that cannot block are answered (memory filesystems always, others
+//! from the page cache through `preadv2(RWF_NOWAIT)`), writes only on
+//! memory filesystems; everything else is left to `read_at` and `write_at`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -89,5 +90,81 @@ fn cached_reads_through_filters() {
     let b = served(&["readonly", "error"], &["error-rate=1"]);
     assert!(!b.try_read_cached(8192, &mut buf), "through error");
     assert!(b.read_at(8192, &mut buf).is_err(), "the error is injected");
+    let _ = std::fs::remove_file(p);
+}
+
+fn file_bytes(p: &PathBuf) -> Vec<u8> {
+    std::fs::read(p).unwrap()
+}
+
+/// A tmpfs file takes a write on the loop: all of it stored, read back
+/// through the backend and the file itself; read-only exports, ranges
+/// past the end and empty writes are left to `write_at`.
+#[test]
+fn memory_filesystem_writes_never_block() {
+    let p = file_in("/dev/shm", "shm-write");
+    let b = FileBackend::open(&p, false, false).unwrap();
+    let data = [0xa5u8; 5000];
+    assert!(b.try_write_cached(3000, &data), "tmpfs write on the loop");
+    let mut back = vec![0u8; 5000];
+    b.read_at(3000, &mut back).unwrap();
+    assert_eq!(back, data);
+    assert_eq!(file_bytes(&p)[3000..8000], data, "in the file itself");
+    let before = file_bytes(&p);
+    assert!(!b.try_write_cached(65536 - 100, &data), "past the end");
+    assert!(!b.try_write_cached(0, &[]), "empty");
+    assert_eq!(file_bytes(&p), before, "refused writes store nothing");
+    let ro = FileBackend::open(&p, true, false).unwrap();
+    assert!(!ro.try_write_cached(0, &data), "read-only export");
+    assert_eq!(file_bytes(&p), before, "read-only stays unchanged");
+    let _ = std::fs::remove_file(p);
+}
+
+/// On a disk filesystem a write may wait for writeback or allocation, so
+/// it always goes to a worker: nothing is written on the loop.
+#[test]
+fn disk_filesystem_writes_go_to_workers() {
+    let p = file_in(env!("CARGO_TARGET_TMPDIR"), "disk-write");
+    let f = std::fs::File::open(&p).unwrap();
+    #[allow(clippy::unnecessary_cast)] // f_type's type depends on the arch
+    let magic = rustix::fs::fstatfs(&f).unwrap().f_type as i64;
+    assert_ne!(
+        magic, 0x0102_1994,
+        "CARGO_TARGET_TMPDIR is on tmpfs: move it to a disk"
+    );
+    let before = file_bytes(&p);
+    let b = FileBackend::open(&p, false, false).unwrap();
+    assert!(!b.try_write_cached(0, &[1u8; 4096]));
+    assert_eq!(file_bytes(&p), before, "nothing written on the loop");
+    let _ = std::fs::remove_file(p);
+}
+
+/// Filters that pass writes through unchanged (offset, moved by its
+/// window) forward the loop's write; filters that refuse or check writes
+/// (readonly, protect) never let it reach the file.
+#[test]
+fn cached_writes_through_filters() {
+    let p = file_in("/dev/shm", "filters-write");
+    let file = p.display().to_string();
+    let served = |filters: &[&str], args: &[&str]| {
+        let mut a = vec![file.clone()];
+        a.extend(args.iter().map(|s| (*s).to_owned()));
+        let names: Vec<String> = filters.iter().map(|s| (*s).to_owned()).collect();
+        let set = nbd_backends::build_with_filters("file", &a, &names, "", false).unwrap();
+        std::sync::Arc::clone(&set.get("").unwrap().backend)
+    };
+    let b = served(&["offset"], &["offset=4096", "range=32768"]);
+    assert!(b.try_write_cached(100, &[7u8; 50]), "through offset");
+    assert_eq!(file_bytes(&p)[4196..4246], [7u8; 50], "moved by the window");
+    assert!(
+        !b.try_write_cached(32768 - 10, &[7u8; 50]),
+        "past the window"
+    );
+    let before = file_bytes(&p);
+    let b = served(&["readonly"], &[]);
+    assert!(!b.try_write_cached(0, &[9u8; 512]), "through readonly");
+    let b = served(&["protect"], &["protect=0-511"]);
+    assert!(!b.try_write_cached(0, &[9u8; 512]), "through protect");
+    assert_eq!(file_bytes(&p), before, "refused writes store nothing");
     let _ = std::fs::remove_file(p);
 }

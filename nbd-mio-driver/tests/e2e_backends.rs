@@ -117,17 +117,17 @@ impl Drop for Upstream {
     }
 }
 
-/// `qemu-img convert` a random 16 MiB image into a `file` export and back
-/// out; all three copies agree.
-#[test]
-fn qemu_img_convert_through_file() {
+/// `qemu-img convert` a random 16 MiB image into a `file` export in `dir`
+/// and back out; all three copies agree. Then qemu-io writes with FUA
+/// (always on a worker), 2 MiB at once (above what the loop writes
+/// itself) and small ones (on the loop when `dir` is tmpfs), each read
+/// back through a fresh connection and from the file.
+fn convert_through_file(dir: &Path) {
     let qemu_img = require_tool("qemu-img", "qemu-utils");
+    let qemu_io = require_tool("qemu-io", "qemu-utils");
     let tmp = TempDir::new("convert");
-    let (input, disk, output) = (
-        tmp.path().join("in.img"),
-        tmp.path().join("disk.img"),
-        tmp.path().join("out.img"),
-    );
+    let (input, output) = (tmp.path().join("in.img"), tmp.path().join("out.img"));
+    let disk = dir.join(format!("nbdd-convert-{}.img", std::process::id()));
     random_file(&input, 16 * MIB, 11);
     std::fs::File::create(&disk)
         .unwrap()
@@ -150,6 +150,43 @@ fn qemu_img_convert_through_file() {
     let want = sha256(&input);
     assert_eq!(sha256(&output), want, "read back through nbdd");
     assert_eq!(sha256(&disk), want, "written to the file");
+    let writes = [
+        ("write -f -P 0x11 4k 4k", 4096, 4096, 0x11),
+        ("write -P 0x22 1M 2M", MIB, 2 * MIB, 0x22),
+        ("write -P 0x33 12345 777", 12345, 777, 0x33),
+    ];
+    for (cmd, ..) in writes {
+        run_ok(Command::new(&qemu_io).args(["-f", "raw", "-c", cmd, &server.uri()]));
+    }
+    let file = std::fs::read(&disk).unwrap();
+    for (cmd, at, len, byte) in writes {
+        let read = format!("read -P {byte:#x} {at} {len}");
+        run_ok(Command::new(&qemu_io).args(["-f", "raw", "-c", &read, &server.uri()]));
+        assert!(
+            file[at..at + len].iter().all(|&b| b == byte),
+            "{cmd}: not in the file"
+        );
+    }
+    server.assert_alive();
+    let _ = std::fs::remove_file(disk);
+}
+
+#[test]
+fn qemu_img_convert_through_file() {
+    let dir = TempDir::new("convert-disk");
+    convert_through_file(dir.path());
+}
+
+/// On tmpfs, writes of 1 MiB and less are stored on the event loop
+/// (`Backend::try_write_cached`), the rest on the workers.
+#[test]
+fn qemu_img_convert_through_file_on_tmpfs() {
+    let shm = Path::new("/dev/shm");
+    assert!(
+        shm.is_dir(),
+        "/dev/shm (tmpfs) is missing: the test needs a memory filesystem"
+    );
+    convert_through_file(shm);
 }
 
 /// `cow` over a read-only base: writes succeed and read back, and the base

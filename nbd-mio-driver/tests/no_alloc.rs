@@ -20,7 +20,8 @@
 //! warm-up writes every page the steady phase writes, and TRIM and
 //! WRITE_ZEROES target a range that is never written.
 //!
-//! The same runs go over the file backend too: its WRITE, FLUSH, TRIM and
+//! The same runs go over the file backend too (its image in the test temp
+//! dir, a disk filesystem, where writes are not stored on the loop): its WRITE, FLUSH, TRIM and
 //! WRITE_ZEROES go through the worker pool (jobs, their buffers and the
 //! completion hand-off on the loop thread), its cached READs through
 //! `try_read_cached` on the loop.

@@ -58,6 +58,9 @@ impl Backend for FixedSize {
     fn try_read_cached(&self, offset: u64, buf: &mut [u8]) -> bool {
         self.inner.try_read_cached(offset, buf)
     }
+    fn try_write_cached(&self, offset: u64, data: &[u8]) -> bool {
+        self.inner.try_write_cached(offset, data)
+    }
     fn read_lent(&self, offset: u64, len: usize, out: &mut Vec<Piece>) -> Option<io::Result<()>> {
         self.inner.read_lent(offset, len, out)
     }

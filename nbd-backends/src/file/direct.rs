@@ -167,6 +167,19 @@ impl Io {
         }
     }
 
+    /// The whole of `data` written if that cannot wait for a disk, else
+    /// `false` (nothing, or only part, written): only for a file in
+    /// memory. Buffered `pwritev2(RWF_NOWAIT)` would extend this to disk
+    /// filesystems, but ext4 refuses it (EOPNOTSUPP, Linux 6.18), so a
+    /// write to one always goes to a worker, which may have to wait for
+    /// writeback or block allocation. Errors (ENOSPC on a full tmpfs) are
+    /// left for the worker's write to report.
+    pub(crate) fn write_cached(&self, offset: u64, data: &[u8]) -> bool {
+        !data.is_empty()
+            && self.cached.load(Ordering::Relaxed) == Cached::Memory as u8
+            && matches!(self.file.write_at(data, offset), Ok(n) if n == data.len())
+    }
+
     pub(crate) fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         if !self.direct {
             return self.file.write_all_at(data, offset);

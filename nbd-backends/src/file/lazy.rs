@@ -230,6 +230,9 @@ impl Backend for InUse {
     fn try_read_cached(&self, offset: u64, buf: &mut [u8]) -> bool {
         self.0.try_read_cached(offset, buf)
     }
+    fn try_write_cached(&self, offset: u64, data: &[u8]) -> bool {
+        self.0.try_write_cached(offset, data)
+    }
     fn flush(&self) -> io::Result<()> {
         self.0.flush()
     }
@@ -267,6 +270,11 @@ impl Backend for LazyFile {
 
     fn try_read_cached(&self, offset: u64, buf: &mut [u8]) -> bool {
         self.held().is_some_and(|f| f.try_read_cached(offset, buf))
+    }
+
+    fn try_write_cached(&self, offset: u64, data: &[u8]) -> bool {
+        self.held()
+            .is_some_and(|f| f.try_write_cached(offset, data))
     }
 
     /// Only an open file has anything to flush (a closed one was synced

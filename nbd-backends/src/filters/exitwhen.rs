@@ -251,6 +251,10 @@ impl super::Filter for ExitWhen {
     fn try_read_cached(&self, offset: u64, buf: &mut [u8]) -> bool {
         super::layer::forward_cached(self, offset, buf)
     }
+    // try_write_cached forwarded: writes are the layer below's; the filter counts connections.
+    fn try_write_cached(&self, offset: u64, data: &[u8]) -> bool {
+        super::layer::forward_cached_write(self, offset, data)
+    }
     fn reopen(&self, inner: Arc<dyn Backend>) -> io::Result<Arc<dyn Backend>> {
         self.shared.open.fetch_add(1, Ordering::SeqCst);
         Ok(Arc::new(Self {

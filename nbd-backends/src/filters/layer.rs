@@ -90,6 +90,14 @@ pub trait Filter: Send + Sync + 'static {
         let _ = (offset, buf);
         false
     }
+    /// See [`Backend::try_write_cached`]. Not forwarded by default, for
+    /// the same reason: it skips the filter's [`Filter::write_at`]. Filters
+    /// whose writes reach the layer below unchanged forward it with
+    /// [`forward_cached_write`]; offset moves it itself.
+    fn try_write_cached(&self, offset: u64, data: &[u8]) -> bool {
+        let _ = (offset, data);
+        false
+    }
     /// See [`Backend::write_at`].
     ///
     /// # Errors
@@ -191,6 +199,9 @@ impl<T: Filter> Backend for T {
     fn try_read_cached(&self, offset: u64, buf: &mut [u8]) -> bool {
         Filter::try_read_cached(self, offset, buf)
     }
+    fn try_write_cached(&self, offset: u64, data: &[u8]) -> bool {
+        Filter::try_write_cached(self, offset, data)
+    }
     fn per_client_data(&self) -> bool {
         Filter::per_client_data(self)
     }
@@ -235,6 +246,13 @@ impl<T: Filter> Backend for T {
 pub(crate) fn forward_cached<F: Filter + ?Sized>(f: &F, offset: u64, buf: &mut [u8]) -> bool {
     crate::util::check_read(offset, crate::util::len64(buf), f.size()).is_ok()
         && f.inner().try_read_cached(offset, buf)
+}
+
+/// [`Filter::try_write_cached`] for a filter whose writes are exactly the
+/// layer below's: checked against the filter's size, then asked below.
+pub(crate) fn forward_cached_write<F: Filter + ?Sized>(f: &F, offset: u64, data: &[u8]) -> bool {
+    crate::util::check_write(offset, crate::util::len64(data), f.size()).is_ok()
+        && f.inner().try_write_cached(offset, data)
 }
 
 /// A [`ClientInfo`] that outlives the call it came with (for filters that

@@ -24,6 +24,10 @@ impl super::Filter for NoExtents {
     fn try_read_cached(&self, offset: u64, buf: &mut [u8]) -> bool {
         super::layer::forward_cached(self, offset, buf)
     }
+    // try_write_cached forwarded: writes are the layer below's; only block status changes.
+    fn try_write_cached(&self, offset: u64, data: &[u8]) -> bool {
+        super::layer::forward_cached_write(self, offset, data)
+    }
     fn reopen(&self, inner: Arc<dyn Backend>) -> io::Result<Arc<dyn Backend>> {
         Ok(Arc::new(Self { inner }))
     }

@@ -97,6 +97,11 @@ impl super::Filter for Offset {
         check_read(offset, len64(buf), self.range).is_ok()
             && self.inner.try_read_cached(self.offset + offset, buf)
     }
+    // try_write_cached forwarded: moved and checked as write_at is.
+    fn try_write_cached(&self, offset: u64, data: &[u8]) -> bool {
+        check_write(offset, len64(data), self.range).is_ok()
+            && self.inner.try_write_cached(self.offset + offset, data)
+    }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         check_read(offset, len64(buf), self.range)?;
         self.inner.read_at(self.offset + offset, buf)

@@ -224,6 +224,10 @@ impl super::Filter for Partition {
     fn try_read_cached(&self, offset: u64, buf: &mut [u8]) -> bool {
         super::layer::forward_cached(self, offset, buf)
     }
+    // try_write_cached forwarded: the layer below is the partition's offset window, which checks and moves the range.
+    fn try_write_cached(&self, offset: u64, data: &[u8]) -> bool {
+        super::layer::forward_cached_write(self, offset, data)
+    }
     fn reopen(&self, inner: Arc<dyn Backend>) -> io::Result<Arc<dyn Backend>> {
         let p = Self::new(inner, self.n, self.sector).map_err(io::Error::other)?;
         Ok(Arc::new(p))

@@ -146,6 +146,8 @@ fn every_filter_and_key_is_in_the_docs() {
 struct Cached {
     mem: crate::MemoryBackend,
     asked: std::sync::Mutex<Vec<(u64, usize)>>,
+    /// Where `try_write_cached` was asked (and stored).
+    written: std::sync::Mutex<Vec<(u64, usize)>>,
 }
 
 impl crate::Backend for Cached {
@@ -161,6 +163,10 @@ impl crate::Backend for Cached {
     fn try_read_cached(&self, offset: u64, buf: &mut [u8]) -> bool {
         self.asked.lock().unwrap().push((offset, buf.len()));
         self.mem.read_at(offset, buf).is_ok()
+    }
+    fn try_write_cached(&self, offset: u64, data: &[u8]) -> bool {
+        self.written.lock().unwrap().push((offset, data.len()));
+        self.mem.write_at(offset, data, false).is_ok()
     }
     fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> std::io::Result<()> {
         self.mem.write_at(offset, data, fua)
@@ -183,6 +189,7 @@ fn cached_disk() -> Arc<Cached> {
     Arc::new(Cached {
         mem,
         asked: std::sync::Mutex::new(Vec::new()),
+        written: std::sync::Mutex::new(Vec::new()),
     })
 }
 
@@ -298,6 +305,74 @@ fn cached_reads_go_through_only_filters_that_keep_data() {
         );
         f.read_at(8192, &mut buf).unwrap();
         assert_eq!(buf, expect(8192, 4096), "{name} {args}: read_at");
+    }
+}
+
+/// Only filters whose writes reach the layer below unchanged forward the
+/// loop's write (moved by offset and partition, checked against the
+/// filter's size); every filter that refuses, checks, changes, counts,
+/// logs, delays or remembers writes leaves it to its own `write_at`.
+#[test]
+fn cached_writes_go_through_only_filters_that_pass_writes_unchanged() {
+    let forwarding = [
+        ("noextents", "", 8192),
+        ("ip", "allow=all", 8192),
+        ("limit", "limit=2", 8192),
+        ("exitlast", "", 8192),
+        ("exitwhen", "exit-when-file-created=/nonexistent", 8192),
+        ("offset", "offset=1M range=512k", (1 << 20) + 8192),
+        ("partition", "partition=1", (1 << 20) + 8192),
+    ];
+    for (name, args, below) in forwarding {
+        let disk = cached_disk();
+        let f = stack(name, args, &disk);
+        assert!(f.try_write_cached(8192, &[0xee; 512]), "{name} {args}");
+        assert_eq!(*disk.written.lock().unwrap(), [(below, 512)], "{name}");
+        let mut buf = [0u8; 512];
+        f.read_at(8192, &mut buf).unwrap();
+        assert_eq!(buf, [0xee; 512], "{name}: stored");
+        assert!(
+            !f.try_write_cached(f.size() - 100, &[0; 512]),
+            "{name}: past the end"
+        );
+        assert_eq!(
+            disk.written.lock().unwrap().len(),
+            1,
+            "{name}: past the end asked below"
+        );
+    }
+    let not_forwarding = [
+        ("readonly", ""),
+        ("protect", "protect=0-511"),
+        ("checkwrite", ""),
+        ("nozero", ""),
+        ("fua", "fuamode=emulate"),
+        ("cacheextents", ""),
+        ("multi-conn", "multi-conn-mode=emulate"),
+        ("blocksize-policy", "blocksize-minimum=512"),
+        ("blocksize", "minblock=512"),
+        ("cache", ""),
+        ("cow", ""),
+        ("count", ""),
+        ("stats", ""),
+        ("delay", "wdelay=0"),
+        ("error", "error-rate=0"),
+        ("log", "logfile=/dev/null"),
+        ("rate", "rate=1G"),
+        ("retry", ""),
+        ("truncate", "truncate=3M"),
+    ];
+    for (name, args) in not_forwarding {
+        let disk = cached_disk();
+        let f = stack(name, args, &disk);
+        assert!(
+            !f.try_write_cached(8192, &[0xee; 512]),
+            "{name} {args} forwarded it"
+        );
+        assert!(
+            disk.written.lock().unwrap().is_empty(),
+            "{name} {args} asked below"
+        );
     }
 }
 
