@@ -69,12 +69,13 @@ pub const MAX_HELD: usize = BUDGET + crate::conn::OUTPUT_HIGH_WATER + MAX_PAYLOA
 
 /// Most heap one run may hold at once: what the connection holds (above),
 /// the output queue's recycled chunks (8 MiB), one input frame (a WRITE's
-/// payload), the client's copy of the reply it is parsing, and 8 MiB for
+/// payload), the client's copy of the reply it is parsing (while its
+/// buffer grows: `client::CLIENT_HOLD_MAX`), and 8 MiB for
 /// the rest (three exports with cow overlays and the builder's models, the
 /// pipe's two 256 KiB buffers, 64 jobs' small buffers, scratch space).
 /// Checked by the callers with `allocation_counter`.
 pub const MAX_LIVE_BYTES: u64 =
-    (MAX_HELD + crate::outq::FREE_KEEP + 2 * MAX_PAYLOAD + (8 << 20)) as u64;
+    (MAX_HELD + crate::outq::FREE_KEEP + MAX_PAYLOAD + client::CLIENT_HOLD_MAX + (8 << 20)) as u64;
 
 /// Create the process-wide poll, waker and TLS credentials, so a heap
 /// measurement of [`whole_server`] sees only the run's own allocations.
