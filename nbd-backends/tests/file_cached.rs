@@ -4,7 +4,8 @@
 //! memory filesystems; everything else is left to `read_at` and `write_at`.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use nbd_backends::{Backend, FileBackend};
 
@@ -15,6 +16,16 @@ fn file_in(dir: &str, tag: &str) -> PathBuf {
     f.write_all(&data).unwrap();
     f.sync_all().unwrap();
     p
+}
+
+/// The default export of `file PATH ARGS` under `filters`, as the
+/// registry builds it.
+fn served(path: &Path, filters: &[&str], args: &[&str]) -> Arc<dyn Backend> {
+    let mut a = vec![path.display().to_string()];
+    a.extend(args.iter().map(|s| (*s).to_owned()));
+    let names: Vec<String> = filters.iter().map(|s| (*s).to_owned()).collect();
+    let set = nbd_backends::build_with_filters("file", &a, &names, "", false).unwrap();
+    Arc::clone(&set.get("").unwrap().backend)
 }
 
 fn check(path: &PathBuf, cache_none: bool) -> bool {
@@ -73,21 +84,14 @@ fn page_cache_reads_on_a_disk_filesystem() {
 #[test]
 fn cached_reads_through_filters() {
     let p = file_in("/dev/shm", "filters");
-    let file = p.display().to_string();
-    let served = |filters: &[&str], args: &[&str]| {
-        let mut a = vec![file.clone()];
-        a.extend(args.iter().map(|s| (*s).to_owned()));
-        let names: Vec<String> = filters.iter().map(|s| (*s).to_owned()).collect();
-        let set = nbd_backends::build_with_filters("file", &a, &names, "", false).unwrap();
-        std::sync::Arc::clone(&set.get("").unwrap().backend)
-    };
+    let stack = |filters: &[&str], args: &[&str]| served(&p, filters, args);
     let data: Vec<u8> = (0..65536u32).map(|i| (i % 251) as u8).collect();
     let mut buf = vec![0u8; 4096];
-    let b = served(&["readonly", "offset"], &["offset=4096", "range=32768"]);
+    let b = stack(&["readonly", "offset"], &["offset=4096", "range=32768"]);
     assert!(b.try_read_cached(8192, &mut buf), "readonly over offset");
     assert_eq!(buf, data[12288..16384]);
     assert!(!b.try_read_cached(32768 - 100, &mut buf), "past the window");
-    let b = served(&["readonly", "error"], &["error-rate=1"]);
+    let b = stack(&["readonly", "error"], &["error-rate=1"]);
     assert!(!b.try_read_cached(8192, &mut buf), "through error");
     assert!(b.read_at(8192, &mut buf).is_err(), "the error is injected");
     let _ = std::fs::remove_file(p);
@@ -145,15 +149,8 @@ fn disk_filesystem_writes_go_to_workers() {
 #[test]
 fn cached_writes_through_filters() {
     let p = file_in("/dev/shm", "filters-write");
-    let file = p.display().to_string();
-    let served = |filters: &[&str], args: &[&str]| {
-        let mut a = vec![file.clone()];
-        a.extend(args.iter().map(|s| (*s).to_owned()));
-        let names: Vec<String> = filters.iter().map(|s| (*s).to_owned()).collect();
-        let set = nbd_backends::build_with_filters("file", &a, &names, "", false).unwrap();
-        std::sync::Arc::clone(&set.get("").unwrap().backend)
-    };
-    let b = served(&["offset"], &["offset=4096", "range=32768"]);
+    let stack = |filters: &[&str], args: &[&str]| served(&p, filters, args);
+    let b = stack(&["offset"], &["offset=4096", "range=32768"]);
     assert!(b.try_write_cached(100, &[7u8; 50]), "through offset");
     assert_eq!(file_bytes(&p)[4196..4246], [7u8; 50], "moved by the window");
     assert!(
@@ -161,9 +158,9 @@ fn cached_writes_through_filters() {
         "past the window"
     );
     let before = file_bytes(&p);
-    let b = served(&["readonly"], &[]);
+    let b = stack(&["readonly"], &[]);
     assert!(!b.try_write_cached(0, &[9u8; 512]), "through readonly");
-    let b = served(&["protect"], &["protect=0-511"]);
+    let b = stack(&["protect"], &["protect=0-511"]);
     assert!(!b.try_write_cached(0, &[9u8; 512]), "through protect");
     assert_eq!(file_bytes(&p), before, "refused writes store nothing");
     let _ = std::fs::remove_file(p);
