@@ -40,22 +40,17 @@ pub fn run(targets: &[String], minutes: u64, until: Option<u64>) -> Result<(), S
     let mut totals = read_state(&std::fs::read_to_string(&state).unwrap_or_default());
     let mut crashed = Vec::new();
     for t in targets {
-        let i = match totals.iter().position(|x| &x.target == t) {
-            Some(i) => i,
-            None => {
-                totals.push(Total {
-                    target: t.clone(),
-                    ..Total::default()
-                });
-                totals.len() - 1
-            }
-        };
+        let i = slot(&mut totals, t);
         if until.is_some_and(|n| totals[i].execs >= n) {
             eprintln!("== {t}: {} executions already, skipped", totals[i].execs);
             continue;
         }
         eprintln!("== campaign: {t} for {minutes} min");
         let (s, secs) = run_one(&fuzz, t, minutes * 60)?;
+        // Read again: a campaign of another target may have run beside this
+        // one (one per core) and recorded its own line meanwhile.
+        totals = read_state(&std::fs::read_to_string(&state).unwrap_or_default());
+        let i = slot(&mut totals, t);
         let total = &mut totals[i];
         total.execs += s.execs;
         total.secs += secs;
@@ -76,6 +71,20 @@ pub fn run(targets: &[String], minutes: u64, until: Option<u64>) -> Result<(), S
         Ok(())
     } else {
         Err(format!("crashes found, kept as regressions: {crashed:?}"))
+    }
+}
+
+/// The index of `t`'s line in `totals`, added if it has none yet.
+fn slot(totals: &mut Vec<Total>, t: &str) -> usize {
+    match totals.iter().position(|x| x.target == t) {
+        Some(i) => i,
+        None => {
+            totals.push(Total {
+                target: t.to_owned(),
+                ..Total::default()
+            });
+            totals.len() - 1
+        }
     }
 }
 
