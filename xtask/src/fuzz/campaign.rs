@@ -46,32 +46,71 @@ pub fn run(targets: &[String], minutes: u64, until: Option<u64>) -> Result<(), S
             continue;
         }
         eprintln!("== campaign: {t} for {minutes} min");
-        let (s, secs) = run_one(&fuzz, t, minutes * 60)?;
-        // Read again: a campaign of another target may have run beside this
-        // one (one per core) and recorded its own line meanwhile.
-        totals = read_state(&std::fs::read_to_string(&state).unwrap_or_default());
-        let i = slot(&mut totals, t);
-        let total = &mut totals[i];
-        total.execs += s.execs;
-        total.secs += secs;
-        total.last_secs = secs;
-        total.corpus_bytes = dir_bytes(&fuzz.join("corpus").join(t));
-        if let Some(artifact) = &s.crash {
-            total.crashes += 1;
-            crashed.push(keep_regression(&fuzz, t, artifact));
+        let mut left = minutes * 60;
+        loop {
+            let (s, secs) = run_one(&fuzz, t, left)?;
+            let artifact = s.crash.clone();
+            totals = record(&state, t, s, secs)?;
+            update_doc(&totals, until)?;
+            let Some(artifact) = artifact else { break };
+            if reproduces(&fuzz, t, &artifact) {
+                let i = slot(&mut totals, t);
+                totals[i].crashes += 1;
+                std::fs::write(&state, write_state(&totals))
+                    .map_err(|e| format!("{}: {e}", state.display()))?;
+                update_doc(&totals, until)?;
+                crashed.push(keep_regression(&fuzz, t, &artifact));
+                break;
+            }
+            // A timeout the input does not repeat comes from the machine
+            // (load, a stopped process), not the code: not a finding, and
+            // the run goes on for the time it had left.
+            eprintln!("== {t}: {artifact} does not fail again; not counted, fuzzing on");
+            left = left.saturating_sub(secs);
+            if left < 60 {
+                break;
+            }
         }
-        total.last = s;
-        // Written after every target, so an interrupted campaign keeps
-        // what it measured.
-        std::fs::write(&state, write_state(&totals))
-            .map_err(|e| format!("{}: {e}", state.display()))?;
-        update_doc(&totals, until)?;
     }
     if crashed.is_empty() {
         Ok(())
     } else {
         Err(format!("crashes found, kept as regressions: {crashed:?}"))
     }
+}
+
+/// Adds one run to `t`'s line of the state file and writes it; returns
+/// all lines. Read again first: a campaign of another target may have run
+/// beside this one (one per core) and recorded its own line meanwhile.
+fn record(state: &Path, t: &str, s: RunStats, secs: u64) -> Result<Vec<Total>, String> {
+    let mut totals = read_state(&std::fs::read_to_string(state).unwrap_or_default());
+    let i = slot(&mut totals, t);
+    let total = &mut totals[i];
+    total.execs += s.execs;
+    total.secs += secs;
+    total.last_secs = secs;
+    let fuzz = state.parent().unwrap_or(state);
+    total.corpus_bytes = dir_bytes(&fuzz.join("corpus").join(t));
+    total.last = s;
+    // Written after every run, so an interrupted campaign keeps what it
+    // measured.
+    std::fs::write(state, write_state(&totals)).map_err(|e| format!("{}: {e}", state.display()))?;
+    Ok(totals)
+}
+
+/// Whether `artifact` makes the target fail again when run alone, with the
+/// campaign's timeout.
+fn reproduces(fuzz: &Path, t: &str, artifact: &str) -> bool {
+    let mut cmd = super::nightly_cargo();
+    cmd.current_dir(fuzz)
+        .args(["+nightly", "fuzz", "run", super::SANITIZER, t])
+        .arg(fuzz.join(artifact))
+        .args(["--", "-timeout=20", "-runs=1"]);
+    eprintln!("+ {}", show(&cmd));
+    !matches!(
+        cmd.stdin(Stdio::null()).stderr(Stdio::null()).status(),
+        Ok(st) if st.success()
+    )
 }
 
 /// The index of `t`'s line in `totals`, added if it has none yet.
