@@ -171,7 +171,17 @@ impl TlsSession for RustlsSession {
                 Ok(0) => break, // close_notify already received
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Other => break,
-                Err(e) => return Err(e),
+                // Any other error is fatal, as a failed process_new_packets
+                // is: rustls says "message buffer full" (InvalidData) when
+                // its record buffer fills without a record it can take
+                // (a handshake message fragmented past its 64 KiB limit).
+                // The session stays failed, so a later feed is refused too,
+                // even after send_close_notify. Found by the tls_records
+                // campaign (regressions `deframer_full_then_*feed`).
+                Err(e) => {
+                    self.failed = true;
+                    return Err(e);
+                }
             }
             match self.conn.process_new_packets() {
                 Ok(state) => self.peer_closed |= state.peer_has_closed(),
