@@ -50,15 +50,11 @@ pub fn run(targets: &[String], minutes: u64, until: Option<u64>) -> Result<(), S
         loop {
             let (s, secs) = run_one(&fuzz, t, left)?;
             let artifact = s.crash.clone();
-            totals = record(&state, t, s, secs)?;
+            let found = artifact.as_ref().is_some_and(|a| reproduces(&fuzz, t, a));
+            totals = record(&state, t, s, secs, found)?;
             update_doc(&totals, until)?;
             let Some(artifact) = artifact else { break };
-            if reproduces(&fuzz, t, &artifact) {
-                let i = slot(&mut totals, t);
-                totals[i].crashes += 1;
-                std::fs::write(&state, write_state(&totals))
-                    .map_err(|e| format!("{}: {e}", state.display()))?;
-                update_doc(&totals, until)?;
+            if found {
                 crashed.push(keep_regression(&fuzz, t, &artifact));
                 break;
             }
@@ -79,16 +75,23 @@ pub fn run(targets: &[String], minutes: u64, until: Option<u64>) -> Result<(), S
     }
 }
 
-/// Adds one run to `t`'s line of the state file and writes it; returns
-/// all lines. Read again first: a campaign of another target may have run
+/// Adds one run (and its crash, if `found`) to `t`'s line of the state
+/// file and writes it; returns all lines. Read again first: a campaign of another target may have run
 /// beside this one (one per core) and recorded its own line meanwhile.
-fn record(state: &Path, t: &str, s: RunStats, secs: u64) -> Result<Vec<Total>, String> {
+fn record(
+    state: &Path,
+    t: &str,
+    s: RunStats,
+    secs: u64,
+    found: bool,
+) -> Result<Vec<Total>, String> {
     let mut totals = read_state(&std::fs::read_to_string(state).unwrap_or_default());
     let i = slot(&mut totals, t);
     let total = &mut totals[i];
     total.execs += s.execs;
     total.secs += secs;
     total.last_secs = secs;
+    total.crashes += u64::from(found);
     let fuzz = state.parent().unwrap_or(state);
     total.corpus_bytes = dir_bytes(&fuzz.join("corpus").join(t));
     total.last = s;
